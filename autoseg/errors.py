@@ -1,0 +1,46 @@
+"""Errors autoseg raises for problems a user can fix.
+
+The tree::
+
+    AutosegError                  anything the user can fix; the CLI prints it and exits 2
+     ├── DatasetError             dataset folder, dataset.json or case files are wrong
+     ├── ImageReadError           one image file or DICOM folder cannot be read
+     ├── PlanError                plans.json missing, invalid, or lacks a configuration
+     └── MissingDependencyError   an optional extra is not installed (also an ImportError)
+
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AutosegError(Exception):
+    """Base class of every error caused by input the user can fix."""
+
+
+class DatasetError(AutosegError):
+    """A dataset is malformed.
+
+    Args:
+        problems: one line per problem, each naming its file. The message joins them.
+    """
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            msg = self.problems[0]
+        else:
+            msg = f"{len(self.problems)} problems found:\n  " + "\n  ".join(self.problems)
+        super().__init__(msg)
+
+
+class ImageReadError(AutosegError):
+    """An image file or DICOM series cannot be read."""
+
+
+class PlanError(AutosegError):
+    """A plan is missing, invalid, or lacks what is asked of it."""
+
+
+class MissingDependencyError(AutosegError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -1,0 +1,173 @@
+"""Read one case (all channels + label) and check it, collecting every problem.
+
+This is where a file's *contents* are judged: dimension, geometry agreement between channels and
+label, NaN/inf, label values. The fingerprint, preprocessing and ``autoseg verify`` all read cases
+through :func:`load_case`, so a case is checked on every read at no extra I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoseg.errors import DatasetError, ImageReadError
+from autoseg.io.dataset import Case, Dataset
+from autoseg.io.image import Geometry, Image, read_image
+
+
+@dataclass
+class LoadedCase:
+    """A case's arrays after checking.
+
+    Attributes:
+        case_id: the case's id.
+        data: ``(C, Z, Y, X)`` float32 channels.
+        label: ``(Z, Y, X)`` integer label map, or None for an unlabelled case.
+        geometry: the first channel's geometry (all channels share its grid).
+        warnings: non-fatal findings (origin/direction mismatch, empty label), each naming a file.
+    """
+
+    case_id: str
+    data: np.ndarray
+    label: np.ndarray | None
+    geometry: Geometry
+    warnings: list[str] = field(default_factory=list)
+
+
+def _split_4d(img: Image, n_channels: int, problems: list[str]) -> list[Image]:
+    """An MSD multi-modal file: ``(C, Z, Y, X)`` array with a 4D geometry -> one Image per channel."""
+    arr = img.array
+    if arr.ndim != 4 or arr.shape[0] != n_channels:
+        problems.append(f"{img.path}: expected a 4D image with {n_channels} channels, "
+                        f"found shape {arr.shape}")
+        return []
+    g = img.geometry
+    d = np.asarray(g.direction).reshape(4, 4)[:3, :3].ravel()
+    geom = Geometry(g.spacing[1:], g.origin[:3], tuple(float(x) for x in d))
+    return [Image(arr[c], geom, img.path) for c in range(n_channels)]
+
+
+def _read_channels(case: Case, dataset: Dataset, problems: list[str]) -> list[Image]:
+    images: list[Image] = []
+    for c, path in enumerate(case.images):
+        if not path.is_file():
+            what = f"channel {c} file" if dataset.num_channels > 1 else "image file"
+            problems.append(f"{path}: {what} of case {case.case_id} not found; add it or "
+                            "remove the case")
+            continue
+        try:
+            images.append(read_image(path))
+        except ImageReadError as e:
+            problems.append(str(e))
+    if dataset.channels_in_one_file and images:
+        return _split_4d(images[0], dataset.num_channels, problems)
+    for img in images:
+        if img.array.ndim != 3:
+            problems.append(f"{img.path}: is {img.array.ndim}D (shape {img.array.shape}) but this "
+                            "dataset is 3D; give one 3D volume per channel file")
+    return [i for i in images if i.array.ndim == 3]
+
+
+def _check_same_grid(ref: Image, other: Image, what: str, problems: list[str],
+                     warnings: list[str]) -> bool:
+    if other.array.shape != ref.array.shape:
+        problems.append(f"{other.path}: {what} shape {other.array.shape} differs from "
+                        f"{ref.path.name} {ref.array.shape}; resample one to the other's grid")
+        return False
+    if not np.allclose(other.geometry.spacing, ref.geometry.spacing, rtol=1e-3, atol=1e-4):
+        problems.append(f"{other.path}: {what} spacing {_fmt(other.geometry.spacing)} differs from "
+                        f"{ref.path.name} {_fmt(ref.geometry.spacing)}; resample one to the other")
+        return False
+    if not other.geometry.same_grid(ref.geometry):
+        warnings.append(f"{other.path}: {what} origin/direction differ from {ref.path.name}; "
+                        "the arrays are used as if they were aligned")
+    return True
+
+
+def _fmt(v: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+
+def _check_label(img: Image, allowed: set[int], problems: list[str],
+                 warnings: list[str]) -> np.ndarray | None:
+    arr = img.array
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            problems.append(f"{img.path}: label map holds NaN or inf; labels must be integers")
+            return None
+        rounded = np.rint(arr)
+        if not np.array_equal(rounded, arr):
+            bad = arr[rounded != arr][:3]
+            problems.append(f"{img.path}: label map holds non-integer values "
+                            f"(e.g. {', '.join(f'{b:g}' for b in bad)}); labels must be integers")
+            return None
+        arr = rounded
+    elif not np.issubdtype(arr.dtype, np.integer):
+        problems.append(f"{img.path}: label map has dtype {arr.dtype}; labels must be integers")
+        return None
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0:
+        problems.append(f"{img.path}: label map holds negative value {lo}; labels are >= 0")
+        return None
+    counts = np.bincount(arr.astype(np.int64, copy=False).ravel(), minlength=hi + 1)
+    present = set(np.flatnonzero(counts).tolist())
+    if undeclared := sorted(present - allowed):
+        problems.append(f"{img.path}: label value(s) {undeclared[:10]} not declared in "
+                        "dataset.json 'labels'; declare them or fix the label map")
+        return None
+    if present <= {0}:
+        warnings.append(f"{img.path}: label map is empty (background only)")
+    dtype = np.uint8 if hi < 256 else np.int16 if hi < 32768 else np.int32
+    return arr.astype(dtype, copy=False)
+
+
+def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> LoadedCase:
+    """Read and check one case.
+
+    Args:
+        case: the case (from :func:`autoseg.io.dataset.load_dataset`).
+        dataset: its dataset (channel count, declared labels).
+        with_label: read the label map too.
+
+    Returns:
+        The arrays, ``data`` as ``(C, Z, Y, X)`` float32.
+
+    Raises:
+        DatasetError: listing every problem of this case, each naming its file.
+    """
+    problems: list[str] = []
+    warnings: list[str] = []
+    images = _read_channels(case, dataset, problems)
+    if problems:
+        raise DatasetError(problems)
+    ref = images[0]
+    for c, img in enumerate(images[1:], start=1):
+        _check_same_grid(ref, img, f"channel {c}", problems, warnings)
+    data = None
+    if not problems:
+        data = np.stack([i.array for i in images]).astype(np.float32, copy=False)
+        if not np.isfinite(data).all():
+            for img in images:
+                if not np.isfinite(img.array.astype(np.float32, copy=False)).all():
+                    problems.append(f"{img.path}: image holds NaN or inf values; fix or remove "
+                                    "the case")
+    label = None
+    if with_label and case.label is not None:
+        if not case.label.is_file():
+            problems.append(f"{case.label}: label file of case {case.case_id} not found; add it "
+                            "or remove the case")
+        else:
+            try:
+                lab_img = read_image(case.label)
+            except ImageReadError as e:
+                problems.append(str(e))
+            else:
+                if lab_img.array.ndim != 3:
+                    problems.append(f"{case.label}: label map is {lab_img.array.ndim}D "
+                                    f"(shape {lab_img.array.shape}); it must be 3D")
+                elif _check_same_grid(ref, lab_img, "label", problems, warnings):
+                    label = _check_label(lab_img, set(dataset.label_values), problems, warnings)
+    if problems or data is None:
+        raise DatasetError(problems)
+    return LoadedCase(case.case_id, data, label, ref.geometry, warnings)

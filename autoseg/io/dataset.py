@@ -1,0 +1,273 @@
+"""One dataset model for the two layouts users have: nnU-Net v2 raw and Medical Segmentation Decathlon.
+
+nnU-Net v2 raw::
+
+    dataset.json   {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
+                    "numTraining": N, "file_ending": ".nii.gz", ["dataset": {...}]}
+    imagesTr/CASE_0000.nii.gz, CASE_0001.nii.gz, …
+    labelsTr/CASE.nii.gz
+
+Medical Segmentation Decathlon (MSD)::
+
+    dataset.json   {"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior"},
+                    "training": [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]}
+    imagesTr/x.nii.gz    (several modalities: one 4D file, channels last)
+
+Both are read as they are, into :class:`Dataset`. Only ``dataset.json`` and the folder listing
+are looked at here; the files' contents are checked by :mod:`autoseg.io.case`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from autoseg.errors import DatasetError
+from autoseg.io.image import IMAGE_ENDINGS
+
+Layout = Literal["nnunet", "msd"]
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case: its channel files (one per channel, or one 4D file) and label file."""
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None
+    patient: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled dataset, whatever its layout on disk.
+
+    Attributes:
+        root: the dataset folder.
+        name: the folder's name; names the work folder ``<work>/<name>/``.
+        layout: ``"nnunet"`` or ``"msd"``.
+        channel_names: one name per input channel, in channel order ("CT", "T2", …).
+        labels: label name -> integer value, background (0) first.
+        file_ending: e.g. ``".nii.gz"``.
+        cases: the training cases, sorted by id.
+        channels_in_one_file: MSD multi-modal datasets keep all channels in one 4D file.
+    """
+
+    root: Path
+    name: str
+    layout: Layout
+    channel_names: tuple[str, ...]
+    labels: dict[str, int]
+    file_ending: str
+    cases: tuple[Case, ...]
+    channels_in_one_file: bool = False
+    description: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        """Number of input channels."""
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        """Declared label values, sorted, background included."""
+        return tuple(sorted(set(self.labels.values())))
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        msg = f"{path}: not found; a dataset folder needs a dataset.json (nnU-Net v2 or MSD layout)"
+        raise DatasetError(msg)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{path}: invalid JSON ({e}); fix the syntax"
+        raise DatasetError(msg) from e
+    if not isinstance(data, dict):
+        msg = f"{path}: must hold a JSON object, found {type(data).__name__}"
+        raise DatasetError(msg)
+    return data
+
+
+def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path:
+    """Resolve ``rel`` under ``root``; note a problem when it points outside the dataset folder."""
+    p = (root / rel).resolve()
+    if not p.is_relative_to(root.resolve()):
+        problems.append(f"{where}: entry {rel!r} points outside the dataset folder {root}; "
+                        "keep every file inside it")
+    return p
+
+
+def _channel_names(raw: Any, key: str, json_path: Path, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f"{json_path}: {key!r} must be a non-empty object like {{\"0\": \"CT\"}}")
+        return ()
+    try:
+        items = sorted((int(k), str(v)) for k, v in raw.items())
+    except ValueError:
+        problems.append(f"{json_path}: {key!r} keys must be channel indices \"0\", \"1\", …")
+        return ()
+    if [i for i, _ in items] != list(range(len(items))):
+        problems.append(f"{json_path}: {key!r} indices must be 0..{len(items) - 1} without gaps")
+    return tuple(name for _, name in items)
+
+
+def _labels(raw: Any, layout: Layout, json_path: Path, problems: list[str]) -> dict[str, int]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f"{json_path}: 'labels' must be a non-empty object")
+        return {}
+    labels: dict[str, int] = {}
+    for k, v in raw.items():
+        name, value = (v, k) if layout == "msd" else (k, v)
+        if isinstance(value, list):
+            problems.append(f"{json_path}: label {name!r} maps to a list (region); region-based "
+                            "labels are not supported yet, give each label one integer")
+            continue
+        try:
+            ivalue = int(value)
+        except (TypeError, ValueError):
+            problems.append(f"{json_path}: label {name!r} has value {value!r}; values must be integers")
+            continue
+        if (isinstance(value, float) and value != ivalue) or ivalue < 0:
+            problems.append(f"{json_path}: label {name!r} has value {value!r}; "
+                            "values must be non-negative integers")
+            continue
+        if str(name).lower() == "ignore":
+            problems.append(f"{json_path}: an 'ignore' label is not supported yet; remove it")
+            continue
+        labels[str(name)] = ivalue
+    if labels and 0 not in labels.values():
+        problems.append(f"{json_path}: no label has value 0; declare the background as 0")
+    if len(set(labels.values())) != len(labels):
+        problems.append(f"{json_path}: two label names share one value; each value needs one name")
+    return dict(sorted(labels.items(), key=lambda kv: kv[1]))
+
+
+def _nnunet_cases(root: Path, data: dict[str, Any], n_channels: int, ending: str,
+                  problems: list[str]) -> list[Case]:
+    json_path = root / "dataset.json"
+    explicit = data.get("dataset")
+    if isinstance(explicit, dict):
+        cases = []
+        for cid, entry in sorted(explicit.items()):
+            if not isinstance(entry, dict) or "images" not in entry or "label" not in entry:
+                problems.append(f"{json_path}: 'dataset' entry {cid!r} needs 'images' and 'label'")
+                continue
+            imgs = tuple(_inside(root, str(p), problems, str(json_path)) for p in entry["images"])
+            lab = _inside(root, str(entry["label"]), problems, str(json_path))
+            cases.append(Case(cid, imgs, lab, entry.get("patient")))
+        return cases
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            problems.append(f"{d}: folder not found; nnU-Net layout needs imagesTr/ and labelsTr/")
+    if problems:
+        return []
+    found: dict[str, set[int]] = {}
+    for f in sorted(images_dir.iterdir()):
+        if f.name.startswith(".") or not f.name.endswith(ending):
+            continue
+        m = _CHANNEL_RE.match(f.name[: -len(ending)])
+        if m is None:
+            problems.append(f"{f}: image name lacks the channel suffix; name it CASE_0000{ending}")
+            continue
+        found.setdefault(m["case"], set()).add(int(m["ch"]))
+    label_ids = {f.name[: -len(ending)] for f in labels_dir.iterdir()
+                 if f.name.endswith(ending) and not f.name.startswith(".")}
+    patients = data.get("patients") if isinstance(data.get("patients"), dict) else {}
+    cases = []
+    for cid in sorted(found | dict.fromkeys(label_ids)):
+        chans = found.get(cid, set())
+        if extra := sorted(c for c in chans if c >= n_channels):
+            problems.append(f"{images_dir / f'{cid}_{extra[0]:04d}{ending}'}: channel {extra[0]} "
+                            f"but dataset.json declares {n_channels} channel(s)")
+        imgs = tuple(images_dir / f"{cid}_{c:04d}{ending}" for c in range(n_channels))
+        cases.append(Case(cid, imgs, labels_dir / f"{cid}{ending}", patients.get(cid)))
+    return cases
+
+
+def _msd_cases(root: Path, data: dict[str, Any], problems: list[str]) -> list[Case]:
+    json_path = root / "dataset.json"
+    training = data.get("training")
+    if not isinstance(training, list) or not training:
+        problems.append(f"{json_path}: 'training' must be a non-empty list of "
+                        "{\"image\": …, \"label\": …} entries")
+        return []
+    cases = []
+    for i, entry in enumerate(training):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            problems.append(f"{json_path}: training entry {i} needs 'image' and 'label'")
+            continue
+        img = _inside(root, str(entry["image"]), problems, str(json_path))
+        lab = _inside(root, str(entry["label"]), problems, str(json_path))
+        cid = next((img.name[: -len(e)] for e in IMAGE_ENDINGS if img.name.endswith(e)), img.stem)
+        cases.append(Case(cid, (img,), lab, entry.get("patient")))
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        problems.append(f"{json_path}: case ids listed twice: {', '.join(dup[:5])}")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Read a dataset folder's ``dataset.json`` and list its cases.
+
+    Args:
+        root: the dataset folder (holding ``dataset.json``).
+
+    Returns:
+        The dataset model, cases sorted by id.
+
+    Raises:
+        DatasetError: with every problem found in dataset.json and the folder listing.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        msg = f"{root}: dataset folder not found"
+        raise DatasetError(msg)
+    json_path = root / "dataset.json"
+    data = _load_json(json_path)
+    problems: list[str] = []
+    layout: Layout = "nnunet" if "channel_names" in data else "msd"
+    if layout == "msd" and "modality" not in data:
+        msg = (f"{json_path}: needs 'channel_names' (nnU-Net v2) or 'modality' and 'training' "
+               "(Medical Segmentation Decathlon)")
+        raise DatasetError(msg)
+    key = "channel_names" if layout == "nnunet" else "modality"
+    channels = _channel_names(data.get(key), key, json_path, problems)
+    labels = _labels(data.get("labels"), layout, json_path, problems)
+    if layout == "nnunet":
+        ending = data.get("file_ending")
+        if not isinstance(ending, str) or not ending.startswith("."):
+            problems.append(f"{json_path}: 'file_ending' must be given, e.g. \".nii.gz\"")
+            ending = ".nii.gz"
+        cases = _nnunet_cases(root, data, len(channels), ending, problems) if channels else []
+        n_training = data.get("numTraining")
+        if isinstance(n_training, int) and cases and n_training != len(cases):
+            problems.append(f"{json_path}: numTraining is {n_training} but {len(cases)} cases "
+                            "were found; fix numTraining or add the missing cases")
+    else:
+        cases = _msd_cases(root, data, problems)
+        ending = next((e for e in IMAGE_ENDINGS if cases and cases[0].images[0].name.endswith(e)),
+                      ".nii.gz")
+    if not cases and not problems:
+        problems.append(f"{root}: no training cases found")
+    if problems:
+        raise DatasetError(problems)
+    return Dataset(
+        root=root,
+        name=root.resolve().name,
+        layout=layout,
+        channel_names=channels,
+        labels=labels,
+        file_ending=ending,
+        cases=tuple(cases),
+        channels_in_one_file=layout == "msd" and len(channels) > 1,
+        description={k: data[k] for k in ("name", "description", "licence", "reference")
+                     if k in data},
+    )

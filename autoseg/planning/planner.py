@@ -1,0 +1,219 @@
+"""Compose the planning rules into a :class:`~autoseg.planning.plan.Plan` from a fingerprint.
+
+The data flow: fingerprint -> target spacing and transpose -> per configuration: median shape at
+that spacing -> initial patch -> topology -> shrink the patch until the batch of 2 fits the
+memory budget -> batch size. Then the optional configurations: ``3d_lowres`` (+ cascade) when the
+full-resolution patch covers little of the image, ``2.5d`` for thick-sliced data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from autoseg.fingerprint.model import Fingerprint
+from autoseg.planning import rules
+from autoseg.planning.plan import (
+    ConfigKind,
+    Configuration,
+    Network,
+    Normalization,
+    Plan,
+    Resampling,
+)
+
+log = logging.getLogger(__name__)
+
+#: Below this fraction of the median image covered by the full-resolution patch, a low-resolution
+#: stage is planned (nnU-Net's value).
+LOWRES_COVERAGE = 0.25
+LOWRES_STEP = 1.03
+#: A low-resolution stage must cut the voxels at least this much to be worth training.
+LOWRES_MIN_REDUCTION = 2.0
+
+
+def _median_shape(fp: Fingerprint, spacing: Sequence[float], forward: Sequence[int]) -> np.ndarray:
+    """Median cropped shape when every case is resampled to ``spacing`` (transposed order)."""
+    sp = fp.spacings[:, list(forward)]
+    shapes = fp.shapes_after_crop[:, list(forward)]
+    return np.median(np.round(shapes * sp / np.asarray(spacing)), axis=0)
+
+
+def _plan_patch(spacing: Sequence[float], median_shape: Sequence[float], *, n_classes: int,
+                budget: float, ref_batch: int, cap: int, edge_voxels: int
+                ) -> tuple[rules.Topology, tuple[int, ...], int]:
+    """Largest topology/patch whose batch of 2 fits ``budget``: returns (topology, features, est)."""
+    patch = list(rules.initial_patch_size(spacing, median_shape, edge_voxels=edge_voxels))
+    # Plan again on the padded patch: padding can make room for one more downsampling step.
+    topo = rules.topology(spacing, rules.topology(spacing, patch).patch_size)
+    feats = rules.features_per_stage(topo.n_stages, cap=cap)
+    est = rules.feature_map_elements(topo, feats, n_classes=n_classes)
+    per_sample_budget = budget * ref_batch / rules.MIN_BATCH
+    while est > per_sample_budget:
+        ratios = np.asarray(topo.patch_size) / np.asarray(median_shape)
+        axis = int(np.argmax(ratios))
+        patch = list(topo.patch_size)
+        patch[axis] -= topo.divisor[axis]
+        if patch[axis] < 1:
+            break
+        topo = rules.topology(spacing, patch)
+        feats = rules.features_per_stage(topo.n_stages, cap=cap)
+        est = rules.feature_map_elements(topo, feats, n_classes=n_classes)
+    return topo, feats, est
+
+
+def plan_configuration(name: str, kind: ConfigKind, spacing: Sequence[float],
+                       median_shape: Sequence[float], *, n_cases: int, n_classes: int,
+                       gpu_memory_gb: float, in_slices: int = 1,
+                       batch_dice: bool = False) -> Configuration:
+    """Plan one configuration at a given spacing.
+
+    Args:
+        name: configuration name.
+        kind: ``"3d"``, ``"2d"`` or ``"2.5d"``.
+        spacing: 3 values (transposed order); 2D kinds plan on axes 1 and 2.
+        median_shape: 3 values at ``spacing``.
+        n_cases: training cases (for the dataset-coverage cap on the batch).
+        n_classes: network outputs, background included.
+        gpu_memory_gb: memory budget.
+        in_slices: K for 2.5D.
+        batch_dice: see :class:`Configuration`.
+    """
+    is_3d = kind == "3d"
+    ref_elements, ref_batch = rules.REFERENCE_3D if is_3d else rules.REFERENCE_2D
+    budget = ref_elements * gpu_memory_gb / 8.0
+    plan_sp = list(spacing) if is_3d else list(spacing[1:])
+    plan_shape = list(median_shape) if is_3d else list(median_shape[1:])
+    topo, feats, est = _plan_patch(plan_sp, plan_shape, n_classes=n_classes, budget=budget,
+                                   ref_batch=ref_batch, cap=320 if is_3d else 512,
+                                   edge_voxels=256 if is_3d else 2048)
+    bs = rules.batch_size(est, budget=budget * ref_batch, patch_voxels=int(np.prod(topo.patch_size)),
+                          dataset_voxels=float(np.prod(median_shape)) * n_cases)
+    return Configuration(
+        name=name,
+        kind=kind,
+        spacing=tuple(float(s) for s in spacing),
+        median_shape=tuple(int(s) for s in median_shape),
+        patch_size=topo.patch_size,
+        batch_size=bs,
+        in_slices=in_slices,
+        network=Network(
+            n_stages=topo.n_stages,
+            features_per_stage=feats,
+            kernel_sizes=topo.kernel_sizes,
+            strides=topo.strides,
+        ),
+        resampling=Resampling(),
+        batch_dice=batch_dice,
+        estimated_feature_elements=est,
+    )
+
+
+def _lowres(fp: Fingerprint, fullres: Configuration, forward: Sequence[int], *,
+            n_classes: int, gpu_memory_gb: float) -> Configuration | None:
+    """A coarser 3D stage whose patch covers at least a quarter of the median image, or None."""
+    full_voxels = float(np.prod(fullres.median_shape))
+    spacing = np.asarray(fullres.spacing, dtype=np.float64)
+    for _ in range(200):
+        coarsest = spacing.max()
+        grow = spacing < coarsest / 2
+        spacing = spacing * np.where(grow, LOWRES_STEP, 1.0) if grow.any() else spacing * LOWRES_STEP
+        shape = _median_shape(fp, spacing, forward)
+        cfg = plan_configuration("3d_lowres", "3d", spacing, shape, n_cases=len(fp.cases),
+                                 n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        if np.prod(cfg.patch_size) / np.prod(shape) >= LOWRES_COVERAGE:
+            break
+    if full_voxels / float(np.prod(cfg.median_shape)) < LOWRES_MIN_REDUCTION:
+        return None
+    return cfg
+
+
+def _normalization(fp: Fingerprint) -> tuple[Normalization, ...]:
+    out = []
+    for name, stats in zip(fp.channel_names, fp.foreground_intensity, strict=True):
+        scheme, mask = rules.normalization_scheme(name, fp.median_relative_size_after_crop)
+        if scheme == "ct":
+            out.append(Normalization("ct", False, (stats.percentile_00_5, stats.percentile_99_5),
+                                     stats.mean, max(stats.std, 1e-8)))
+        else:
+            out.append(Normalization(scheme, mask))
+    return tuple(out)
+
+
+def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = False) -> Plan:
+    """Plan every configuration for a fingerprinted dataset.
+
+    Args:
+        fp: the dataset's fingerprint.
+        gpu_memory_gb: memory budget for patch and batch sizes.
+        add_2p5d: offer ``2.5d`` even where the data is not thick-sliced.
+
+    Returns:
+        The plan; ``notes`` says which optional configurations were offered and why.
+    """
+    n_classes = len(fp.labels)
+    spacing_raw = rules.target_spacing(fp.spacings, fp.shapes_after_crop)
+    forward, backward = rules.transpose_order(spacing_raw)
+    spacing = tuple(spacing_raw[a] for a in forward)
+    median_spacing = tuple(float(v) for v in np.median(fp.spacings, axis=0)[list(forward)])
+    median_shape_orig = tuple(int(v) for v in np.median(fp.shapes_after_crop, axis=0)[list(forward)])
+    shape = _median_shape(fp, spacing, forward)
+    n = len(fp.cases)
+    notes: list[str] = []
+    configs: dict[str, Configuration] = {}
+
+    is_2d_data = shape[0] <= 1
+    if not is_2d_data:
+        full = plan_configuration("3d_fullres", "3d", spacing, shape, n_cases=n,
+                                  n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        coverage = float(np.prod(full.patch_size) / np.prod(shape))
+        low = None
+        if coverage < LOWRES_COVERAGE:
+            low = _lowres(fp, full, forward, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        if low is not None:
+            full = _replace(full, batch_dice=True, previous_stage=None)
+            configs["3d_fullres"] = full
+            configs["3d_lowres"] = _replace(low, next_stage="3d_cascade_fullres")
+            configs["3d_cascade_fullres"] = _replace(full, name="3d_cascade_fullres",
+                                                     previous_stage="3d_lowres")
+            notes.append(f"3d_lowres + cascade: the full-resolution patch covers {coverage:.0%} "
+                         f"of the median image (< {LOWRES_COVERAGE:.0%})")
+        else:
+            configs["3d_fullres"] = full
+            notes.append(f"no 3d_lowres: the full-resolution patch covers {min(coverage, 1):.0%} "
+                         "of the median image")
+    configs["2d"] = plan_configuration("2d", "2d", spacing, shape, n_cases=n,
+                                       n_classes=n_classes, gpu_memory_gb=gpu_memory_gb,
+                                       batch_dice=True)
+    thick = rules.offers_2p5d(spacing)
+    if not is_2d_data and (thick or add_2p5d):
+        k = rules.slices_for_2p5d(spacing[0])
+        configs["2.5d"] = plan_configuration("2.5d", "2.5d", spacing, shape, n_cases=n,
+                                             n_classes=n_classes, gpu_memory_gb=gpu_memory_gb,
+                                             in_slices=k, batch_dice=True)
+        why = (f"slices are {spacing[0] / min(spacing[1:]):.1f}x thicker than the in-plane "
+               "spacing" if thick else "asked for with --add-2.5d")
+        notes.append(f"2.5d offered with K={k} slices ({k * spacing[0]:g} mm): {why}")
+    else:
+        notes.append(f"no 2.5d: slice/in-plane spacing ratio "
+                     f"{spacing[0] / min(spacing[1:]):.1f} < {rules.ANISOTROPY_THRESHOLD:g}")
+    return Plan(
+        dataset_name=fp.dataset_name,
+        channel_names=tuple(fp.channel_names),
+        labels=dict(fp.labels),
+        transpose_forward=forward,
+        transpose_backward=backward,
+        original_median_spacing=median_spacing,
+        original_median_shape=median_shape_orig,
+        normalization=_normalization(fp),
+        gpu_memory_gb=float(gpu_memory_gb),
+        configurations=configs,
+        notes=tuple(notes),
+    )
+
+
+def _replace(cfg: Configuration, **changes: object) -> Configuration:
+    return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
