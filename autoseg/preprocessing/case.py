@@ -1,0 +1,136 @@
+"""Preprocess one case for one configuration: transpose, crop, normalise, resample, locate classes.
+
+The order matters: normalisation runs before resampling so that the nonzero mask (used by
+z-scoring inside the body) is exact, and label values become class indices (0..n-1) here, so that
+everything downstream works with dense class indices whatever values the dataset uses.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.fingerprint.crop import bbox_slices, nonzero_bbox
+from autoseg.planning.plan import Configuration, Plan
+from autoseg.preprocessing.normalize import normalize
+from autoseg.preprocessing.resample import needs_separate_z, resize_data, resize_labels
+
+#: Foreground voxel coordinates kept per class for oversampling: up to this many, but at least
+#: 1% of the class's voxels (nnU-Net's rule).
+LOCATIONS_PER_CLASS = 10_000
+
+
+@dataclass
+class PreprocessedCase:
+    """One case ready for training or prediction.
+
+    Attributes:
+        data: ``(C, Z, Y, X)`` float32 at the configuration's spacing, transposed and cropped.
+        seg: ``(Z, Y, X)`` class indices (uint8 / int16), or None without a label.
+        locations: ``(N, 4)`` int32 rows ``(class, z, y, x)`` of sampled foreground voxels.
+        properties: what is needed to map a prediction back to the source geometry (JSON-ready).
+    """
+
+    data: np.ndarray
+    seg: np.ndarray | None
+    locations: np.ndarray
+    properties: dict[str, Any]
+
+
+def target_spacing_for(config: Configuration, case_spacing: Sequence[float]) -> tuple[float, ...]:
+    """Spacing a case is resampled to; 2D kinds keep each case's own axis-0 (slice) spacing."""
+    if config.kind == "3d":
+        return tuple(config.spacing)
+    return (float(case_spacing[0]), *config.spacing[1:])
+
+
+def new_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    """Shape after resampling from ``spacing`` to ``target``, at least 1 voxel per axis."""
+    return tuple(max(1, round(s * sp / t)) for s, sp, t in zip(shape, spacing, target, strict=True))
+
+
+def class_locations(seg: np.ndarray, n_classes: int, *, seed: int) -> np.ndarray:
+    """Sample foreground voxel coordinates per class: ``(N, 4)`` rows ``(class, z, y, x)``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(1, n_classes):
+        coords = np.argwhere(seg == c)
+        if len(coords) == 0:
+            continue
+        n = min(len(coords), max(LOCATIONS_PER_CLASS, math.ceil(0.01 * len(coords))))
+        if n < len(coords):
+            coords = coords[np.sort(rng.choice(len(coords), n, replace=False))]
+        rows.append(np.column_stack([np.full(len(coords), c), coords]))
+    if not rows:
+        return np.zeros((0, 4), dtype=np.int32)
+    return np.concatenate(rows).astype(np.int32)
+
+
+def label_lut(label_values: Sequence[int]) -> np.ndarray:
+    """Lookup table from label value to class index (values not in the plan map to 0)."""
+    lut = np.zeros(max(label_values) + 1, dtype=np.int16)
+    for i, v in enumerate(label_values):
+        lut[v] = i
+    return lut
+
+
+def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing: Sequence[float],
+                      plan: Plan, config: Configuration, *, case_id: str,
+                      geometry: dict[str, Any] | None = None) -> PreprocessedCase:
+    """Preprocess arrays read from files.
+
+    Args:
+        data: ``(C, Z, Y, X)`` channels as read (file axis order).
+        seg: ``(Z, Y, X)`` label values, or None.
+        spacing: the file's spacing ``(z, y, x)`` in mm.
+        plan: the plan.
+        config: the configuration to preprocess for.
+        case_id: for the seeded foreground sampling.
+        geometry: the source geometry, stored in the properties for writing predictions.
+    """
+    fwd = list(plan.transpose_forward)
+    data = data.transpose([0, *(a + 1 for a in fwd)])
+    sp = tuple(float(spacing[a]) for a in fwd)
+    shape_before_crop = data.shape[1:]
+    bbox = nonzero_bbox(data)
+    sl = bbox_slices(bbox)
+    data = data[(slice(None), *sl)]
+    mask = None
+    if any(n.use_nonzero_mask for n in plan.normalization):
+        mask = ndimage.binary_fill_holes(np.any(data != 0, axis=0))
+    data = normalize(data, plan.normalization, nonzero_mask=mask)
+    target = target_spacing_for(config, sp)
+    shape = new_shape(data.shape[1:], sp, target)
+    rs = config.resampling
+    z_axis = needs_separate_z(sp, target, anisotropy=rs.separate_z_anisotropy)
+    data = resize_data(data, shape, order=rs.data_order, z_axis=z_axis, z_order=rs.z_order)
+    out_seg = None
+    locations = np.zeros((0, 4), dtype=np.int32)
+    if seg is not None:
+        seg = seg.transpose(fwd)[sl]
+        lut = label_lut(plan.label_values)
+        seg = lut[seg.astype(np.int64)]
+        dtype = np.uint8 if plan.num_classes < 256 else np.int16
+        out_seg = resize_labels(seg.astype(dtype), shape, order=rs.seg_order, z_axis=z_axis,
+                                z_order=rs.z_order)
+        locations = class_locations(out_seg, plan.num_classes,
+                                    seed=zlib.crc32(case_id.encode()) ^ 1234)
+    props = {
+        "case_id": case_id,
+        "spacing_transposed": list(sp),
+        "shape_before_crop": [int(s) for s in shape_before_crop],
+        "bbox": [list(b) for b in bbox],
+        "shape_after_crop": [hi - lo for lo, hi in bbox],
+        "target_spacing": list(target),
+        "shape_after_resample": list(shape),
+        "z_axis": z_axis,
+        "classes_present": sorted({int(c) for c in np.unique(locations[:, 0])}),
+        "geometry": geometry,
+    }
+    return PreprocessedCase(data.astype(np.float32, copy=False), out_seg, locations, props)

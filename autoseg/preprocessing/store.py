@@ -1,0 +1,97 @@
+"""On-disk store of preprocessed cases: memory-mappable ``.npy`` arrays plus a JSON properties file.
+
+Layout of one store (``<work>/<dataset>/preprocessed/<key>/``)::
+
+    plan_part.json        the part of the plan the arrays depend on (its hash is <key>)
+    CASE.npy              (C, Z, Y, X) float32
+    CASE_seg.npy          (Z, Y, X) class indices
+    CASE_fg.npy           (N, 4) int32 foreground samples (class, z, y, x)
+    CASE.json             properties; written last, so its presence means the case is complete
+
+No pickle anywhere: everything loads with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoseg.planning.plan import Configuration, Plan
+from autoseg.preprocessing.case import PreprocessedCase
+from autoseg.workspace import write_json_atomic
+
+
+def plan_part(plan: Plan, config: Configuration) -> dict[str, Any]:
+    """What preprocessed arrays depend on; configurations that agree on it share one store."""
+    return {
+        "channel_names": list(plan.channel_names),
+        "label_values": list(plan.label_values),
+        "transpose_forward": list(plan.transpose_forward),
+        "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None}
+                          for n in plan.normalization],
+        "resample_axis0": config.kind == "3d",
+        "spacing": list(config.spacing) if config.kind == "3d" else list(config.spacing[1:]),
+        "resampling": vars(config.resampling),
+    }
+
+
+def store_key(plan: Plan, config: Configuration) -> str:
+    """Short hash of :func:`plan_part`."""
+    blob = json.dumps(plan_part(plan, config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+    tmp.replace(path)
+
+
+class PreprocessedStore:
+    """One folder of preprocessed cases for one plan part."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    @classmethod
+    def for_config(cls, dataset_dir: Path, plan: Plan, config: Configuration) -> PreprocessedStore:
+        """The store of ``config`` under ``<dataset_dir>/preprocessed/``; records its plan part."""
+        store = cls(dataset_dir / "preprocessed" / store_key(plan, config))
+        part = store.folder / "plan_part.json"
+        if not part.is_file():
+            write_json_atomic(part, plan_part(plan, config))
+        return store
+
+    def is_done(self, case_id: str) -> bool:
+        """Whether the case was stored completely."""
+        return (self.folder / f"{case_id}.json").is_file()
+
+    def save(self, case: PreprocessedCase) -> None:
+        """Store a case; the properties file goes last and marks it complete."""
+        cid = case.properties["case_id"]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _save_npy(self.folder / f"{cid}.npy", case.data)
+        if case.seg is not None:
+            _save_npy(self.folder / f"{cid}_seg.npy", case.seg)
+        _save_npy(self.folder / f"{cid}_fg.npy", case.locations)
+        write_json_atomic(self.folder / f"{cid}.json", case.properties)
+
+    def load(self, case_id: str, *, mmap: bool = True) -> PreprocessedCase:
+        """Load a case; arrays memory-mapped read-only unless ``mmap`` is False."""
+        mode = "r" if mmap else None
+        data = np.load(self.folder / f"{case_id}.npy", mmap_mode=mode, allow_pickle=False)
+        seg_path = self.folder / f"{case_id}_seg.npy"
+        seg = np.load(seg_path, mmap_mode=mode, allow_pickle=False) if seg_path.is_file() else None
+        loc = np.load(self.folder / f"{case_id}_fg.npy", allow_pickle=False)
+        props = json.loads((self.folder / f"{case_id}.json").read_text())
+        return PreprocessedCase(data, seg, loc, props)
+
+    def properties(self, case_id: str) -> dict[str, Any]:
+        """Only the properties of a case."""
+        return json.loads((self.folder / f"{case_id}.json").read_text())
