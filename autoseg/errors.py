@@ -6,6 +6,7 @@ The tree::
      ├── DatasetError             dataset folder, dataset.json or case files are wrong
      ├── ImageReadError           one image file or DICOM folder cannot be read
      ├── PlanError                plans.json missing, invalid, or lacks a configuration
+     ├── CheckpointError          a checkpoint or trained model is missing, corrupt or mismatched
      └── MissingDependencyError   an optional extra is not installed (also an ImportError)
 
 Anything else that escapes is a bug and keeps its traceback.
@@ -40,6 +41,10 @@ class ImageReadError(AutosegError):
 
 class PlanError(AutosegError):
     """A plan is missing, invalid, or lacks what is asked of it."""
+
+
+class CheckpointError(AutosegError):
+    """A checkpoint or trained model is missing, corrupt, or from another run."""
 
 
 class MissingDependencyError(AutosegError, ImportError):

@@ -52,8 +52,8 @@ def _fingerprint_case(args: tuple[Case, Dataset, int]) -> _CaseResult:
     samples: list[np.ndarray] = []
     counts = [0] * len(values)
     if label is not None:
-        bc = np.bincount(label.ravel(), minlength=max(values) + 1)
-        counts = [int(bc[v]) for v in values]
+        bc = np.bincount(label.ravel())  # up to the largest value present, not declared
+        counts = [int(bc[v]) if v < bc.size else 0 for v in values]
         fg = label > 0
         n_fg = int(fg.sum())
         rng = np.random.default_rng(_case_seed(case.case_id))

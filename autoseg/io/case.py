@@ -110,8 +110,12 @@ def _check_label(img: Image, allowed: set[int], problems: list[str],
     if lo < 0:
         problems.append(f"{img.path}: label map holds negative value {lo}; labels are >= 0")
         return None
-    counts = np.bincount(arr.astype(np.int64, copy=False).ravel(), minlength=hi + 1)
-    present = set(np.flatnonzero(counts).tolist())
+    if hi > max(allowed, default=0):
+        # A value above every declared one (e.g. 4e9 in a corrupt map): bincount would allocate hi+1.
+        present = {int(v) for v in np.unique(arr)}
+    else:
+        counts = np.bincount(arr.astype(np.int64, copy=False).ravel(), minlength=hi + 1)
+        present = set(np.flatnonzero(counts).tolist())
     if undeclared := sorted(present - allowed):
         problems.append(f"{img.path}: label value(s) {undeclared[:10]} not declared in "
                         "dataset.json 'labels'; declare them or fix the label map")

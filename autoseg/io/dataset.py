@@ -96,7 +96,11 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path:
     """Resolve ``rel`` under ``root``; note a problem when it points outside the dataset folder."""
-    p = (root / rel).resolve()
+    try:
+        p = (root / rel).resolve()
+    except (OSError, ValueError) as e:  # ValueError: a NUL character in the name
+        problems.append(f"{where}: entry {rel!r} is not a valid path ({e})")
+        return root / "dataset.json"
     if not p.is_relative_to(root.resolve()):
         problems.append(f"{where}: entry {rel!r} points outside the dataset folder {root}; "
                         "keep every file inside it")

@@ -8,10 +8,15 @@ it came from gives a file that overlays the scan exactly.
 from __future__ import annotations
 
 import gzip
+import itertools
+import math
 import os
+import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
@@ -113,15 +118,86 @@ def check_gzip_stream(path: Path) -> None:
 
     SimpleITK (2.5) reads a ``.nii.gz`` cut in half without an error and fills the missing
     voxels with garbage, so every gzip file is decompressed once here to check its end-of-stream
-    marker and CRC before it is trusted. Costs about a millisecond per MB.
+    marker and CRC before it is trusted; a ``.nii.gz``'s contents are checked on the way (see
+    :func:`check_nifti_bytes`). Costs about a millisecond per MB.
     """
     try:
         with gzip.open(path, "rb") as f:
-            while f.read(1 << 22):
-                pass
+            if path.name.lower().endswith(".nii.gz"):
+                check_nifti_bytes(path, _chunks(f))
+            else:
+                for _ in _chunks(f):
+                    pass
     except (EOFError, OSError, zlib.error) as e:
         msg = f"{path}: the gzip stream is truncated or corrupt ({e}); re-export or re-copy the file"
         raise ImageReadError(msg) from e
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(1 << 22):
+        yield chunk
+
+
+def _nifti_layout(head: bytes) -> tuple[int, int, np.dtype | None] | None:
+    """(bytes the file needs, data offset, float dtype or None) from a single-file NIfTI header."""
+    if len(head) >= 348 and head[344:348] == b"n+1\0":
+        end = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
+        dims = struct.unpack(f"{end}8h", head[40:56])
+        datatype, bitpix = struct.unpack(f"{end}2h", head[70:74])
+        offset_f = struct.unpack(f"{end}f", head[108:112])[0]
+        if not math.isfinite(offset_f):
+            return None
+        offset = int(offset_f)
+    elif len(head) >= 540 and head[4:8] == b"n+2\0":
+        end = "<" if struct.unpack("<i", head[:4])[0] == 540 else ">"
+        datatype, bitpix = struct.unpack(f"{end}2h", head[12:16])
+        dims = struct.unpack(f"{end}8q", head[16:80])
+        offset = struct.unpack(f"{end}q", head[168:176])[0]
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or offset < 0:
+        return None
+    n_voxels = math.prod(max(int(d), 1) for d in dims[1 : dims[0] + 1])
+    floats = {16: f"{end}f4", 64: f"{end}f8"}  # NIfTI DT_FLOAT32, DT_FLOAT64
+    dtype = np.dtype(floats[datatype]) if datatype in floats else None
+    return offset + n_voxels * bitpix // 8, offset, dtype
+
+
+def check_nifti_bytes(path: Path, chunks: Iterable[bytes]) -> None:
+    """Raise :class:`ImageReadError` if a NIfTI file is shorter than its header says or holds NaN/inf.
+
+    SimpleITK (2.5) reads both without a word: missing voxels of a cut ``.nii`` become zeros,
+    and NaN and inf become 0 (nifti1_io replaces them), so the raw bytes are checked here.
+
+    Args:
+        path: the file (for the messages).
+        chunks: the (decompressed) file's bytes in order, the first chunk holding the header.
+    """
+    it = iter(chunks)
+    head = next(it, b"")
+    layout = _nifti_layout(head)
+    if layout is None:
+        for _ in it:
+            pass
+        return
+    expected, offset, dtype = layout
+    size, n_bad, rest = 0, 0, b""
+    for chunk in itertools.chain([head], it):
+        if dtype is not None and size + len(chunk) > offset and size < expected:
+            data = rest + chunk[max(offset - size, 0) : expected - size]
+            n = len(data) - len(data) % dtype.itemsize
+            values = np.frombuffer(data, dtype, count=n // dtype.itemsize)
+            n_bad += values.size - int(np.count_nonzero(np.isfinite(values)))
+            rest = data[n:]
+        size += len(chunk)
+    if size < expected:
+        msg = (f"{path}: truncated: holds {size} bytes but its NIfTI header needs {expected}; "
+               "re-export or re-copy the file")
+        raise ImageReadError(msg)
+    if n_bad:
+        msg = (f"{path}: holds {n_bad} NaN or inf voxel value(s) (they would be read as 0); "
+               "fix or remove the case")
+        raise ImageReadError(msg)
 
 
 def read_image(path: str | os.PathLike[str], *, check_stream: bool = True) -> Image:
@@ -129,7 +205,8 @@ def read_image(path: str | os.PathLike[str], *, check_stream: bool = True) -> Im
 
     Args:
         path: a NIfTI/NRRD/MHA/… file, or a folder holding one DICOM series.
-        check_stream: verify gzip integrity first (see :func:`check_gzip_stream`).
+        check_stream: check gzip integrity, NIfTI length and NaN/inf first (see
+            :func:`check_gzip_stream`).
 
     Returns:
         The image, array in ``(Z, Y, X)`` order, any dimension (callers check for 3D).
@@ -147,6 +224,9 @@ def read_image(path: str | os.PathLike[str], *, check_stream: bool = True) -> Im
         raise ImageReadError(msg)
     if check_stream and p.name.lower().endswith(".gz"):
         check_gzip_stream(p)
+    elif check_stream and p.name.lower().endswith(".nii"):
+        with open(p, "rb") as f:
+            check_nifti_bytes(p, _chunks(f))
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as e:
