@@ -160,7 +160,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
-        return dataclasses.asdict(self)
+        return _lists(dataclasses.asdict(self))
 
     def save(self, path: Path) -> None:
         """Write ``plans.json`` atomically."""
@@ -201,6 +201,15 @@ class Plan:
             raise PlanError(msg) from e
 
 
+def _lists(value: Any) -> Any:
+    """``value`` with every tuple turned into a list, as JSON would give it back."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
 def _build(tp: Any, value: Any, where: str) -> Any:
     """Turn JSON ``value`` into type ``tp`` (dataclass, tuple, dict, Literal, Optional, scalar)."""
     origin = typing.get_origin(tp)
@@ -210,11 +219,10 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             raise PlanError(f"{where}: expected an object")
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
-        required = {f.name for f in dataclasses.fields(tp)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         if unknown := set(value) - names:
             raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}")
-        if missing := required - set(value):
+        # Every key, defaulted ones too: a plan missing one was hand-edited or is stale.
+        if missing := names - set(value):
             raise PlanError(f"{where}: missing key(s) {sorted(missing)}")
         return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
     if origin in (typing.Union, types.UnionType):

@@ -54,11 +54,16 @@ def _plan_patch(spacing: Sequence[float], median_shape: Sequence[float], *, n_cl
     per_sample_budget = budget * ref_batch / rules.MIN_BATCH
     while est > per_sample_budget:
         ratios = np.asarray(topo.patch_size) / np.asarray(median_shape)
-        axis = int(np.argmax(ratios))
+        # The axis that overshoots the image most; among ties the last (as nnU-Net), which
+        # keeps the coarse first axis (after transpose) whole when in-plane axes can give.
+        axis = len(ratios) - 1 - int(np.argmax(ratios[::-1]))
         patch = list(topo.patch_size)
-        patch[axis] -= topo.divisor[axis]
-        if patch[axis] < 1:
+        # Step by the divisor of the *smaller* patch (nnU-Net does the same): stepping by the
+        # current one would skip valid sizes, e.g. 256 (divisor 64) -> 192 instead of 224.
+        smaller = [*patch[:axis], patch[axis] - topo.divisor[axis], *patch[axis + 1:]]
+        if smaller[axis] < 1:
             break
+        patch[axis] -= rules.topology(spacing, smaller).divisor[axis]
         topo = rules.topology(spacing, patch)
         feats = rules.features_per_stage(topo.n_stages, cap=cap)
         est = rules.feature_map_elements(topo, feats, n_classes=n_classes)
@@ -156,7 +161,8 @@ def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = F
     """
     n_classes = len(fp.labels)
     spacing_raw = rules.target_spacing(fp.spacings, fp.shapes_after_crop)
-    forward, backward = rules.transpose_order(spacing_raw)
+    forward, backward = rules.transpose_order(spacing_raw,
+                                              np.median(fp.shapes_after_crop, axis=0))
     spacing = tuple(spacing_raw[a] for a in forward)
     median_spacing = tuple(float(v) for v in np.median(fp.spacings, axis=0)[list(forward)])
     median_shape_orig = tuple(int(v) for v in np.median(fp.shapes_after_crop, axis=0)[list(forward)])

@@ -80,19 +80,29 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray, *,
     return tuple(round(float(t), 6) for t in target)
 
 
-def transpose_order(spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def transpose_order(spacing: Sequence[float], shape: Sequence[float] | None = None
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Axis order that puts the coarsest axis first (2D slices are then taken across it).
 
+    An axis of size 1 (2D images stored as 3D) counts as the coarsest whatever its spacing, so
+    that 2D data always has its single slice on axis 0.
+
     Returns:
-        ``(forward, backward)``: ``array.transpose(forward)`` before, ``.transpose(backward)`` after.
+        ``(forward, backward)``: ``array.transpose(forward)`` before, ``.transpose(backward)``
+        after.
 
     Examples:
         >>> transpose_order((0.8, 0.8, 3.0))
         ((2, 0, 1), (1, 2, 0))
         >>> transpose_order((1.0, 1.0, 1.0))
         ((0, 1, 2), (0, 1, 2))
+        >>> transpose_order((1.0, 2.0, 2.0), shape=(256, 1, 256))
+        ((1, 0, 2), (1, 0, 2))
     """
-    worst = int(np.argmax(spacing))
+    key = np.asarray(spacing, dtype=np.float64).copy()
+    if shape is not None:
+        key[np.asarray(shape) <= 1] = np.inf
+    worst = int(np.argmax(key))
     forward = (worst, *(a for a in range(len(spacing)) if a != worst))
     backward = tuple(int(i) for i in np.argsort(forward))
     return forward, backward
@@ -147,10 +157,11 @@ def topology(spacing: Sequence[float], patch_size: Sequence[float], *,
     """Kernel sizes and strides for a patch, halving axes while they stay large and fine enough.
 
     An axis is downsampled at a stage while its current size is >= 2*min_edge and its current
-    spacing is less than twice the finest current spacing (so anisotropic axes wait until the
-    others have caught up). A lone axis needs 3*min_edge. Kernels are 1 along an axis until its
-    spacing comes within 2x of the finest, then 3 (in-plane-only convolutions early on for thick
-    slices); the bottleneck's kernel is 3 everywhere.
+    spacing is less than twice the finest current spacing among the axes that are still that
+    large (so anisotropic axes wait until the others have caught up, but not for axes that can
+    no longer be halved; nnU-Net v2 does the same). A lone axis needs 3*min_edge. Kernels are 1
+    along an axis until its spacing comes within 2x of the finest, then 3 (in-plane-only
+    convolutions early on for thick slices); the bottleneck's kernel is 3 everywhere.
 
     Examples:
         >>> t = topology((1.0, 1.0, 1.0), (36, 50, 35))
@@ -173,8 +184,11 @@ def topology(spacing: Sequence[float], patch_size: Sequence[float], *,
     kernels = [kernel()]
     strides = [(1,) * dim]
     while len(strides) < max_stages:
-        finest = min(sp)
-        valid = [a for a in range(dim) if sp[a] / finest < 2 and size[a] >= 2 * min_edge]
+        large = [a for a in range(dim) if size[a] >= 2 * min_edge]
+        if not large:
+            break
+        finest = min(sp[a] for a in large)
+        valid = [a for a in large if sp[a] / finest < 2]
         if len(valid) == 1 and size[valid[0]] < 3 * min_edge:
             valid = []
         if not valid:
