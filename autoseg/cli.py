@@ -35,6 +35,7 @@ def _workers(args: argparse.Namespace) -> int:
     return args.workers if args.workers else default_workers()
 
 
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from autoseg.pipeline import verify
 
@@ -75,6 +76,56 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from autoseg.pipeline import preprocess
+
+    folders = preprocess(args.dataset, _workspace(args), configurations=args.configurations,
+                         workers=_workers(args))
+    for f in folders:
+        log.info("preprocessed data: %s", f)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from autoseg._device import cuda_available
+    from autoseg.pipeline import train
+    from autoseg.training.config import TrainConfig
+    from autoseg.training.trainer import TrainingInterrupted
+
+    device = args.device or ("cuda" if cuda_available() else "cpu")
+    if device == "cuda" and not cuda_available():
+        from autoseg.errors import AutosegError
+
+        msg = "--device cuda: no CUDA device is available here; use --device cpu"
+        raise AutosegError(msg)
+    fold = "all" if args.fold == "all" else int(args.fold)
+    defaults = TrainConfig(configuration=args.configuration, fold=fold)
+    cfg = TrainConfig(
+        configuration=args.configuration, fold=fold, device=device,
+        epochs=args.epochs or defaults.epochs,
+        iters_per_epoch=args.iters_per_epoch or defaults.iters_per_epoch,
+        val_iters=args.val_iters if args.val_iters is not None else defaults.val_iters,
+        lr=args.lr, loss=args.loss, precision=args.precision, accumulate=args.accumulate,
+        workers=args.workers if args.workers is not None else defaults.workers,
+        seed=args.seed, checkpoint_every=args.checkpoint_every,
+        val_probabilities=not args.no_val_probabilities, batch_size=args.batch_size,
+    )
+    try:
+        fold_dir = train(args.dataset, _workspace(args), cfg, resume=args.resume,
+                         group_by=args.group_by, preprocess_workers=_workers(args))
+    except TrainingInterrupted:
+        return 130
+    log.info("done: %s", fold_dir)
+    return 0
+
+
+def _fold(value: str) -> str:
+    if value == "all" or (value.isdigit() and 0 <= int(value) <= 4):
+        return value
+    msg = f"FOLD must be 0-4 or 'all', got {value!r}"
+    raise argparse.ArgumentTypeError(msg)
+
+
 def _fmt(v: Sequence[float]) -> str:
     return "x".join(f"{x:g}" for x in v)
 
@@ -89,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--work-dir", type=Path, default=None,
                         help="work folder (default: $AUTOSEG_WORK, else ./autoseg_work)")
-    common.add_argument("--workers", type=int, default=0,
-                        help="worker processes (default: CPUs available, at most 8)")
+    common.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: CPUs available, at most 8; for train: "
+                        "augmentation workers, default 2)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -110,13 +162,66 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--add-2.5d", dest="add_2p5d", action="store_true",
                     help="offer the 2.5d configuration even for data that is not thick-sliced")
     pl.set_defaults(func=_cmd_plan)
+
+    pp = sub.add_parser("preprocess", parents=[common], help="preprocess a planned dataset",
+                        description="Preprocess a planned dataset (train does this on first use).")
+    pp.add_argument("dataset", help="dataset folder or planned name")
+    pp.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                    help="configurations to preprocess (default: all in the plan)")
+    pp.set_defaults(func=_cmd_preprocess)
+
+    tr = sub.add_parser("train", parents=[common], help="train one configuration on one fold",
+                        description="Train CONFIG on FOLD (0-4 or all) of a planned dataset.")
+    tr.add_argument("dataset", help="dataset folder or planned name")
+    tr.add_argument("configuration", help="a configuration of the plan (2d, 2.5d, 3d_fullres, ...)")
+    tr.add_argument("fold", type=_fold, help="0-4, or all")
+    tr.add_argument("--epochs", type=int, default=None, help="epochs (default 1000)")
+    tr.add_argument("--iters-per-epoch", type=int, default=None, help="iterations per epoch "
+                    "(default 250)")
+    tr.add_argument("--val-iters", type=int, default=None,
+                    help="validation batches per epoch for the pseudo-Dice (default 50)")
+    tr.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                    help="default: cuda when available")
+    tr.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="auto: fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32")
+    tr.add_argument("--accumulate", type=int, default=1, metavar="N",
+                    help="gradient accumulation steps")
+    tr.add_argument("--loss", choices=["dice_ce", "dice_focal"], default="dice_ce",
+                    help="dice_focal for strong class imbalance")
+    tr.add_argument("--lr", type=float, default=1e-2, help="initial learning rate")
+    tr.add_argument("--batch-size", type=int, default=None, help="override the plan's batch size")
+    tr.add_argument("--seed", type=int, default=12345)
+    tr.add_argument("--checkpoint-every", type=int, default=5, metavar="EPOCHS")
+    tr.add_argument("--continue", dest="resume", action="store_true",
+                    help="resume from the latest checkpoint of this fold")
+    tr.add_argument("--group-by", default=None, metavar="REGEX",
+                    help="case-name pattern whose first group names the patient (no patient in "
+                    "both training and validation)")
+    tr.add_argument("--no-val-probabilities", action="store_true",
+                    help="do not keep validation probabilities (needed for ensembles)")
+    tr.set_defaults(func=_cmd_train)
     return p
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (test harnesses swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    """Console shows INFO (or WARNING with -q, DEBUG with -v); the loggers themselves pass INFO
+    on, so a run's log file keeps the whole story whatever the console shows."""
+    console = _StderrHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet
+                     else logging.INFO)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        handlers=[console], force=True)
     logging.captureWarnings(True)
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

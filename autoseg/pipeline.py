@@ -9,13 +9,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from autoseg.errors import PlanError
 from autoseg.fingerprint.extract import extract_fingerprint, fingerprint_cases
 from autoseg.fingerprint.model import Fingerprint
 from autoseg.io.dataset import load_dataset
 from autoseg.planning.plan import Plan
 from autoseg.planning.planner import make_plan
 from autoseg.workspace import Workspace
+
+if TYPE_CHECKING:
+    from autoseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +68,98 @@ def plan(dataset_dir: Path, workspace: Workspace, *, gpu_memory_gb: float, worke
     the_plan.save(workspace.plans_path(dataset.name))
     workspace.remember_source(dataset.name, dataset_dir)
     return fp, the_plan
+
+
+def _load_plan(workspace: Workspace, name: str) -> Plan:
+    return Plan.load(workspace.plans_path(name))
+
+
+def preprocess(dataset: str, workspace: Workspace, *, configurations: list[str] | None,
+               workers: int) -> list[Path]:
+    """Preprocess a planned dataset for some (default: all) configurations.
+
+    Returns:
+        The store folders.
+    """
+    from autoseg.preprocessing.run import preprocess_dataset
+
+    name, folder = workspace.resolve(dataset)
+    the_plan = _load_plan(workspace, name)
+    ds = load_dataset(folder)
+    names = configurations or [c for c in the_plan.configurations if c != "3d_cascade_fullres"]
+    return [preprocess_dataset(ds, the_plan, the_plan.configuration(c), workspace.dataset_dir(name),
+                               workers=workers).folder for c in names]
+
+
+def train(dataset: str, workspace: Workspace, cfg: TrainConfig, *, resume: bool = False,
+          group_by: str | None = None, preprocess_workers: int = 2) -> Path:
+    """Train one configuration on one fold (preprocessing first if needed).
+
+    Returns:
+        The fold's folder ``<work>/<name>/models/<config>/fold_<k>/``.
+
+    Raises:
+        PlanError: the plan lacks the configuration (the message lists those it has).
+        DatasetError: a case cannot be read, or the fold does not exist.
+    """
+    from autoseg.data.splits import fold_cases, groups_from_regex, load_or_create_splits
+    from autoseg.preprocessing.run import preprocess_dataset
+    from autoseg.training import distributed as dist
+    from autoseg.training.trainer import Trainer
+    from autoseg.training.validate import validate_fold
+    from autoseg.workspace import write_json_atomic
+
+    name, folder = workspace.resolve(dataset)
+    the_plan = _load_plan(workspace, name)
+    config = the_plan.configuration(cfg.configuration)
+    if config.previous_stage is not None:
+        msg = (f"{config.name} needs the predictions of {config.previous_stage}; cascades are not "
+               f"trained yet: train {config.previous_stage} or 3d_fullres instead")
+        raise PlanError(msg)
+    world = dist.init_from_env(cfg.device)
+    if not world.is_main:  # one process speaks for all
+        logging.getLogger("autoseg").setLevel(logging.WARNING)
+    ds = load_dataset(folder)
+    ds_dir = workspace.dataset_dir(name)
+    if world.is_main:
+        store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=preprocess_workers)
+    dist.barrier()
+    if not world.is_main:
+        store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=1)
+    ids = [c.case_id for c in ds.cases]
+    groups = {c.case_id: c.patient for c in ds.cases if c.patient} or None
+    if group_by:
+        groups = groups_from_regex(ids, group_by)
+    splits = load_or_create_splits(ds_dir / "splits.json", ids, groups=groups)
+    train_ids, val_ids = fold_cases(splits, cfg.fold)
+    model_dir = ds_dir / "models" / config.name
+    fold_dir = model_dir / cfg.fold_name
+    if world.is_main:
+        the_plan.save(model_dir / "plans.json")
+        write_json_atomic(fold_dir / "train_config.json", cfg.to_dict())
+    handler = _file_log(fold_dir / "log.txt") if world.is_main else None
+    try:
+        log.info("training %s fold %s on %d cases (%d validation), device %s", config.name,
+                 cfg.fold, len(train_ids), len(val_ids), cfg.device)
+        trainer = Trainer(the_plan, config, cfg, store, train_ids, val_ids, fold_dir)
+        trainer.run(resume=resume)
+        if world.is_main and val_ids:
+            labels = {c.case_id: c.label for c in ds.cases if c.label is not None}
+            validate_fold(trainer.network, the_plan, config, store, val_ids, labels,
+                          fold_dir / "validation", device=trainer.device,
+                          amp_dtype=trainer.amp_dtype, save_probabilities=cfg.val_probabilities)
+        dist.barrier()
+    finally:
+        if handler is not None:
+            logging.getLogger("autoseg").removeHandler(handler)
+            handler.close()
+    return fold_dir
+
+
+def _file_log(path: Path) -> logging.Handler:
+    """Also log to ``path`` (the fold's log.txt) for the duration of a training run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("autoseg").addHandler(handler)
+    return handler

@@ -1,0 +1,236 @@
+"""Endless batches of augmented training patches, in the main process or in worker processes.
+
+:func:`make_loader` is the entry point; it returns a :class:`BatchLoader` to call ``next()`` on::
+
+    with make_loader(store, train_ids, config, batch_size=2, workers=4, seed=0,
+                     augment=True) as loader:
+        batch = next(loader)   # {"data": (B, C, *patch) float32, "target": (B, 1, *patch) int64}
+
+Workers are batchgenerators ``MultiThreadedAugmenter`` processes. Each receives a
+:class:`PatchDataset` holding only the store folder, the case ids and settings; the memory maps
+are opened lazily inside the worker, so no image array is ever pickled. Worker ``i`` draws from
+``numpy.random.default_rng(SeedSequence([seed, i]))`` and batches are taken from the workers in
+turn, so a run is reproducible for a given ``seed`` and ``workers``; ``workers=0`` and
+``workers=1`` even give the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import Compose
+
+from autoseg.data.augmentation import (
+    seeded_global_rng,
+    to_tensors,
+    training_transforms,
+    validation_transforms,
+)
+from autoseg.data.geometry import spatial_params
+from autoseg.data.sampling import sample_patch
+from autoseg.errors import DatasetError
+from autoseg.planning.plan import Configuration
+from autoseg.preprocessing.case import PreprocessedCase
+from autoseg.preprocessing.store import PreprocessedStore
+
+log = logging.getLogger(__name__)
+
+#: nnU-Net's share of each batch forced to contain foreground.
+OVERSAMPLE_FOREGROUND = 1 / 3
+
+
+def forced_foreground(batch_size: int, oversample: float) -> list[bool]:
+    """Which samples of a batch must contain foreground: the last ones, nnU-Net's rule.
+
+    Sample ``j`` is forced when ``j >= round(batch_size * (1 - oversample))``.
+
+    Examples:
+        >>> forced_foreground(7, 1 / 3)
+        [False, False, False, False, False, True, True]
+        >>> forced_foreground(2, 1 / 3)
+        [False, True]
+    """
+    first = round(batch_size * (1 - oversample))
+    return [j >= first for j in range(batch_size)]
+
+
+class PatchDataset(SlimDataLoaderBase):
+    """The per-process batch source: picks cases, cuts patches, runs the pipeline.
+
+    Pickles to a few strings and numbers (the store folder, case ids, configuration, settings);
+    the cases are memory-mapped on first use in whichever process draws from it.
+
+    Args:
+        folder: the preprocessed store's folder.
+        case_ids: cases to draw from (uniformly, with replacement).
+        config: the configuration.
+        batch_size: samples per batch.
+        oversample: share of each batch forced to contain foreground.
+        seed: base seed; the stream of worker ``i`` is ``SeedSequence([seed, i])``.
+        augment: training augmentation (True) or the validation centre crop (False).
+    """
+
+    def __init__(self, folder: Path, case_ids: Sequence[str], config: Configuration, *,
+                 batch_size: int, oversample: float, seed: int, augment: bool) -> None:
+        super().__init__(None, batch_size)
+        self.folder = Path(folder)
+        self.case_ids = tuple(case_ids)
+        self.config = config
+        self.forced = forced_foreground(batch_size, oversample)
+        self.seed = seed
+        self.augment = augment
+        self.patch_size = (spatial_params(config).initial_patch if augment
+                           else tuple(config.patch_size))
+        self.transform: Compose = (training_transforms(config, tensors=False) if augment
+                                   else validation_transforms(config, tensors=False))
+        self._cases: dict[str, PreprocessedCase] = {}
+        self._rng: np.random.Generator | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cases"] = {}
+        state["_rng"] = None
+        return state
+
+    def set_thread_id(self, thread_id: int) -> None:
+        """Called by ``MultiThreadedAugmenter`` inside worker ``thread_id`` before drawing."""
+        super().set_thread_id(thread_id)
+        self._cases = {}
+        self._rng = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The generator of the current process (created on first use from ``seed`` and the thread id)."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.thread_id]))
+        return self._rng
+
+    def case(self, case_id: str) -> PreprocessedCase:
+        """The memory-mapped case, opened once per process."""
+        if case_id not in self._cases:
+            self._cases[case_id] = PreprocessedStore(self.folder).load(case_id)
+        return self._cases[case_id]
+
+    def generate_train_batch(self) -> dict[str, Any]:
+        """One transformed batch of numpy arrays: ``{"data", "target", "case_ids"}``."""
+        rng = self.rng
+        picks = rng.integers(len(self.case_ids), size=self.batch_size)
+        ids = [self.case_ids[i] for i in picks]
+        patches = [sample_patch(self.case(cid), self.config, force_fg=force, rng=rng,
+                                patch_size=self.patch_size)
+                   for cid, force in zip(ids, self.forced, strict=True)]
+        batch = {"data": np.stack([d for d, _ in patches]),
+                 "seg": np.stack([s for _, s in patches]),
+                 "case_ids": ids}
+        with seeded_global_rng(rng):
+            return self.transform(**batch)
+
+
+class BatchLoader:
+    """An endless iterator of batches; close it (or use ``with``) to stop its workers.
+
+    Args:
+        dataset: the batch source.
+        workers: 0 runs in this process; ``n >= 1`` starts ``n`` worker processes now.
+    """
+
+    def __init__(self, dataset: PatchDataset, *, workers: int) -> None:
+        self.dataset = dataset
+        self.workers = workers
+        self._closed = False
+        if workers == 0:
+            self._augmenter: SingleThreadedAugmenter | MultiThreadedAugmenter = \
+                SingleThreadedAugmenter(dataset, None)
+            self._finalizer = None
+        else:
+            seeds = [int(s.generate_state(1)[0])
+                     for s in np.random.SeedSequence(dataset.seed).spawn(workers)]
+            mta = MultiThreadedAugmenter(dataset, None, workers, num_cached_per_queue=2,
+                                         seeds=seeds, pin_memory=False)
+            self._augmenter = mta
+            mta.restart()  # start now, so batches are ready when training starts
+            self._finalizer = weakref.finalize(self, mta._finish)
+
+    def __iter__(self) -> BatchLoader:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._closed:
+            msg = "this loader is closed; make a new one with make_loader()"
+            raise RuntimeError(msg)
+        return to_tensors(next(self._augmenter))
+
+    def close(self) -> None:
+        """Stop and join the worker processes (idempotent)."""
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def make_loader(store: PreprocessedStore | Path, case_ids: Sequence[str], config: Configuration, *,
+                batch_size: int, oversample: float = OVERSAMPLE_FOREGROUND, workers: int,
+                seed: int, augment: bool) -> BatchLoader:
+    """Endless batches of patches from ``case_ids`` of a preprocessed store.
+
+    Args:
+        store: the store (or its folder) preprocessed for ``config``.
+        case_ids: cases to draw from, uniformly with replacement.
+        config: the configuration; its ``patch_size`` is the batches' spatial size.
+        batch_size: samples per batch (usually ``config.batch_size``).
+        oversample: share of each batch (the last samples) forced to contain foreground.
+        workers: 0 for in-process loading, else the number of worker processes.
+        seed: makes the batch sequence reproducible (for a given ``workers``).
+        augment: True for the training pipeline (enlarged patches, augmentation), False for
+            validation (patches cut at ``patch_size``, no augmentation).
+
+    Returns:
+        A :class:`BatchLoader`; ``next()`` gives ``{"data": float32 (B, C_in, *patch),
+        "target": int64 (B, 1, *patch), "case_ids": list[str]}``, where ``C_in`` is the number of
+        channels, times ``in_slices`` for 2.5D.
+
+    Raises:
+        ValueError: ``batch_size < 1``, ``workers < 0`` or ``oversample`` outside [0, 1].
+        DatasetError: no case ids, or cases missing from the store or lacking a segmentation.
+    """
+    if batch_size < 1 or workers < 0 or not 0 <= oversample <= 1:
+        msg = (f"need batch_size >= 1, workers >= 0 and 0 <= oversample <= 1; got "
+               f"batch_size={batch_size}, workers={workers}, oversample={oversample}")
+        raise ValueError(msg)
+    folder = store.folder if isinstance(store, PreprocessedStore) else Path(store)
+    _check_cases(folder, case_ids)
+    dataset = PatchDataset(folder, case_ids, config, batch_size=batch_size, oversample=oversample,
+                           seed=seed, augment=augment)
+    log.debug("loader: %d cases, batch %d, patch %s cut at %s, %d workers", len(case_ids),
+              batch_size, config.patch_size, dataset.patch_size, workers)
+    return BatchLoader(dataset, workers=workers)
+
+
+def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
+    if not case_ids:
+        msg = f"{folder}: no cases to train on"
+        raise DatasetError(msg)
+    store = PreprocessedStore(folder)
+    problems = []
+    for cid in case_ids:
+        if not store.is_done(cid):
+            problems.append(f"{folder}: case {cid} is not preprocessed; run preprocessing first")
+        elif not (folder / f"{cid}_seg.npy").is_file():
+            problems.append(f"{folder}: case {cid} has no segmentation to train on")
+    if problems:
+        raise DatasetError(problems)

@@ -1,0 +1,1 @@
+"""Metrics on label maps; needs nothing but the label maps."""

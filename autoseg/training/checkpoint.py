@@ -1,0 +1,44 @@
+"""Checkpoints: written to a temporary file then renamed; read with ``weights_only=True``.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so loading it never runs
+code from the file (untrusted checkpoints are safe to open).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoseg.errors import CheckpointError
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: a killed process leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely.
+
+    Raises:
+        CheckpointError: the file is missing or cannot be read as a weights-only checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: checkpoint not found; train this fold first"
+        raise CheckpointError(msg)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        msg = f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e}); delete it and retrain"
+        raise CheckpointError(msg) from e

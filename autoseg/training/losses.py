@@ -1,0 +1,190 @@
+"""Segmentation losses with deep supervision: Dice + cross-entropy (nnU-Net's) or Dice + focal.
+
+:func:`make_loss` builds a :class:`DeepSupervisionLoss` that takes the network's training output
+(:class:`~autoseg.networks.unet.PlanUNet`: logits ``[full, 1/2, 1/4, ...]`` at their native
+resolutions, or one tensor) and the integer label map ``(B, 1, *spatial)``, and returns a scalar.
+
+* Head ``i`` has weight ``1 / 2**i``; the lowest-resolution head gets 0; the weights are then
+  normalised to sum to 1 (:func:`deep_supervision_weights`). The base loss is not evaluated for a
+  head of weight 0; the head still enters the result as ``0 * logits.sum()``, so its parameters get
+  a zero gradient rather than none: DistributedDataParallel (without ``find_unused_parameters``)
+  requires every parameter to take part, and weight decay treats the head as nnU-Net does.
+* The target is brought to each head's resolution by **nearest-neighbour** sampling of the
+  integer label map (``interpolate(..., mode="nearest-exact")``), as nnU-Net v2 does
+  (batchgeneratorsv2 ``DownsampleSegForDSTransform``). The alternative, max-pooling a one-hot
+  target, marks a coarse voxel as every class present in its block: the target is then no longer a
+  partition, so cross-entropy against a class index is undefined and Dice rewards predicting
+  several classes at once at boundaries. Nearest keeps a valid label map at every scale and costs
+  almost nothing.
+* The loss is computed in float32 with autocast disabled, whatever precision the network ran in
+  (bf16 on CPU, fp16 on CUDA): softmax, log and the Dice sums lose too much in 16 bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss
+from torch import nn
+
+__all__ = ["DeepSupervisionLoss", "DiceFocalLoss", "LossKind", "deep_supervision_weights", "make_loss"]
+
+LossKind = Literal["dice_ce", "dice_focal"]
+
+SMOOTH = 1e-5
+
+
+def deep_supervision_weights(n_outputs: int) -> tuple[float, ...]:
+    """nnU-Net's deep-supervision weights: ``1 / 2**i``, the last one 0, normalised to sum 1.
+
+    With a single output the weight is 1 (there is nothing to supervise below it).
+
+    Args:
+        n_outputs: number of network outputs, finest first.
+
+    Returns:
+        One weight per output.
+
+    Raises:
+        ValueError: ``n_outputs`` is below 1.
+
+    Examples:
+        >>> [round(w, 4) for w in deep_supervision_weights(3)]
+        [0.6667, 0.3333, 0.0]
+        >>> deep_supervision_weights(1)
+        (1.0,)
+    """
+    if n_outputs < 1:
+        msg = f"n_outputs must be >= 1, got {n_outputs}"
+        raise ValueError(msg)
+    if n_outputs == 1:
+        return (1.0,)
+    raw = [0.5**i for i in range(n_outputs - 1)] + [0.0]
+    total = sum(raw)
+    return tuple(w / total for w in raw)
+
+
+class DiceFocalLoss(nn.Module):
+    """Soft Dice (foreground classes) plus softmax focal loss (all classes).
+
+    MONAI's ``DiceFocalLoss`` applies ``include_background`` to both terms and uses a *sigmoid*
+    focal loss, so with ``include_background=False`` the background logit would get no focal
+    gradient at all. Here the focal term plays the role cross-entropy plays in Dice + CE: softmax
+    over all classes, summed over classes and averaged over voxels, so with ``gamma = 0`` it equals
+    cross-entropy.
+
+    Args:
+        batch_dice: sum the Dice statistics over the batch before dividing (True) or per sample.
+        gamma: focusing exponent of the focal term.
+    """
+
+    def __init__(self, *, batch_dice: bool, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
+                             smooth_nr=SMOOTH, smooth_dr=SMOOTH)
+        self.focal = FocalLoss(include_background=True, to_onehot_y=True, use_softmax=True, gamma=gamma,
+                               reduction="none")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of ``(B, C, *spatial)`` logits against a ``(B, 1, *spatial)`` label map."""
+        focal = self.focal(logits, target).sum(dim=1).mean()
+        return self.dice(logits, target) + focal
+
+
+class DeepSupervisionLoss(nn.Module):
+    """A weighted sum of one base loss over the outputs of a deeply supervised network.
+
+    Args:
+        base: loss of ``(B, C, *spatial)`` float32 logits against a ``(B, 1, *spatial)`` int64
+            label map, returning a scalar.
+        weights: one per output, finest first (see :func:`deep_supervision_weights`).
+
+    Call it with ``outputs``, a list of logits ``[(B, C, *s_0), (B, C, *s_1), ...]`` finest first
+    (``len(weights)`` of them) or one ``(B, C, *s_0)`` tensor, and ``target``, ``(B, 1, *s_0)``
+    integer labels ``0..C-1`` (a float tensor holding integers is accepted too). The target is
+    resampled to each output's size with nearest-neighbour sampling.
+    """
+
+    def __init__(self, base: nn.Module, weights: Sequence[float]) -> None:
+        super().__init__()
+        if not weights or any(w < 0 for w in weights):
+            msg = f"weights must be a non-empty sequence of values >= 0, got {list(weights)}"
+            raise ValueError(msg)
+        self.base = base
+        self.weights = tuple(float(w) for w in weights)
+
+    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Scalar float32 loss (see the class docstring for the layouts)."""
+        if isinstance(outputs, torch.Tensor):
+            pairs: list[tuple[float, torch.Tensor]] = [(1.0, outputs)]
+        else:
+            if len(outputs) != len(self.weights):
+                msg = (f"the loss was made for {len(self.weights)} outputs, got {len(outputs)}; "
+                       "pass n_outputs=len(network outputs) to make_loss")
+                raise ValueError(msg)
+            pairs = list(zip(self.weights, outputs, strict=True))
+        _check_target(outputs if isinstance(outputs, torch.Tensor) else outputs[0], target)
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            total = torch.zeros((), dtype=torch.float32, device=target.device)
+            for weight, logits in pairs:
+                if weight == 0:  # keep the head in the graph (zero gradient), skip the loss itself
+                    total = total + 0.0 * logits.float().sum()
+                    continue
+                labels = _resize_labels(target, logits.shape[2:])
+                total = total + weight * self.base(logits.float(), labels)
+        return total
+
+
+def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSupervisionLoss:
+    """The training loss for a network with ``n_outputs`` outputs (1 without deep supervision).
+
+    Args:
+        kind: ``"dice_ce"`` (nnU-Net's: soft Dice over the foreground classes plus cross-entropy
+            over all classes, weight 1 each, smooth 1e-5) or ``"dice_focal"`` (the same Dice plus a
+            softmax focal loss with gamma 2, see :class:`DiceFocalLoss`).
+        n_outputs: outputs the network returns in training (``n_stages - 1`` for a
+            :class:`~autoseg.networks.unet.PlanUNet` with deep supervision, else 1).
+        batch_dice: the configuration's ``batch_dice``.
+
+    Returns:
+        A :class:`DeepSupervisionLoss` with :func:`deep_supervision_weights` weights.
+
+    Raises:
+        ValueError: unknown ``kind`` or ``n_outputs`` below 1.
+
+    Examples:
+        >>> loss = make_loss("dice_ce", n_outputs=3, batch_dice=False)
+        >>> logits = [torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 2, 2)]
+        >>> target = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+        >>> loss(logits, target).shape
+        torch.Size([])
+    """
+    weights = deep_supervision_weights(n_outputs)
+    base: nn.Module
+    if kind == "dice_ce":
+        base = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
+                          smooth_nr=SMOOTH, smooth_dr=SMOOTH)
+    elif kind == "dice_focal":
+        base = DiceFocalLoss(batch_dice=batch_dice)
+    else:
+        msg = f"loss kind must be one of ['dice_ce', 'dice_focal'], got {kind!r}"
+        raise ValueError(msg)
+    return DeepSupervisionLoss(base, weights)
+
+
+def _check_target(logits: torch.Tensor, target: torch.Tensor) -> None:
+    expected = (logits.shape[0], 1, *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        msg = (f"target must be (B, 1, *spatial) label indices at the finest output's size {expected}, "
+               f"got {tuple(target.shape)}; add the channel axis with target[:, None]")
+        raise ValueError(msg)
+
+
+def _resize_labels(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``target`` as int64, resampled to ``size`` with nearest-neighbour if it differs."""
+    if tuple(target.shape[2:]) != tuple(size):
+        target = F.interpolate(target.float(), size=tuple(size), mode="nearest-exact")
+    return target.long()

@@ -1,0 +1,79 @@
+"""End-of-fold validation: full sliding-window prediction of the fold's validation cases, written
+on the source grid, scored against the original label files (not the resampled ones), so the
+numbers are what a user would measure on their own data."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoseg.evaluation.metrics import dice_per_label
+from autoseg.inference.export import logits_to_labels, probabilities_on_source_grid
+from autoseg.inference.sliding_window import predict_logits
+from autoseg.io.image import Geometry, read_image, write_image
+from autoseg.planning.plan import Configuration, Plan
+from autoseg.preprocessing.store import PreprocessedStore
+from autoseg.workspace import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _nanmean(values: list[float]) -> float:
+    v = [x for x in values if not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def summarize(per_case: list[dict[str, Any]], label_values: list[int]) -> dict[str, Any]:
+    """Mean Dice per label over cases (NaN-aware) and the foreground mean; NaN (a label absent
+    from both maps) is written as null, since JSON has no NaN."""
+    mean = {str(v): _nanmean([c["dice"][str(v)] for c in per_case]) for v in label_values}
+    cases = [{**c, "dice": {k: _none_if_nan(v) for k, v in c["dice"].items()}} for c in per_case]
+    return {"per_case": cases, "mean": {k: _none_if_nan(v) for k, v in mean.items()},
+            "foreground_mean": _none_if_nan(_nanmean(list(mean.values())))}
+
+
+@torch.inference_mode()
+def validate_fold(network: torch.nn.Module, plan: Plan, config: Configuration,
+                  store: PreprocessedStore, val_ids: list[str], label_files: dict[str, Path],
+                  out_dir: Path, *, device: torch.device, amp_dtype: torch.dtype | None,
+                  save_probabilities: bool, tta: bool = True) -> dict[str, Any]:
+    """Predict and score the validation cases; writes ``out_dir/CASE.nii.gz`` and ``summary.json``.
+
+    Returns:
+        The summary: per case and label Dice, mean per label, foreground mean.
+    """
+    network.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fg_values = list(plan.label_values[1:])
+    per_case = []
+    for cid in tqdm(val_ids, desc="Validating", unit="case", disable=None):
+        case = store.load(cid)
+        data = torch.from_numpy(np.array(case.data))  # a writable copy of the memmap
+        logits = predict_logits(network, data, config, tta=tta, device=device, output_device="cpu",
+                                amp_dtype=amp_dtype)
+        labels = logits_to_labels(logits, case.properties, plan)
+        geometry = Geometry.from_dict(case.properties["geometry"])
+        write_image(labels, geometry, out_dir / f"{cid}.nii.gz")
+        if save_probabilities:
+            prob = probabilities_on_source_grid(logits, case.properties, plan)
+            tmp = out_dir / f".partial-{cid}.npz"
+            np.savez_compressed(tmp, probabilities=prob)
+            tmp.replace(out_dir / f"{cid}.npz")
+        ref = np.rint(read_image(label_files[cid]).array).astype(np.int64)
+        dice = dice_per_label(labels, ref, fg_values)
+        per_case.append({"case_id": cid, "dice": {str(k): v for k, v in dice.items()}})
+    summary = summarize(per_case, fg_values)
+    write_json_atomic(out_dir / "summary.json", summary)
+    log.info("validation of %d cases: Dice per label %s, foreground mean %s", len(val_ids),
+             summary["mean"], summary["foreground_mean"])
+    return summary

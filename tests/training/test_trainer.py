@@ -1,0 +1,198 @@
+"""Training on real sample cases: the loss falls, a killed run resumes, signals save the latest
+checkpoint, a configuration the plan lacks is refused, and two DDP processes stay in sync.
+
+Budgets are tiny (a few iterations of the 2d configuration with small batches), so these tests
+show mechanics, not accuracy; accuracy lives in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoseg.cli import main
+from autoseg.io.samples import sample_dataset_dir
+from autoseg.training.checkpoint import load_checkpoint
+from autoseg.training.progress import read_records
+
+N_CASES = 8
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of 8 sample cases (MSD layout), planned with 2.5d added."""
+    src = sample_dataset_dir()
+    root = tmp_path_factory.mktemp("train") / "hippo"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["training"] = meta["training"][:N_CASES]
+    for e in meta["training"]:
+        for k in ("image", "label"):
+            shutil.copy(src / e[k], root / e[k])
+    meta.pop("test", None)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    work = root.parent / "work"
+    assert main(["plan", str(root), "--work-dir", str(work), "--workers", "1", "--add-2.5d",
+                 "-q"]) == 0
+    return root
+
+
+def _work(dataset: Path) -> Path:
+    return dataset.parent / "work"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _train_args(dataset: Path, config: str, fold: str, *extra: str) -> list[str]:
+    return ["train", "hippo", config, fold, "--work-dir", str(_work(dataset)), "--device", "cpu",
+            "--workers", "0", "--batch-size", "4", "--precision", "fp32", "-q", *extra]
+
+
+def test_loss_falls(dataset: Path) -> None:
+    args = _train_args(dataset, "2d", "all", "--epochs", "6", "--iters-per-epoch", "4",
+                       "--val-iters", "1", "--checkpoint-every", "100")
+    assert main(args) == 0
+    fold = _work(dataset) / "hippo/models/2d/fold_all"
+    losses = [r["train_loss"] for r in read_records(fold / "progress.jsonl")]
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+    for name in ("final", "best"):
+        assert (fold / f"checkpoint_{name}.pt").is_file()
+    assert (fold / "progress.png").stat().st_size > 1000
+    assert "epoch 5" in (fold / "log.txt").read_text()
+
+
+def test_fold_validation_writes_summary_and_label_maps(dataset: Path) -> None:
+    args = _train_args(dataset, "3d_fullres", "0", "--epochs", "1", "--iters-per-epoch", "1",
+                       "--val-iters", "1", "--batch-size", "2")
+    assert main(args) == 0
+    val = _work(dataset) / "hippo/models/3d_fullres/fold_0/validation"
+    summary = json.loads((val / "summary.json").read_text())
+    splits = json.loads((_work(dataset) / "hippo/splits.json").read_text())
+    assert sorted(c["case_id"] for c in summary["per_case"]) == splits[0]["val"]
+    assert set(summary["mean"]) == {"1", "2"}
+    for cid in splits[0]["val"]:
+        assert (val / f"{cid}.nii.gz").is_file()
+        assert (val / f"{cid}.npz").is_file()
+
+
+def test_2p5d_trains_when_planned(dataset: Path) -> None:
+    plan = json.loads((_work(dataset) / "hippo/plans.json").read_text())
+    assert plan["configurations"]["2.5d"]["in_slices"] >= 3
+    args = _train_args(dataset, "2.5d", "all", "--epochs", "1", "--iters-per-epoch", "2",
+                       "--val-iters", "1")
+    assert main(args) == 0
+    ck = load_checkpoint(_work(dataset) / "hippo/models/2.5d/fold_all/checkpoint_final.pt")
+    first = next(v for k, v in ck["network"].items() if k.endswith("weight") and v.ndim == 4)
+    assert first.shape[1] == plan["configurations"]["2.5d"]["in_slices"]
+
+
+def test_configuration_not_in_plan_is_refused(dataset: Path, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    assert main(_train_args(dataset, "3d_lowres", "0", "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "3d_lowres" in err
+    assert "3d_fullres, 2d, 2.5d" in err
+
+
+def _run_until(cmd: list[str], *, predicate, timeout: float = 240) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    t0 = time.monotonic()
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early ({proc.returncode}): {proc.stdout.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail("timed out waiting for training to reach the checkpoint")
+        time.sleep(0.2)
+    return proc
+
+
+def test_sigkill_then_continue_resumes_at_the_checkpoint(dataset: Path) -> None:
+    fold = _work(dataset) / "hippo/models/2d/fold_1"
+    latest = fold / "checkpoint_latest.pt"
+    args = _train_args(dataset, "2d", "1", "--epochs", "4", "--iters-per-epoch", "2",
+                       "--val-iters", "1", "--checkpoint-every", "1", "--no-val-probabilities")
+
+    def has_epoch_2() -> bool:
+        try:
+            return latest.is_file() and load_checkpoint(latest)["epoch"] >= 2
+        except Exception:
+            return False
+
+    proc = _run_until([sys.executable, "-m", "autoseg", *args], predicate=has_epoch_2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    proc.stdout.close()
+    saved = load_checkpoint(latest)
+    epoch = saved["epoch"]
+    assert 2 <= epoch < 4
+
+    # the state --continue restores is the checkpoint's, optimiser momentum included
+    from autoseg.data.splits import fold_cases, load_or_create_splits
+    from autoseg.planning.plan import Plan
+    from autoseg.preprocessing.store import PreprocessedStore
+    from autoseg.training.config import TrainConfig
+    from autoseg.training.trainer import Trainer
+
+    plan = Plan.load(_work(dataset) / "hippo/plans.json")
+    config = plan.configuration("2d")
+    store = PreprocessedStore.for_config(_work(dataset) / "hippo", plan, config)
+    splits = load_or_create_splits(_work(dataset) / "hippo/splits.json", [])
+    tr, va = fold_cases(splits, 1)
+    trainer = Trainer(plan, config, TrainConfig("2d", 1, device="cpu", batch_size=4,
+                                                precision="fp32"), store, tr, va, fold)
+    trainer.restore(latest)
+    assert trainer.state.epoch == epoch
+    restored = trainer.optimizer.state_dict()["state"]
+    for k, v in saved["optimizer"]["state"].items():
+        assert torch.equal(restored[k]["momentum_buffer"], v["momentum_buffer"])
+
+    assert main([*args, "--continue"]) == 0
+    records = read_records(fold / "progress.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert f"resumed from checkpoint_latest.pt at epoch {epoch}" in (fold / "log.txt").read_text()
+    assert load_checkpoint(fold / "checkpoint_final.pt")["epoch"] == 4
+
+
+def test_sigterm_saves_the_latest_checkpoint(dataset: Path) -> None:
+    fold = _work(dataset) / "hippo/models/2d/fold_2"
+    args = _train_args(dataset, "2d", "2", "--epochs", "50", "--iters-per-epoch", "2",
+                       "--val-iters", "1", "--checkpoint-every", "1000")
+    records = fold / "progress.jsonl"
+    proc = _run_until([sys.executable, "-m", "autoseg", *args],
+                      predicate=lambda: len(read_records(records)) >= 1)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(120)
+    output = proc.stdout.read()
+    proc.stdout.close()
+    assert code == 130, output
+    ck = load_checkpoint(fold / "checkpoint_latest.pt")
+    assert 1 <= ck["epoch"] < 50
+    assert not (fold / "checkpoint_final.pt").exists()
+
+
+def test_two_ddp_processes_stay_in_sync(dataset: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = _train_args(dataset, "2d", "all", "--epochs", "1", "--iters-per-epoch", "3",
+                       "--val-iters", "1")
+    args.remove("-q")  # the sync report is an info line
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "autoseg",
+                          *args], env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "parameter checksums of 2 ranks" in out.stderr
