@@ -119,6 +119,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from autoseg._device import cuda_available
+    from autoseg.pipeline import predict
+
+    device = args.device or ("cuda" if cuda_available() else "cpu")
+    report = predict(args.input, args.output, _workspace(args), dataset=args.dataset,
+                     configurations=args.configurations, folds=args.folds, device=device,
+                     precision=args.precision, step=args.step, tta=not args.no_tta,
+                     overwrite=args.overwrite, save_probabilities=args.save_probabilities,
+                     checkpoint=args.checkpoint)
+    log.info("%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",
+             len(report.written), len(report.skipped), len(report.failed), args.output)
+    if report.failed:
+        log.error("autoseg: error: %d input(s) could not be predicted (see above)",
+                  len(report.failed))
+        return EXIT_BAD_INPUT
+    return 0
+
+
 def _fold(value: str) -> str:
     if value == "all" or (value.isdigit() and 0 <= int(value) <= 4):
         return value
@@ -200,6 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-val-probabilities", action="store_true",
                     help="do not keep validation probabilities (needed for ensembles)")
     tr.set_defaults(func=_cmd_train)
+
+    pr = sub.add_parser("predict", parents=[common], help="segment new scans",
+                        description="Segment scans with trained models; outputs CASE.nii.gz on "
+                        "each input's own grid.")
+    pr.add_argument("-i", "--input", type=Path, required=True,
+                    help="a scan, a DICOM series folder, or a folder of scans "
+                    "(CASE_0000.nii.gz…, CASE.nii.gz, DICOM series sub-folders)")
+    pr.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    pr.add_argument("-d", "--dataset", default=None,
+                    help="dataset name or folder (default: the only one in the work folder)")
+    pr.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                    help="configuration(s); several are ensembled (default: find-best's choice, "
+                    "else the only trained one)")
+    pr.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
+                    help="folds to average (default: all trained)")
+    pr.add_argument("--step", type=float, default=0.5,
+                    help="sliding-window step as a fraction of the patch (default 0.5)")
+    pr.add_argument("--no-tta", action="store_true", help="no mirror test-time augmentation")
+    pr.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                    help="default: cuda when available")
+    pr.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    pr.add_argument("--overwrite", action="store_true", help="redo existing outputs")
+    pr.add_argument("--save-probabilities", action="store_true",
+                    help="also write CASE.npz with softmax probabilities (float16)")
+    pr.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
+    pr.set_defaults(func=_cmd_predict)
     return p
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoseg.errors import PlanError
+from autoseg.errors import DatasetError, PlanError
 from autoseg.fingerprint.extract import extract_fingerprint, fingerprint_cases
 from autoseg.fingerprint.model import Fingerprint
 from autoseg.io.dataset import load_dataset
@@ -20,6 +20,7 @@ from autoseg.planning.planner import make_plan
 from autoseg.workspace import Workspace
 
 if TYPE_CHECKING:
+    from autoseg.inference.predictor import PredictReport
     from autoseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -163,3 +164,40 @@ def _file_log(path: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("autoseg").addHandler(handler)
     return handler
+
+
+def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str | None,
+            configurations: list[str] | None, folds: list[str] | None, device: str,
+            precision: str = "auto", step: float = 0.5, tta: bool = True,
+            overwrite: bool = False, save_probabilities: bool = False,
+            checkpoint: str = "final") -> PredictReport:
+    """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
+
+    Without ``dataset``, the work folder must hold exactly one planned dataset. Without
+    ``configurations``, find-best's choice is used, else the only trained configuration.
+    """
+    import torch
+
+    from autoseg._precision import amp_dtype_for
+    from autoseg.inference.model import default_models, load_model
+    from autoseg.inference.predictor import Predictor, predict_path
+
+    name = dataset if dataset is None else workspace.resolve(dataset)[0]
+    if name is None:
+        planned = sorted(p.parent.name for p in workspace.root.glob("*/models"))
+        if len(planned) != 1:
+            msg = (f"{workspace.root}: {'no' if not planned else 'several'} trained datasets "
+                   f"{planned or ''}; choose one with -d DATASET (and --work-dir)")
+            raise DatasetError(msg)
+        name = planned[0]
+    ds_dir = workspace.dataset_dir(name)
+    choice = [(c, folds) for c in configurations] if configurations else default_models(ds_dir)
+    dev = torch.device(device)
+    models = [load_model(ds_dir / "models" / c, folds=f or folds, checkpoint=checkpoint,
+                         device=dev) for c, f in choice]
+    log.info("predicting with %s (folds %s) on %s", ", ".join(m.config.name for m in models),
+             ", ".join(",".join(m.folds) for m in models), dev)
+    predictor = Predictor(models, device=dev, amp_dtype=amp_dtype_for(precision, dev),
+                          step=step, tta=tta)
+    return predict_path(source, out_dir, predictor, overwrite=overwrite,
+                        save_probabilities=save_probabilities)

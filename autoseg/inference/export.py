@@ -82,10 +82,14 @@ def to_source_grid(classes: np.ndarray, props: dict[str, Any], plan: Plan) -> np
     """
     full = np.zeros(props["shape_before_crop"], dtype=classes.dtype)
     full[tuple(slice(lo, hi) for lo, hi in props["bbox"])] = classes
-    full = full.transpose(plan.transpose_backward)
+    return classes_to_values(full.transpose(plan.transpose_backward), plan)
+
+
+def classes_to_values(classes: np.ndarray, plan: Plan) -> np.ndarray:
+    """Class indices -> the dataset's label values, in the smallest integer type that holds them."""
     values = np.asarray(plan.label_values)
     out_dtype = np.uint8 if values.max() < 256 else np.int16 if values.max() < 32768 else np.int32
-    return values.astype(out_dtype)[full]
+    return values.astype(out_dtype)[classes]
 
 
 def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan) -> np.ndarray:

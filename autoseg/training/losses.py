@@ -22,7 +22,7 @@ resolutions, or one tensor) and the integer label map ``(B, 1, *spatial)``, and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -108,7 +108,8 @@ class DeepSupervisionLoss(nn.Module):
     resampled to each output's size with nearest-neighbour sampling.
     """
 
-    def __init__(self, base: nn.Module, weights: Sequence[float]) -> None:
+    def __init__(self, base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 weights: Sequence[float]) -> None:
         super().__init__()
         if not weights or any(w < 0 for w in weights):
             msg = f"weights must be a non-empty sequence of values >= 0, got {list(weights)}"
@@ -126,7 +127,7 @@ class DeepSupervisionLoss(nn.Module):
                        "pass n_outputs=len(network outputs) to make_loss")
                 raise ValueError(msg)
             pairs = list(zip(self.weights, outputs, strict=True))
-        _check_target(outputs if isinstance(outputs, torch.Tensor) else outputs[0], target)
+        _check_target(pairs[0][1], target)
         with torch.autocast(device_type=target.device.type, enabled=False):
             total = torch.zeros((), dtype=torch.float32, device=target.device)
             for weight, logits in pairs:
@@ -163,7 +164,7 @@ def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSuperv
         torch.Size([])
     """
     weights = deep_supervision_weights(n_outputs)
-    base: nn.Module
+    base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if kind == "dice_ce":
         base = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
                           smooth_nr=SMOOTH, smooth_dr=SMOOTH)

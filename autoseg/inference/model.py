@@ -1,0 +1,105 @@
+"""A trained model on disk: ``models/<config>/plans.json`` + ``fold_<k>/checkpoint_<name>.pt``.
+
+Loading needs no training code: the plan says how to build the network, the checkpoint holds
+its weights (read with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoseg.errors import CheckpointError
+from autoseg.networks.unet import build_network
+from autoseg.planning.plan import Configuration, Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """One configuration's networks (one per fold) and what prediction needs with them."""
+
+    plan: Plan
+    config: Configuration
+    networks: list[torch.nn.Module]
+    folds: list[str]
+    model_dir: Path
+    postprocessing: dict[str, Any] | None = field(default=None)
+
+
+def trained_folds(model_dir: Path, checkpoint: str = "final") -> list[str]:
+    """Fold names (``"0"``…``"4"``, ``"all"``) that have the given checkpoint."""
+    return sorted(p.parent.name.removeprefix("fold_")
+                  for p in model_dir.glob(f"fold_*/checkpoint_{checkpoint}.pt"))
+
+
+def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: str = "final",
+               device: torch.device | str = "cpu") -> TrainedModel:
+    """Load a configuration's fold networks in eval mode.
+
+    Args:
+        model_dir: ``<work>/<dataset>/models/<config>``.
+        folds: which folds (default: every fold with the checkpoint).
+        checkpoint: ``final``, ``best`` or ``latest``.
+        device: where the networks go.
+
+    Raises:
+        CheckpointError: no plan, no trained fold, or an unreadable checkpoint.
+    """
+    plan_path = model_dir / "plans.json"
+    if not plan_path.is_file():
+        msg = f"{model_dir}: no trained model here (plans.json missing); run `autoseg train` first"
+        raise CheckpointError(msg)
+    plan = Plan.load(plan_path)
+    config = plan.configuration(model_dir.name)
+    available = trained_folds(model_dir, checkpoint)
+    folds = folds or available
+    missing = [f for f in folds if f not in available]
+    if not folds or missing:
+        msg = (f"{model_dir}: fold(s) {missing or 'any'} have no checkpoint_{checkpoint}.pt "
+               f"(trained: {available or 'none'}); train them or choose others with -f")
+        raise CheckpointError(msg)
+    networks = []
+    for f in folds:
+        path = model_dir / f"fold_{f}" / f"checkpoint_{checkpoint}.pt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            msg = f"{path}: cannot be read as a checkpoint ({type(e).__name__}); retrain this fold"
+            raise CheckpointError(msg) from e
+        net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
+        net.load_state_dict(state["network"])
+        networks.append(net.to(device).eval())
+    pp_path = model_dir / "postprocessing.json"
+    pp = json.loads(pp_path.read_text()) if pp_path.is_file() else None
+    return TrainedModel(plan, config, networks, list(folds), model_dir, pp)
+
+
+def default_models(dataset_dir: Path) -> list[tuple[str, list[str] | None]]:
+    """What ``predict`` uses without ``-c``: find-best's choice, else the only trained model.
+
+    Returns:
+        ``[(configuration, folds or None), …]``.
+
+    Raises:
+        CheckpointError: nothing trained, or several models and no find-best choice.
+    """
+    info = dataset_dir / "inference.json"
+    if info.is_file():
+        data = json.loads(info.read_text())
+        return [(c, data.get("folds", {}).get(c)) for c in data["configurations"]]
+    models = sorted(p.name for p in (dataset_dir / "models").glob("*") if trained_folds(p))
+    if len(models) == 1:
+        return [(models[0], None)]
+    if not models:
+        msg = f"{dataset_dir}: no trained model; run `autoseg train` first"
+    else:
+        msg = (f"{dataset_dir}: several trained models ({', '.join(models)}); choose one with -c "
+               "or run `autoseg find-best`")
+    raise CheckpointError(msg)

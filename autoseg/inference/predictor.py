@@ -1,0 +1,152 @@
+"""Predict new scans with trained models: same preprocessing as training, sliding window with
+TTA, folds averaged (logits), configurations averaged (probabilities), back to the source grid,
+post-processing, written atomically one file per case."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoseg.errors import DatasetError
+from autoseg.inference.export import (
+    classes_to_values,
+    logits_to_labels,
+    probabilities_on_source_grid,
+)
+from autoseg.inference.inputs import find_cases
+from autoseg.inference.model import TrainedModel
+from autoseg.inference.sliding_window import predict_logits
+from autoseg.io.case import LoadedCase, load_case
+from autoseg.io.dataset import Case, Dataset
+from autoseg.io.image import write_image
+from autoseg.planning.plan import Plan
+from autoseg.preprocessing.case import preprocess_arrays
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictReport:
+    """What ``predict_path`` did: cases written, skipped (output existed), failed (with why)."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class Predictor:
+    """Runs one or more trained configurations on loaded cases.
+
+    Args:
+        models: the configurations to use; with several, their probabilities are averaged.
+        device: where networks run.
+        amp_dtype: autocast dtype or None.
+        step: sliding-window step (fraction of the patch).
+        tta: mirror test-time augmentation.
+    """
+
+    def __init__(self, models: list[TrainedModel], *, device: torch.device,
+                 amp_dtype: torch.dtype | None, step: float = 0.5, tta: bool = True) -> None:
+        self.models, self.device, self.amp_dtype = models, device, amp_dtype
+        self.step, self.tta = step, tta
+        self.plan = models[0].plan
+
+    def _logits(self, model: TrainedModel, data: torch.Tensor) -> torch.Tensor:
+        """Mean logits over the model's folds; on a CUDA out-of-memory error the blending moves
+        to the CPU and the case is tried again."""
+        total = None
+        for net in model.networks:
+            kw = {"config": model.config, "step": self.step, "tta": self.tta,
+                  "device": self.device, "amp_dtype": self.amp_dtype}
+            try:
+                out = predict_logits(net, data, **kw)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                log.warning("CUDA out of memory: retrying with the output on the CPU")
+                out = predict_logits(net, data, output_device="cpu", **kw)
+            out = out.to("cpu")
+            total = out if total is None else total.add_(out)
+        assert total is not None
+        return total / len(model.networks)
+
+    def predict(self, case: LoadedCase, *, with_probabilities: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Label map (label values, source grid) and, if asked, probabilities (float16)."""
+        probs_sum = None
+        labels = None
+        for model in self.models:
+            pre = preprocess_arrays(case.data, None, case.geometry.spacing, model.plan,
+                                    model.config, case_id=case.case_id)
+            logits = self._logits(model, torch.from_numpy(pre.data))
+            if len(self.models) == 1 and not with_probabilities:
+                labels = logits_to_labels(logits, pre.properties, model.plan)
+                break
+            p = probabilities_on_source_grid(logits, pre.properties, model.plan).astype(np.float32)
+            probs_sum = p if probs_sum is None else probs_sum + p
+        probs = None
+        if probs_sum is not None:
+            probs = probs_sum / len(self.models)
+            if labels is None:
+                labels = classes_to_values(probs.argmax(0), self.plan)
+            probs = probs.astype(np.float16)
+        assert labels is not None
+        return self._postprocess(labels), probs
+
+    def _postprocess(self, labels: np.ndarray) -> np.ndarray:
+        pp = self.models[0].postprocessing if len(self.models) == 1 else None
+        if not pp:
+            return labels
+        from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
+
+        return apply_postprocessing(labels, Postprocessing.from_dict(pp))
+
+
+def _dataset_for(plan: Plan, source: Path, cases: list[Case]) -> Dataset:
+    """A minimal dataset so that :func:`load_case` checks new scans exactly like training cases."""
+    return Dataset(root=source, name=source.name, layout="nnunet",
+                   channel_names=tuple(plan.channel_names), labels=dict(plan.labels),
+                   file_ending="", cases=tuple(cases))
+
+
+def predict_path(source: Path, out_dir: Path, predictor: Predictor, *, overwrite: bool = False,
+                 save_probabilities: bool = False) -> PredictReport:
+    """Predict every case under ``source`` into ``out_dir/CASE.nii.gz``.
+
+    A case that cannot be read is reported and skipped; the others are still predicted.
+    Existing outputs are kept unless ``overwrite``.
+    """
+    plan = predictor.plan
+    cases, problems = find_cases(source, n_channels=len(plan.channel_names))
+    report = PredictReport(failed=list(problems))
+    for p in problems:
+        log.error(p)
+    dataset = _dataset_for(plan, source, cases)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for case in tqdm(cases, desc="Predicting", unit="case", disable=None):
+        dest = out_dir / f"{case.case_id}.nii.gz"
+        if dest.exists() and not overwrite:
+            report.skipped.append(case.case_id)
+            continue
+        try:
+            loaded = load_case(case, dataset, with_label=False)
+        except DatasetError as e:
+            for p in e.problems:
+                log.error(p)
+            report.failed.extend(e.problems)
+            continue
+        for w in loaded.warnings:
+            log.warning(w)
+        labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
+        if probs is not None:
+            tmp = out_dir / f".partial-{case.case_id}.npz"
+            np.savez_compressed(tmp, probabilities=probs,
+                                label_values=np.asarray(plan.label_values))
+            tmp.replace(out_dir / f"{case.case_id}.npz")
+        write_image(labels, loaded.geometry, dest)
+        report.written.append(case.case_id)
+    return report
