@@ -131,8 +131,11 @@ def train(dataset: str, workspace: Workspace, cfg: TrainConfig, *, resume: bool 
     groups = {c.case_id: c.patient for c in ds.cases if c.patient} or None
     if group_by:
         groups = groups_from_regex(ids, group_by)
-    splits = load_or_create_splits(ds_dir / "splits.json", ids, groups=groups)
-    train_ids, val_ids = fold_cases(splits, cfg.fold)
+    if cfg.fold == "all":  # no split needed (and small datasets may not have 5 folds' worth)
+        train_ids, val_ids = sorted(ids), []
+    else:
+        splits = load_or_create_splits(ds_dir / "splits.json", ids, groups=groups)
+        train_ids, val_ids = fold_cases(splits, cfg.fold)
     model_dir = ds_dir / "models" / config.name
     fold_dir = model_dir / cfg.fold_name
     if world.is_main:

@@ -81,13 +81,18 @@ class Postprocessing:
 
 
 def _component_labels(mask: np.ndarray) -> np.ndarray:
-    try:
-        import cc3d
-    except ImportError:  # pragma: no cover - cc3d comes with acvl-utils
-        from scipy import ndimage
+    """Components numbered 1… in raster order (cc3d and scipy number them alike)."""
+    # cc3d 4.1 fails on line-shaped masks, e.g. (1, 1, 7) holding 3 components: scipy does those.
+    if sum(d == 1 for d in mask.shape) < 2:
+        try:
+            import cc3d
 
-        return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))[0]
-    return cc3d.connected_components(mask, connectivity=CONNECTIVITY)
+            return cc3d.connected_components(mask, connectivity=CONNECTIVITY)
+        except (ImportError, RuntimeError):  # pragma: no cover - cc3d comes with acvl-utils
+            pass
+    from scipy import ndimage
+
+    return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))[0]
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
@@ -104,10 +109,10 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
         ValueError: ``mask`` is not 3D.
 
     Examples:
-        >>> m = np.zeros((1, 3, 5), bool); m[0, :, 0] = True; m[0, 0, 2:] = True
+        >>> m = np.zeros((1, 3, 5), bool); m[0, :, 0] = True; m[0, 0, 2:] = True; m[0, 1, 4] = True
         >>> keep_largest_component(m).astype(int)[0]
         array([[0, 0, 1, 1, 1],
-               [0, 0, 0, 0, 0],
+               [0, 0, 0, 0, 1],
                [0, 0, 0, 0, 0]])
     """
     if mask.ndim != 3:
@@ -240,7 +245,7 @@ def _better(after: float | None, before: float | None) -> bool:
 
 
 def _worse(after: float | None, before: float | None) -> bool:
-    return before is not None and (after is None or after < before)
+    return before is not None and after is not None and after < before
 
 
 def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labels: list[int], *,

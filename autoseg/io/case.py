@@ -51,7 +51,7 @@ def _split_4d(img: Image, n_channels: int, problems: list[str]) -> list[Image]:
 def _read_channels(case: Case, dataset: Dataset, problems: list[str]) -> list[Image]:
     images: list[Image] = []
     for c, path in enumerate(case.images):
-        if not path.is_file():
+        if not path.exists():  # a file, or a DICOM series folder
             what = f"channel {c} file" if dataset.num_channels > 1 else "image file"
             problems.append(f"{path}: {what} of case {case.case_id} not found; add it or "
                             "remove the case")

@@ -1,0 +1,245 @@
+"""Score a folder of predicted label maps against a folder of references.
+
+Files pair by case name (``CASE.nii.gz``, ``CASE.nrrd``, ``CASE.mha``, … in either folder). Every
+problem (a reference without a prediction, another shape or spacing, an unreadable file) is
+collected and raised together, before anything is written. The outputs, for ``out_json`` =
+``DIR/summary.json``:
+
+- ``DIR/summary.json``: ``{"per_case": [...], "per_label": {label: {metric: mean}},
+  "mean": {metric: mean over labels}, "settings": {...}}``, NaN written as ``null``;
+- ``DIR/summary.csv``: one row per case and label, columns ``case,label,<metrics>``, NaN empty;
+- ``DIR/summary_boxplot.png`` with ``plot=True`` (see :mod:`autoseg.evaluation.plot`).
+
+Metric definitions and the conventions for labels missing from a map are in
+:mod:`autoseg.evaluation.metrics`; means skip NaN.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from autoseg._parallel import parallel_map
+from autoseg.errors import AutosegError, DatasetError
+from autoseg.evaluation.metrics import HD_PERCENTILE, METRICS, absent_label_metrics, case_metrics
+from autoseg.io.image import has_image_ending, read_image, strip_ending
+from autoseg.workspace import write_json_atomic
+
+#: Largest spacing difference (mm, per axis) between a prediction and its reference.
+SPACING_ATOL_MM = 1e-3
+
+
+def evaluate_folders(pred_dir: Path, ref_dir: Path, out_json: Path, *, labels: list[int] | None = None,
+                     tolerance_mm: float = 1.0, workers: int = 1, plot: bool = False) -> dict[str, Any]:
+    """Score every reference in ``ref_dir`` against the prediction of the same case name.
+
+    Args:
+        pred_dir: folder of predicted label maps; predictions without a reference are ignored
+            with a warning.
+        ref_dir: folder of reference label maps; each needs a prediction.
+        out_json: summary to write; the CSV (and PNG) go beside it with the same stem.
+        labels: label values to score; default: every nonzero value found in the references.
+        tolerance_mm: normalised surface Dice tolerance in mm.
+        workers: processes scoring cases in parallel.
+        plot: also save ``<stem>_boxplot.png`` (Dice and NSD per label, the cases as points).
+
+    Returns:
+        The summary written to ``out_json``, with NaN (not ``null``) where a mean is undefined.
+
+    Raises:
+        DatasetError: a folder is missing or holds no reference, references lack predictions,
+            a pair differs in shape or spacing, a file cannot be read, or no label is left to
+            score; every problem is listed and nothing is written.
+        ValueError: ``labels`` is empty or ``tolerance_mm`` negative.
+    """
+    pred_dir, ref_dir, out_json = Path(pred_dir), Path(ref_dir), Path(out_json)
+    if labels is not None and not labels:
+        msg = "labels is empty; pass None to score every nonzero label of the references"
+        raise ValueError(msg)
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        msg = f"tolerance_mm must be a finite value >= 0, got {tolerance_mm}"
+        raise ValueError(msg)
+    pairs = _pair_cases(pred_dir, ref_dir)
+    problems = [p for pair in pairs for p in _check_pair(*pair[1:])]
+    if problems:
+        raise DatasetError(problems)
+
+    fixed = None if labels is None else tuple(int(v) for v in labels)
+    jobs = [(pred, ref, fixed, float(tolerance_mm)) for _, pred, ref in pairs]
+    results = parallel_map(_score_case, jobs, workers=workers, desc="Evaluating")
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise DatasetError(errors)
+    if fixed is None:
+        fixed = tuple(sorted({v for r in results for v in r["ref_labels"]}))
+        if not fixed:
+            msg = f"{ref_dir}: the references hold no nonzero label; pass the labels to score"
+            raise DatasetError(msg)
+
+    per_case = []
+    for (case, pred, ref), r in zip(pairs, results, strict=True):
+        scores = {str(lab): r["metrics"][lab] if lab in r["metrics"]
+                  else absent_label_metrics(r["n_voxels"]) for lab in fixed}
+        per_case.append({"case": case, "prediction": str(pred), "reference": str(ref),
+                         "metrics": scores})
+    per_label = {str(lab): {m: _nanmean([c["metrics"][str(lab)][m] for c in per_case])
+                            for m in METRICS} for lab in fixed}
+    summary = {
+        "per_case": per_case,
+        "per_label": per_label,
+        "mean": {m: _nanmean([per_label[str(lab)][m] for lab in fixed]) for m in METRICS},
+        "settings": {"pred_dir": str(pred_dir), "ref_dir": str(ref_dir), "labels": list(fixed),
+                     "tolerance_mm": float(tolerance_mm), "hd_percentile": HD_PERCENTILE,
+                     "n_cases": len(per_case), "metrics": list(METRICS)},
+    }
+    _write_csv(out_json.with_name(out_json.stem + ".csv"), per_case)
+    if plot:
+        from autoseg.evaluation.plot import save_boxplot
+
+        save_boxplot(per_case, out_json.with_name(out_json.stem + "_boxplot.png"),
+                     tolerance_mm=tolerance_mm)
+    write_json_atomic(out_json, _nan_to_none(summary))
+    return summary
+
+
+def _case_files(folder: Path, role: str) -> tuple[dict[str, Path], list[str]]:
+    """``{case: file}`` of the image files of a folder, and problems (two files for one case)."""
+    files: dict[str, Path] = {}
+    problems = []
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.is_file() or not has_image_ending(f):
+            continue
+        case = strip_ending(f.name)
+        if case in files:
+            problems.append(f"{role} {files[case]} and {f} are both case {case!r}; keep one")
+        else:
+            files[case] = f
+    return files, problems
+
+
+def _pair_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+    """``(case, prediction, reference)`` for every reference, or DatasetError listing all problems."""
+    missing_dirs = [f"{role} folder {d} not found" for role, d in
+                    (("prediction", pred_dir), ("reference", ref_dir)) if not d.is_dir()]
+    if missing_dirs:
+        raise DatasetError(missing_dirs)
+    preds, problems = _case_files(pred_dir, "predictions")
+    refs, ref_problems = _case_files(ref_dir, "references")
+    problems += ref_problems
+    if not refs:
+        problems.append(f"{ref_dir} holds no reference label map (.nii.gz, .nrrd, .mha, …)")
+    missing = [c for c in refs if c not in preds]
+    if missing:
+        problems.append(f"{pred_dir} lacks the prediction of {len(missing)} reference case(s): "
+                        f"{', '.join(missing)}; predict them or remove their references")
+    if problems:
+        raise DatasetError(problems)
+    extra = [c for c in preds if c not in refs]
+    if extra:
+        warnings.warn(f"{len(extra)} prediction(s) in {pred_dir} have no reference in {ref_dir} "
+                      f"and are ignored: {', '.join(extra)}", stacklevel=3)
+    return [(c, preds[c], refs[c]) for c in refs]
+
+
+def _header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Shape and spacing of an image file in array order, from its header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
+
+
+def _check_pair(pred: Path, ref: Path) -> list[str]:
+    """Problems of one pair found from the headers: unreadable, other shape or spacing."""
+    headers = {}
+    problems = []
+    for f in (pred, ref):
+        try:
+            headers[f] = _header(f)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+            problems.append(f"{f}: cannot be read as an image ({first})")
+    if problems:
+        return problems
+    (p_shape, p_sp), (r_shape, r_sp) = headers[pred], headers[ref]
+    if len(r_shape) not in (2, 3):
+        return [f"{ref}: has {len(r_shape)} dimensions; expected a 3D label map"]
+    if p_shape != r_shape:
+        return [f"{pred} has shape {p_shape} (z, y, x) but its reference {ref} has {r_shape}; "
+                "write the prediction on the reference grid"]
+    if not np.allclose(p_sp, r_sp, rtol=0, atol=SPACING_ATOL_MM):
+        p_txt, r_txt = (tuple(round(s, 6) for s in sp) for sp in (p_sp, r_sp))
+        return [f"{pred} has spacing {p_txt} mm (z, y, x) but its reference {ref} has {r_txt}; "
+                "write the prediction on the reference grid"]
+    return []
+
+
+def _as_labels(arr: np.ndarray) -> np.ndarray:
+    return arr if np.issubdtype(arr.dtype, np.integer) else np.rint(arr).astype(np.int32)
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    return _as_labels(read_image(path).array)
+
+
+def _present_labels(arr: np.ndarray) -> set[int]:
+    return {int(v) for v in np.unique(arr) if v != 0}
+
+
+def _score_case(job: tuple[Path, Path, tuple[int, ...] | None, float]) -> dict[str, Any]:
+    """Metrics of one case: ``{"metrics": {label: {...}}, "ref_labels": [...], "n_voxels": n}``
+    or ``{"error": message}``. Without fixed labels it scores the labels present in either map;
+    the caller fills in the labels absent from both."""
+    pred_path, ref_path, labels, tolerance_mm = job
+    try:
+        ref_img = read_image(ref_path)
+        pred, ref = _read_labels(pred_path), _as_labels(ref_img.array)
+    except AutosegError as e:
+        return {"error": str(e)}
+    if pred.shape != ref.shape:  # the header check passed, so the file changed under us
+        return {"error": f"{pred_path} has shape {pred.shape} but {ref_path} has {ref.shape}"}
+    ref_labels = _present_labels(ref)
+    todo = labels if labels is not None else sorted(ref_labels | _present_labels(pred))
+    metrics = case_metrics(pred, ref, todo, spacing=ref_img.spacing, tolerance_mm=tolerance_mm)
+    return {"metrics": metrics, "ref_labels": sorted(ref_labels), "n_voxels": int(ref.size)}
+
+
+def _nanmean(values: list[float]) -> float:
+    v = [x for x in values if not math.isnan(x)]
+    return float(np.mean(v)) if v else math.nan
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def _write_csv(path: Path, per_case: list[dict[str, Any]]) -> None:
+    """One row per case and label, written atomically; NaN cells are empty."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case", "label", *METRICS])
+    for c in per_case:
+        for lab, scores in c["metrics"].items():
+            writer.writerow([c["case"], lab, *("" if math.isnan(scores[m]) else repr(scores[m])
+                                                for m in METRICS)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,66 @@
+"""Box plots of per-case scores, one box per label, the cases drawn as points on top.
+
+Drawn on a bare :class:`matplotlib.figure.Figure` (Agg, no pyplot), so it needs no display and
+leaves matplotlib's global state alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+_TITLES = {"dice": "Dice", "nsd": "NSD", "iou": "IoU", "hd95_mm": "HD95 (mm)"}
+
+
+def save_boxplot(per_case: list[dict[str, Any]], path: Path, *,
+                 metrics: Sequence[str] = ("dice", "nsd"), tolerance_mm: float | None = None) -> Path:
+    """Save one panel per metric: a box per label over the cases, each case a point.
+
+    Args:
+        per_case: ``[{"case": id, "metrics": {label: {metric: value}}}, ...]``, as in the
+            ``per_case`` list of :func:`autoseg.evaluation.evaluate.evaluate_folders`; NaN
+            values (a label absent from both maps) are left out.
+        path: PNG to write (atomically: a temporary file, then a rename).
+        metrics: metric names to draw, one panel each.
+        tolerance_mm: the NSD tolerance, shown in the NSD panel's title when given.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    labels = list(per_case[0]["metrics"]) if per_case else []
+    fig = Figure(figsize=(max(6.5, 1.2 * len(labels) + 2.0), 3.6 * len(metrics)), layout="constrained")
+    axes = fig.subplots(len(metrics), 1, squeeze=False)[:, 0]
+    rng = np.random.default_rng(0)  # jitter of the points only; fixed so reruns draw the same
+    for ax, metric in zip(axes, metrics, strict=True):
+        values = [[v for c in per_case if not math.isnan(v := c["metrics"][lab][metric])]
+                  for lab in labels]
+        means = [float(np.mean(v)) if v else math.nan for v in values]
+        ax.boxplot(values, showfliers=False, widths=0.5)
+        for i, v in enumerate(values, start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=14, alpha=0.7, zorder=3)
+        ax.set_xticks(range(1, len(labels) + 1),
+                      [f"label {lab}\nmean {m:.3f} (n={len(v)})" for lab, m, v in
+                       zip(labels, means, values, strict=True)])
+        valid = [m for m in means if not math.isnan(m)]
+        overall = f"{np.mean(valid):.3f}" if valid else "n/a"
+        name = _TITLES.get(metric, metric)
+        if metric == "nsd" and tolerance_mm is not None:
+            name = f"NSD at {tolerance_mm:g} mm"
+        ax.set_title(f"{name}: mean over labels {overall} ({len(per_case)} cases)")
+        ax.set_ylabel(name)
+        ax.grid(axis="y", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,362 @@
+"""Choose what to predict with: the best configuration or pairwise ensemble, and its post-processing.
+
+Reads what trained folds leave behind (``<dataset_dir>/models/<config>/fold_<k>/validation/``:
+``CASE.nii.gz`` label maps and ``CASE.npz`` softmax probabilities on the source grid, and
+``summary.json`` once a fold's validation is complete) and scores every configuration, and every
+pair of configurations ensembled by averaging their probabilities, against the reference labels
+of the dataset folder named in ``<dataset_dir>/source.json``. All candidates are scored on the
+same cases: those every configuration has predicted. The winner (highest foreground-mean Dice;
+on a tie the single configuration, then the one listed first) gets its post-processing decided
+on its cross-validation predictions (:func:`~autoseg.inference.postprocess.determine_postprocessing`).
+
+Writes ``<dataset_dir>/inference.json`` (see :func:`find_best`), ``postprocessing.json`` in each
+chosen model folder, and the ensembled label maps of every scored pair under
+``<dataset_dir>/ensembles/<a>__<b>/CASE.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoseg._parallel import parallel_map
+from autoseg.errors import AutosegError, CheckpointError, DatasetError
+from autoseg.evaluation.metrics import dice_per_label
+from autoseg.inference.postprocess import (
+    _means,
+    _raise_collected,
+    _read_labels,
+    determine_postprocessing,
+)
+from autoseg.io.dataset import load_dataset
+from autoseg.io.image import read_image, write_image
+from autoseg.planning.plan import Plan
+from autoseg.workspace import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+INFERENCE_VERSION = 1
+_ENDING = ".nii.gz"
+#: Voxels per float32 chunk when summing probabilities (bounds the temporary memory, ~64 MB).
+_CHUNK_VOXELS = 1 << 24
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One configuration's cross-validation predictions."""
+
+    name: str
+    folds: tuple[str, ...]
+    label_maps: dict[str, Path]
+    probabilities: dict[str, Path]
+    label_values: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _CaseJob:
+    case_id: str
+    reference: Path
+    label_maps: tuple[tuple[str, Path], ...]
+    probabilities: tuple[tuple[str, Path], ...]
+    pairs: tuple[tuple[str, str], ...]
+    label_values: tuple[int, ...]
+    ensembles_dir: Path
+
+
+def pair_name(a: str, b: str) -> str:
+    """The name of the ensemble of two configurations, ``<a>__<b>``."""
+    return f"{a}__{b}"
+
+
+def _fold_key(fold: str) -> tuple[int, int | str]:
+    return (0, int(fold)) if fold.isdigit() else (1, fold)
+
+
+def _warn(msg: str) -> None:
+    log.warning(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _discover(model_dir: Path) -> _Run | str:
+    """The configuration's validated folds and case files, or why it cannot be used."""
+    if not (model_dir / "plans.json").is_file():
+        return f"{model_dir}: no plans.json (not a trained model folder)"
+    label_maps: dict[str, Path] = {}
+    probabilities: dict[str, Path] = {}
+    folds = []
+    fold_dirs = sorted((p for p in model_dir.glob("fold_*") if p.is_dir()),
+                       key=lambda p: _fold_key(p.name.removeprefix("fold_")))
+    for fold_dir in fold_dirs:
+        val = fold_dir / "validation"
+        if not val.is_dir():
+            continue
+        if not (val / "summary.json").is_file():
+            _warn(f"{val}: validation incomplete (no summary.json); fold left out, re-run it with "
+                  "`autoseg train --resume`")
+            continue
+        cases = sorted(p.name[: -len(_ENDING)] for p in val.glob(f"*{_ENDING}")
+                       if not p.name.startswith("."))
+        if not cases:
+            continue
+        for cid in cases:
+            if cid in label_maps:
+                msg = (f"{model_dir}: case {cid} is validated in {label_maps[cid].parent.parent.name} "
+                       f"and {fold_dir.name}; the folds come from different splits, retrain them "
+                       "with one split")
+                raise CheckpointError(msg)
+            label_maps[cid] = val / f"{cid}{_ENDING}"
+            if (val / f"{cid}.npz").is_file():
+                probabilities[cid] = val / f"{cid}.npz"
+        folds.append(fold_dir.name.removeprefix("fold_"))
+    if not folds:
+        return f"{model_dir}: no validation predictions (fold_<k>/validation/ with summary.json)"
+    plan = Plan.load(model_dir / "plans.json")
+    return _Run(model_dir.name, tuple(folds), label_maps, probabilities, plan.label_values)
+
+
+def _references(dataset_dir: Path) -> dict[str, Path]:
+    """Case id -> reference label file, from the dataset folder recorded in ``source.json``."""
+    src = dataset_dir / "source.json"
+    if not src.is_file():
+        msg = (f"{src}: missing, so the reference labels cannot be found; run "
+               "`autoseg plan PATH/TO/DATASET` with this work folder")
+        raise DatasetError(msg)
+    folder = Path(json.loads(src.read_text(encoding="utf-8"))["dataset_folder"])
+    return {c.case_id: c.label for c in load_dataset(folder).cases if c.label is not None}
+
+
+def _load_probabilities(path: Path, n_classes: int, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            prob = f["probabilities"]
+    except (OSError, ValueError, KeyError) as e:
+        msg = f"{path}: cannot read 'probabilities' ({e}); re-run the validation of this fold"
+        raise CheckpointError(msg) from e
+    if prob.shape != (n_classes, *shape):
+        msg = (f"{path}: probabilities of shape {prob.shape}, expected {(n_classes, *shape)} "
+               "(classes, then the label map's shape); re-run the validation of this fold")
+        raise CheckpointError(msg)
+    return prob
+
+
+def ensemble_labels(probabilities: list[np.ndarray], label_values: tuple[int, ...]) -> np.ndarray:
+    """Label map of the mean of several models' probabilities.
+
+    Args:
+        probabilities: ``(n_classes, Z, Y, X)`` softmax arrays (any float dtype) on one grid.
+        label_values: label value of each class index, background first (``Plan.label_values``).
+
+    Returns:
+        ``(Z, Y, X)`` label values of the argmax (the lowest class on a tie), in the smallest
+        unsigned or signed integer type that holds them.
+
+    Examples:
+        >>> a = np.array([0.6, 0.4]).reshape(2, 1, 1, 1)
+        >>> b = np.array([0.3, 0.7]).reshape(2, 1, 1, 1)
+        >>> ensemble_labels([a, b], (0, 4)).ravel()
+        array([4], dtype=uint8)
+    """
+    values = np.asarray(label_values)
+    dtype = np.uint8 if values.max() < 256 else np.int16 if values.max() < 32768 else np.int32
+    shape = probabilities[0].shape[1:]
+    classes = np.empty(shape, dtype=np.int64)
+    per_slice = max(1, math.prod(shape[1:]) * probabilities[0].shape[0])
+    step = max(1, _CHUNK_VOXELS // per_slice)
+    for z in range(0, shape[0], step):
+        acc = probabilities[0][:, z : z + step].astype(np.float32)
+        for p in probabilities[1:]:
+            acc += p[:, z : z + step]
+        classes[z : z + step] = acc.argmax(0)
+    return values.astype(dtype)[classes]
+
+
+def _score_case(job: _CaseJob) -> dict[str, Any]:
+    """Dice of every configuration and pair on one case; writes the pairs' label maps."""
+    fg = job.label_values[1:]
+    try:
+        ref = _read_labels(job.reference)
+        single: dict[str, list[float]] = {}
+        geometry = None
+        for name, path in job.label_maps:
+            img = read_image(path)
+            geometry = geometry or img.geometry
+            if img.array.shape != ref.shape:
+                msg = (f"{path}: shape {img.array.shape} differs from the reference "
+                       f"{job.reference} {ref.shape}; re-run the validation of this fold")
+                raise CheckpointError(msg)
+            single[name] = list(dice_per_label(img.array, ref, fg).values())
+        probs = {name: _load_probabilities(p, len(job.label_values), ref.shape)
+                 for name, p in job.probabilities}
+        pairs: dict[str, list[float]] = {}
+        for a, b in job.pairs:
+            labels = ensemble_labels([probs[a], probs[b]], job.label_values)
+            write_image(labels, geometry, job.ensembles_dir / pair_name(a, b) / f"{job.case_id}{_ENDING}")
+            pairs[pair_name(a, b)] = list(dice_per_label(labels, ref, fg).values())
+    except AutosegError as e:
+        return {"error": (type(e).__name__, str(e))}
+    return {"single": single, "pairs": pairs}
+
+
+def _usable_runs(models: Path, configurations: list[str] | None,
+                 skipped: dict[str, str]) -> list[_Run]:
+    if configurations is not None:
+        names = list(configurations)
+    else:
+        names = sorted(p.name for p in models.iterdir() if p.is_dir()) if models.is_dir() else []
+    runs = []
+    for name in names:
+        found = _discover(models / name) if (models / name).is_dir() else f"{models / name}: not found"
+        if isinstance(found, str):
+            skipped[name] = found
+            _warn(f"configuration {name} skipped: {found}")
+        else:
+            runs.append(found)
+    return runs
+
+
+def _common_cases(runs: list[_Run], refs: dict[str, Path]) -> list[str]:
+    missing = sorted({c for r in runs for c in r.label_maps if c not in refs})
+    if missing:
+        msg = (f"validation cases {', '.join(missing[:10])} have no reference label in the dataset "
+               "folder named in source.json; was the model trained on another dataset?")
+        raise DatasetError(msg)
+    sets = [set(r.label_maps) for r in runs]
+    common = sorted(set.intersection(*sets))
+    if any(s != set(common) for s in sets):
+        counts = ", ".join(f"{r.name}: {len(r.label_maps)}" for r in runs)
+        _warn(f"the configurations validated different cases ({counts}); they are compared on the "
+              f"{len(common)} cases they share. Train the same folds for all for a full comparison")
+    if not common:
+        msg = "the configurations share no validated case; train the same folds for each"
+        raise CheckpointError(msg)
+    return common
+
+
+def _pairs(runs: list[_Run], common: list[str], skipped: dict[str, str]) -> list[tuple[str, str]]:
+    pairs = []
+    for a, b in itertools.combinations(runs, 2):
+        lacking = [r.name for r in (a, b) if any(c not in r.probabilities for c in common)]
+        if lacking:
+            reason = (f"{', '.join(lacking)} kept no probabilities (CASE.npz) for some validation "
+                      "cases; retrain without --no-val-probabilities to ensemble")
+            skipped[pair_name(a.name, b.name)] = reason
+            _warn(f"ensemble {pair_name(a.name, b.name)} skipped: {reason}")
+        else:
+            pairs.append((a.name, b.name))
+    return pairs
+
+
+def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
+              workers: int = 1) -> dict[str, Any]:
+    """Score configurations and their pairwise ensembles by cross-validation Dice, pick the best,
+    decide its post-processing, and write ``inference.json``.
+
+    Args:
+        dataset_dir: ``<work>/<dataset>/`` (holding ``models/`` and ``source.json``).
+        configurations: which configurations to consider, in order of preference on a tie
+            (default: every folder under ``models/``, sorted by name). One without validation
+            predictions is skipped with a warning.
+        workers: processes reading and scoring cases.
+
+    Returns:
+        What is written to ``<dataset_dir>/inference.json``::
+
+            {"schema_version": 1,
+             "best": "3d_fullres" | "2d__3d_fullres",
+             "configurations": ["3d_fullres"] | ["2d", "3d_fullres"],
+             "folds": {config: ["0", "1", ...]},           # the chosen configurations' folds
+             "postprocessing": {"foreground_largest_only": bool, "largest_only_labels": [int]},
+             "cv_dice": {candidate: foreground-mean Dice or null},
+             "report": {"labels": [int], "n_cases": N, "cases": [ids],
+                        "candidates": {candidate: {"configurations": [...],
+                                                   "mean": {label: Dice}, "foreground_mean": x}},
+                        "skipped": {config or pair: reason},
+                        "ensemble_folder": "ensembles/<a>__<b>" | null,
+                        "postprocessing": <determine_postprocessing's report>}}
+
+    Raises:
+        CheckpointError: no configuration has validation predictions, their plans disagree on
+            the labels, or a prediction file is unreadable or on another grid.
+        DatasetError: ``source.json`` is missing, or a validated case has no reference label.
+    """
+    dataset_dir = Path(dataset_dir)
+    models = dataset_dir / "models"
+    skipped: dict[str, str] = {}
+    runs = _usable_runs(models, configurations, skipped)
+    if not runs:
+        msg = (f"{dataset_dir}: no configuration has validation predictions under "
+               f"{models}/<config>/fold_<k>/validation/; run `autoseg train` for at least one fold")
+        raise CheckpointError(msg)
+    label_values = runs[0].label_values
+    if any(r.label_values != label_values for r in runs):
+        found = ", ".join(f"{r.name}: {list(r.label_values)}" for r in runs)
+        msg = f"{models}: the configurations' plans have different labels ({found}); retrain from one plan"
+        raise CheckpointError(msg)
+    fg = label_values[1:]
+    refs = _references(dataset_dir)
+    common = _common_cases(runs, refs)
+    pairs = _pairs(runs, common, skipped)
+    in_pairs = {n for p in pairs for n in p}
+    jobs = [_CaseJob(cid, refs[cid], tuple((r.name, r.label_maps[cid]) for r in runs),
+                     tuple((r.name, r.probabilities[cid]) for r in runs if r.name in in_pairs),
+                     tuple(pairs), label_values, dataset_dir / "ensembles")
+            for cid in common]
+    scores = parallel_map(_score_case, jobs, workers=workers, desc="Scoring configurations")
+    errors = [s["error"] for s in scores if "error" in s]
+    if errors:
+        _raise_collected(errors)
+
+    candidates: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        candidates[r.name] = {"configurations": [r.name],
+                              **_means([s["single"][r.name] for s in scores], fg)}
+    for a, b in pairs:
+        name = pair_name(a, b)
+        candidates[name] = {"configurations": [a, b],
+                            **_means([s["pairs"][name] for s in scores], fg)}
+    order = list(candidates)
+
+    def rank(name: str) -> tuple[float, int, int]:
+        d = candidates[name]["foreground_mean"]
+        return (-math.inf if d is None else d, -len(candidates[name]["configurations"]),
+                -order.index(name))
+
+    best = max(order, key=rank)
+    chosen = candidates[best]["configurations"]
+    by_name = {r.name: r for r in runs}
+    if len(chosen) == 1:
+        run = by_name[chosen[0]]
+        cases = sorted(c for c in run.label_maps if c in refs)
+        preds = [run.label_maps[c] for c in cases]
+        ensemble_folder = None
+    else:
+        cases = common
+        preds = [dataset_dir / "ensembles" / best / f"{c}{_ENDING}" for c in cases]
+        ensemble_folder = f"ensembles/{best}"
+    log.info("best: %s (foreground Dice %s); deciding post-processing on %d cases", best,
+             candidates[best]["foreground_mean"], len(cases))
+    pp, pp_report = determine_postprocessing(preds, [refs[c] for c in cases], list(fg),
+                                             workers=workers)
+    info = {
+        "schema_version": INFERENCE_VERSION,
+        "best": best,
+        "configurations": list(chosen),
+        "folds": {c: list(by_name[c].folds) for c in chosen},
+        "postprocessing": pp.to_dict(),
+        "cv_dice": {n: candidates[n]["foreground_mean"] for n in order},
+        "report": {"labels": list(fg), "n_cases": len(common), "cases": common,
+                   "candidates": candidates, "skipped": skipped,
+                   "ensemble_folder": ensemble_folder, "postprocessing": pp_report},
+    }
+    for c in chosen:
+        write_json_atomic(models / c / "postprocessing.json", pp.to_dict())
+    write_json_atomic(dataset_dir / "inference.json", info)
+    return info
