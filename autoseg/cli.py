@@ -138,6 +138,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from autoseg.evaluation.evaluate import evaluate_folders
+
+    out = args.output
+    summary = evaluate_folders(args.pred, args.ref, out, labels=args.labels,
+                               tolerance_mm=args.tolerance, workers=_workers(args), plot=args.plot)
+    lines = [f"{summary['settings']['n_cases']} cases -> {out} (+ {out.with_suffix('.csv').name}"
+             + (", box plot" if args.plot else "") + ")",
+             f"{'label':>8} {'Dice':>7} {'IoU':>7} {'HD95 mm':>8} {'NSD':>7}"]
+    for lab, m in summary["per_label"].items():
+        lines.append(f"{lab:>8} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} "
+                     f"{m['nsd']:7.4f}")
+    m = summary["mean"]
+    lines.append(f"{'mean':>8} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
+    log.info("\n".join(lines))
+    return 0
+
+
 def _fold(value: str) -> str:
     if value == "all" or (value.isdigit() and 0 <= int(value) <= 4):
         return value
@@ -246,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write CASE.npz with softmax probabilities (float16)")
     pr.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
     pr.set_defaults(func=_cmd_predict)
+
+    ev = sub.add_parser("evaluate", parents=[common], help="score predictions against references",
+                        description="Per case and label: Dice, IoU, HD95, normalised surface "
+                        "Dice, sensitivity, specificity, precision, volume difference; JSON + CSV.")
+    ev.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
+    ev.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
+    ev.add_argument("-o", "--output", type=Path, required=True, help="FILE.json (a CSV beside it)")
+    ev.add_argument("--labels", type=int, nargs="+", default=None,
+                    help="labels to score (default: every nonzero value in the references)")
+    ev.add_argument("--tolerance", type=float, default=1.0, metavar="MM",
+                    help="surface Dice tolerance in mm (default 1)")
+    ev.add_argument("--plot", action="store_true", help="also save a box plot PNG")
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 
