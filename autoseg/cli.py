@@ -152,6 +152,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                      f"{m['nsd']:7.4f}")
     m = summary["mean"]
     lines.append(f"{'mean':>8} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
+    if args.images is not None:
+        from autoseg.evaluation.overlay import save_overlays
+
+        pngs = save_overlays(args.images, args.ref, args.pred, out.parent / f"{out.stem}_overlays")
+        lines.append(f"{len(pngs)} overlay PNGs -> {out.parent / f'{out.stem}_overlays'}")
     log.info("\n".join(lines))
     return 0
 
@@ -276,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tolerance", type=float, default=1.0, metavar="MM",
                     help="surface Dice tolerance in mm (default 1)")
     ev.add_argument("--plot", action="store_true", help="also save a box plot PNG")
+    ev.add_argument("--images", type=Path, default=None,
+                    help="folder of the scans: also save a PNG per case (a slice with the "
+                    "reference and predicted outlines) in <stem>_overlays/")
     ev.set_defaults(func=_cmd_evaluate)
     return p
 

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,9 @@ from autoseg._parallel import parallel_map
 from autoseg.errors import AutosegError, CheckpointError, DatasetError
 from autoseg.evaluation.metrics import dice_per_label
 from autoseg.inference.postprocess import (
+    _as_labels,
     _means,
     _raise_collected,
-    _read_labels,
     determine_postprocessing,
 )
 from autoseg.io.dataset import load_dataset
@@ -137,7 +138,7 @@ def _load_probabilities(path: Path, n_classes: int, shape: tuple[int, ...]) -> n
     try:
         with np.load(path, allow_pickle=False) as f:
             prob = f["probabilities"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         msg = f"{path}: cannot read 'probabilities' ({e}); re-run the validation of this fold"
         raise CheckpointError(msg) from e
     if prob.shape != (n_classes, *shape):
@@ -182,12 +183,11 @@ def _score_case(job: _CaseJob) -> dict[str, Any]:
     """Dice of every configuration and pair on one case; writes the pairs' label maps."""
     fg = job.label_values[1:]
     try:
-        ref = _read_labels(job.reference)
+        ref_img = read_image(job.reference)
+        ref = _as_labels(ref_img.array)
         single: dict[str, list[float]] = {}
-        geometry = None
         for name, path in job.label_maps:
             img = read_image(path)
-            geometry = geometry or img.geometry
             if img.array.shape != ref.shape:
                 msg = (f"{path}: shape {img.array.shape} differs from the reference "
                        f"{job.reference} {ref.shape}; re-run the validation of this fold")
@@ -198,7 +198,8 @@ def _score_case(job: _CaseJob) -> dict[str, Any]:
         pairs: dict[str, list[float]] = {}
         for a, b in job.pairs:
             labels = ensemble_labels([probs[a], probs[b]], job.label_values)
-            write_image(labels, geometry, job.ensembles_dir / pair_name(a, b) / f"{job.case_id}{_ENDING}")
+            out = job.ensembles_dir / pair_name(a, b) / f"{job.case_id}{_ENDING}"
+            write_image(labels, ref_img.geometry, out)
             pairs[pair_name(a, b)] = list(dice_per_label(labels, ref, fg).values())
     except AutosegError as e:
         return {"error": (type(e).__name__, str(e))}

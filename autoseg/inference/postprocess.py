@@ -170,9 +170,13 @@ def apply_postprocessing(labels: np.ndarray, pp: Postprocessing) -> np.ndarray:
 # --------------------------------------------------------------------------- determination
 
 
-def _read_labels(path: Path) -> np.ndarray:
-    arr = read_image(path).array
+def _as_labels(arr: np.ndarray) -> np.ndarray:
+    """Integer labels of a label image (a float-typed file is rounded, as validation does)."""
     return np.rint(arr).astype(np.int32) if arr.dtype.kind == "f" else arr
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    return _as_labels(read_image(path).array)
 
 
 def _dice_vector(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> list[float]:
@@ -275,8 +279,8 @@ def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labe
 
     Raises:
         ValueError: the two lists differ in length, or are empty.
-        CheckpointError: a prediction cannot be read or has another shape than its reference.
-        ImageReadError: a reference cannot be read.
+        ImageReadError: a prediction or reference file cannot be read.
+        CheckpointError: a prediction has another shape than its reference.
     """
     if len(pred_files) != len(ref_files) or not pred_files:
         msg = (f"determine_postprocessing needs one reference per prediction and at least one "
