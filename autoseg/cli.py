@@ -161,6 +161,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_find_best(args: argparse.Namespace) -> int:
+    from autoseg.pipeline import find_best
+
+    info = find_best(args.dataset, _workspace(args), configurations=args.configurations,
+                     workers=_workers(args))
+    lines = ["cross-validation foreground-mean Dice:"]
+    lines += [f"  {k:<28} {'n/a' if v is None else f'{v:.4f}'}" for k, v in info["cv_dice"].items()]
+    lines.append(f"best: {info['best']}; post-processing: {info['postprocessing']} "
+                 "(used by `autoseg predict` without -c)")
+    log.info("\n".join(lines))
+    return 0
+
+
 def _fold(value: str) -> str:
     if value == "all" or (value.isdigit() and 0 <= int(value) <= 4):
         return value
@@ -285,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder of the scans: also save a PNG per case (a slice with the "
                     "reference and predicted outlines) in <stem>_overlays/")
     ev.set_defaults(func=_cmd_evaluate)
+
+    fb = sub.add_parser("find-best", parents=[common],
+                        help="choose configuration/ensemble and post-processing from CV",
+                        description="Compare the trained configurations and their pairwise "
+                        "ensembles on the folds' validation predictions; record the best and its "
+                        "post-processing for `autoseg predict`.")
+    fb.add_argument("dataset", help="dataset name or folder")
+    fb.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                    help="configurations to consider (default: all trained)")
+    fb.set_defaults(func=_cmd_find_best)
     return p
 
 

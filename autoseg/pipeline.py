@@ -194,13 +194,30 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
             raise DatasetError(msg)
         name = planned[0]
     ds_dir = workspace.dataset_dir(name)
-    choice = [(c, folds) for c in configurations] if configurations else default_models(ds_dir)
+    if configurations:
+        choice, pp = [(c, folds) for c in configurations], None
+    else:
+        choice, pp = default_models(ds_dir)
     dev = torch.device(device)
     models = [load_model(ds_dir / "models" / c, folds=f or folds, checkpoint=checkpoint,
                          device=dev) for c, f in choice]
+    if pp is None and len(models) == 1:
+        pp = models[0].postprocessing
     log.info("predicting with %s (folds %s) on %s", ", ".join(m.config.name for m in models),
              ", ".join(",".join(m.folds) for m in models), dev)
     predictor = Predictor(models, device=dev, amp_dtype=amp_dtype_for(precision, dev),
-                          step=step, tta=tta)
+                          step=step, tta=tta, postprocessing=pp)
+    if pp:
+        log.info("post-processing: %s", pp)
     return predict_path(source, out_dir, predictor, overwrite=overwrite,
                         save_probabilities=save_probabilities)
+
+
+def find_best(dataset: str, workspace: Workspace, *, configurations: list[str] | None,
+              workers: int) -> dict:
+    """Choose the configuration or ensemble with the best cross-validation Dice, and its
+    post-processing (see :mod:`autoseg.inference.find_best`)."""
+    from autoseg.inference.find_best import find_best as _find_best
+
+    name, _ = workspace.resolve(dataset)
+    return _find_best(workspace.dataset_dir(name), configurations=configurations, workers=workers)

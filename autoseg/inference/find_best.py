@@ -9,8 +9,9 @@ same cases: those every configuration has predicted. The winner (highest foregro
 on a tie the single configuration, then the one listed first) gets its post-processing decided
 on its cross-validation predictions (:func:`~autoseg.inference.postprocess.determine_postprocessing`).
 
-Writes ``<dataset_dir>/inference.json`` (see :func:`find_best`), ``postprocessing.json`` in each
-chosen model folder, and the ensembled label maps of every scored pair under
+Writes ``<dataset_dir>/inference.json`` (see :func:`find_best`), ``postprocessing.json`` in the
+chosen model's folder when a single configuration wins (an ensemble's lives in inference.json),
+and the ensembled label maps of every scored pair under
 ``<dataset_dir>/ensembles/<a>__<b>/CASE.nii.gz``.
 """
 
@@ -357,7 +358,7 @@ def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
                    "candidates": candidates, "skipped": skipped,
                    "ensemble_folder": ensemble_folder, "postprocessing": pp_report},
     }
-    for c in chosen:
-        write_json_atomic(models / c / "postprocessing.json", pp.to_dict())
+    if len(chosen) == 1:  # an ensemble's post-processing lives in inference.json only
+        write_json_atomic(models / chosen[0] / "postprocessing.json", pp.to_dict())
     write_json_atomic(dataset_dir / "inference.json", info)
     return info

@@ -81,11 +81,13 @@ def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: s
     return TrainedModel(plan, config, networks, list(folds), model_dir, pp)
 
 
-def default_models(dataset_dir: Path) -> list[tuple[str, list[str] | None]]:
+def default_models(dataset_dir: Path
+                   ) -> tuple[list[tuple[str, list[str] | None]], dict[str, Any] | None]:
     """What ``predict`` uses without ``-c``: find-best's choice, else the only trained model.
 
     Returns:
-        ``[(configuration, folds or None), …]``.
+        ``([(configuration, folds or None), …], post-processing or None)``; the post-processing
+        is find-best's (for an ensemble too), else the model folder's own.
 
     Raises:
         CheckpointError: nothing trained, or several models and no find-best choice.
@@ -93,10 +95,11 @@ def default_models(dataset_dir: Path) -> list[tuple[str, list[str] | None]]:
     info = dataset_dir / "inference.json"
     if info.is_file():
         data = json.loads(info.read_text())
-        return [(c, data.get("folds", {}).get(c)) for c in data["configurations"]]
+        chosen = [(c, data.get("folds", {}).get(c)) for c in data["configurations"]]
+        return chosen, data.get("postprocessing")
     models = sorted(p.name for p in (dataset_dir / "models").glob("*") if trained_folds(p))
     if len(models) == 1:
-        return [(models[0], None)]
+        return [(models[0], None)], None
     if not models:
         msg = f"{dataset_dir}: no trained model; run `autoseg train` first"
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ class Predictor:
 
     Args:
         models: the configurations to use; with several, their probabilities are averaged.
+        postprocessing: applied to every label map (find-best's decision), or None.
         device: where networks run.
         amp_dtype: autocast dtype or None.
         step: sliding-window step (fraction of the patch).
@@ -51,10 +53,12 @@ class Predictor:
     """
 
     def __init__(self, models: list[TrainedModel], *, device: torch.device,
-                 amp_dtype: torch.dtype | None, step: float = 0.5, tta: bool = True) -> None:
+                 amp_dtype: torch.dtype | None, step: float = 0.5, tta: bool = True,
+                 postprocessing: dict[str, Any] | None = None) -> None:
         self.models, self.device, self.amp_dtype = models, device, amp_dtype
         self.step, self.tta = step, tta
         self.plan = models[0].plan
+        self.postprocessing = postprocessing
 
     def _logits(self, model: TrainedModel, data: torch.Tensor) -> torch.Tensor:
         """Mean logits over the model's folds; on a CUDA out-of-memory error the blending moves
@@ -98,7 +102,7 @@ class Predictor:
         return self._postprocess(labels), probs
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
-        pp = self.models[0].postprocessing if len(self.models) == 1 else None
+        pp = self.postprocessing
         if not pp:
             return labels
         from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
