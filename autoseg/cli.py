@@ -128,7 +128,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                      configurations=args.configurations, folds=args.folds, device=device,
                      precision=args.precision, step=args.step, tta=not args.no_tta,
                      overwrite=args.overwrite, save_probabilities=args.save_probabilities,
-                     checkpoint=args.checkpoint)
+                     checkpoint=args.checkpoint, backend=args.backend)
     log.info("%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",
              len(report.written), len(report.skipped), len(report.failed), args.output)
     if report.failed:
@@ -171,6 +171,16 @@ def _cmd_find_best(args: argparse.Namespace) -> int:
     lines.append(f"best: {info['best']}; post-processing: {info['postprocessing']} "
                  "(used by `autoseg predict` without -c)")
     log.info("\n".join(lines))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autoseg.pipeline import export
+
+    paths = export(args.dataset, args.configuration, _workspace(args), fmt=args.format,
+                   folds=args.folds, out=args.output, fp16=args.fp16)
+    log.info("exported %d fold(s): %s%s", len(paths), ", ".join(str(p) for p in paths),
+             f" (copy in {args.output})" if args.output else "")
     return 0
 
 
@@ -281,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--save-probabilities", action="store_true",
                     help="also write CASE.npz with softmax probabilities (float16)")
     pr.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
+    pr.add_argument("--backend", choices=["torch", "onnx", "tensorrt"], default="torch",
+                    help="run the exported networks (autoseg export) with onnxruntime or TensorRT")
     pr.set_defaults(func=_cmd_predict)
 
     ev = sub.add_parser("evaluate", parents=[common], help="score predictions against references",
@@ -308,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
                     help="configurations to consider (default: all trained)")
     fb.set_defaults(func=_cmd_find_best)
+
+    ex = sub.add_parser("export", parents=[common], help="export a trained model (ONNX, TensorRT)",
+                        description="Export the fold networks of a trained configuration (dynamic "
+                        "batch) with a JSON sidecar, into the model folder where `predict "
+                        "--backend onnx|tensorrt` finds them.")
+    ex.add_argument("dataset", help="dataset name or folder")
+    ex.add_argument("configuration", help="trained configuration")
+    ex.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
+    ex.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
+                    help="folds to export (default: every trained fold)")
+    ex.add_argument("-o", "--output", type=Path, default=None,
+                    help="also copy the exported files here (ONNX)")
+    ex.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
+    ex.set_defaults(func=_cmd_export)
     return p
 
 

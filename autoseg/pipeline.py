@@ -173,7 +173,7 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
             configurations: list[str] | None, folds: list[str] | None, device: str,
             precision: str = "auto", step: float = 0.5, tta: bool = True,
             overwrite: bool = False, save_probabilities: bool = False,
-            checkpoint: str = "final") -> PredictReport:
+            checkpoint: str = "final", backend: str = "torch") -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
     Without ``dataset``, the work folder must hold exactly one planned dataset. Without
@@ -200,12 +200,13 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
         choice, pp = default_models(ds_dir)
     dev = torch.device(device)
     models = [load_model(ds_dir / "models" / c, folds=f or folds, checkpoint=checkpoint,
-                         device=dev) for c, f in choice]
+                         device=dev, backend=backend) for c, f in choice]
     if pp is None and len(models) == 1:
         pp = models[0].postprocessing
     log.info("predicting with %s (folds %s) on %s", ", ".join(m.config.name for m in models),
              ", ".join(",".join(m.folds) for m in models), dev)
-    predictor = Predictor(models, device=dev, amp_dtype=amp_dtype_for(precision, dev),
+    amp = amp_dtype_for(precision, dev) if backend == "torch" else None
+    predictor = Predictor(models, device=dev, amp_dtype=amp,
                           step=step, tta=tta, postprocessing=pp)
     if pp:
         log.info("post-processing: %s", pp)
@@ -221,3 +222,17 @@ def find_best(dataset: str, workspace: Workspace, *, configurations: list[str] |
 
     name, _ = workspace.resolve(dataset)
     return _find_best(workspace.dataset_dir(name), configurations=configurations, workers=workers)
+
+
+def export(dataset: str, configuration: str, workspace: Workspace, *, fmt: str,
+           folds: list[str] | None, out: Path | None, fp16: bool = False) -> list[Path]:
+    """Export a trained configuration (see :mod:`autoseg.export`)."""
+    name, _ = workspace.resolve(dataset)
+    model_dir = workspace.dataset_dir(name) / "models" / configuration
+    if fmt == "tensorrt":
+        from autoseg.export.tensorrt import export_tensorrt
+
+        return export_tensorrt(model_dir, folds=folds, fp16=fp16)
+    from autoseg.export.onnx import export_onnx
+
+    return export_onnx(model_dir, folds=folds, copy_to=out)

@@ -8,16 +8,20 @@ hippocampus ``3d_fullres`` plan by default (batch 7 of 40x56x40, 1 channel, 3 cl
   ``monai.losses.DeepSupervisionLoss(DiceCELoss(...))`` over ``torch.unbind(out, 1)`` with
   nnU-Net's weights (it evaluates every head, the zero-weight one too, all at full resolution);
 * ``autoseg``: :func:`autoseg.networks.build_network` (heads at native resolution) and
-  :func:`autoseg.training.losses.make_loss` (target downsampled per head, zero-weight head skipped).
+  :func:`autoseg.training.losses.make_loss` (target downsampled per head; the zero-weight head
+  only kept in the graph, its loss not computed).
 
 Each in float32 and under autocast (CPU: bfloat16; CUDA: float16 with a ``GradScaler``), and the
-autoseg one also in ``channels_last_3d`` under autocast. Every case runs in its own subprocess so
-that its peak RSS (``getrusage`` max RSS, which includes the interpreter and torch) is its own;
-"RSS before" is the RSS after building the model and data, before the first step.
+autoseg one also in ``channels_last_3d`` under autocast. Every run of a case is a fresh
+subprocess, so that its peak RSS (``getrusage`` max RSS, which includes the interpreter and torch)
+is its own; "RSS before" is the RSS after building the model and data, before the first step.
+``--repeats N`` runs N rounds over the cases (round-robin) and pools their timed steps; the table
+gives the median and the minimum, which shrug off bursts of other work on shared machines.
 
 Run with the project interpreter::
 
     /work/main/.venv/bin/python benchmarks/bench_network.py                 # CPU, 2 threads
+    /work/main/.venv/bin/python benchmarks/bench_network.py --repeats 3     # steadier on a busy box
     /work/main/.venv/bin/python benchmarks/bench_network.py --device cuda   # GPU machine
 
 The markdown table is printed and written to ``benchmarks/results/network_<device>.md``.
@@ -195,12 +199,14 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
         f"## network: one training step, {args.config} of {args.plan.parent.name} ({args.device})",
         "",
         f"- batch {args.batch or 'from plan'}, forward + Dice/CE loss + backward + SGD (Nesterov, lr 1e-2, "
-        f"momentum 0.99); {args.warmup} warm-up + {args.steps} timed steps, each case in its own process",
+        f"momentum 0.99); {args.warmup} warm-up + {args.steps} timed steps per run, each run a fresh "
+        f"process, {args.repeats} round(s) over the cases",
         f"- torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"python {platform.python_version()}",
-        "- s/step: wall time, mean (min) of the timed steps; CPU s/step: process CPU time (all threads), "
-        "steadier than wall time when other work shares the cores; RSS before: after building model and "
-        "data; peak RSS: max RSS of the process (interpreter and torch included)",
+        "- s/step: wall time, median (min) of the timed steps of all rounds; CPU s/step: process CPU "
+        "time (all threads), median, steadier than wall time when other work shares the cores; "
+        "RSS before: after building model and data; peak RSS: max RSS of the process "
+        "(interpreter and torch included)",
         "",
     ]
     head = "| case | setting | s/step | CPU s/step | RSS before MiB | peak RSS MiB |"
@@ -209,15 +215,16 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
     by_name = {c.name: c for c in CASES}
     for r in results:
         row = (f"| {r.case} | {_describe(by_name[r.case], args.device)} | "
-               f"{statistics.mean(r.step_s):.2f} ({min(r.step_s):.2f}) | {statistics.mean(r.cpu_s):.2f} | "
+               f"{statistics.median(r.step_s):.2f} ({min(r.step_s):.2f}) | "
+               f"{statistics.median(r.cpu_s):.2f} | "
                f"{r.rss_before_mib:.0f} | "
                f"{r.peak_rss_mib:.0f} |")
         if cuda:
             row += f" {r.peak_gpu_mib:.0f} |"
         lines.append(row)
-    base = {r.case: statistics.mean(r.step_s) for r in results}
+    base = {r.case: statistics.median(r.step_s) for r in results}
     if "stock_fp32" in base:
-        lines += ["", "Speed-up over stock float32: " + ", ".join(
+        lines += ["", "Speed-up over stock float32 (medians): " + ", ".join(
             f"{name} {base['stock_fp32'] / t:.2f}x" for name, t in base.items() if name != "stock_fp32")]
     return "\n".join(lines) + "\n"
 
@@ -289,6 +296,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds over all cases (round-robin); the timed steps of all rounds are pooled")
     parser.add_argument("--only", nargs="*", choices=[c.name for c in CASES], help="run only these cases")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/network_<device>.md")
@@ -303,26 +312,36 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(run_case(case, args))))
         return 0
     raw = list(argv if argv is not None else sys.argv[1:])
-    results = []
-    for case in CASES:
-        if args.only and case.name not in args.only:
-            continue
-        cmd = [sys.executable, __file__, *_strip_only(raw), "--case", case.name]
-        print(f"running {case.name} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            return proc.returncode
-        result = Result(**json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {statistics.mean(result.step_s):.2f} s/step, peak RSS {result.peak_rss_mib:.0f} MiB, "
-              f"loss {result.loss:.3f}", file=sys.stderr, flush=True)
-        results.append(result)
+    cases = [c for c in CASES if not args.only or c.name in args.only]
+    pooled: dict[str, Result] = {}
+    for round_ in range(args.repeats):  # round-robin, so a burst of other load hits one run, not one case
+        for case in cases:
+            cmd = [sys.executable, __file__, *_strip_only(raw), "--case", case.name]
+            print(f"round {round_ + 1}/{args.repeats}: {case.name} ...", file=sys.stderr, flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                return proc.returncode
+            result = Result(**json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  {statistics.median(result.step_s):.2f} s/step, peak RSS {result.peak_rss_mib:.0f} MiB, "
+                  f"loss {result.loss:.3f}", file=sys.stderr, flush=True)
+            pooled[case.name] = _merge(pooled.get(case.name), result)
+    results = list(pooled.values())
     table = _table(results, args) + _heads_and_loss(args)
     print(table)
     out = args.out or BENCH_DIR / "results" / f"network_{args.device}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table, encoding="utf-8")
     return 0
+
+
+def _merge(a: Result | None, b: Result) -> Result:
+    """Pool the timed steps of two runs of one case; memory is the worst of the two."""
+    if a is None:
+        return b
+    gpu = None if a.peak_gpu_mib is None else max(a.peak_gpu_mib, b.peak_gpu_mib or 0.0)
+    return Result(a.case, a.step_s + b.step_s, a.cpu_s + b.cpu_s, max(a.rss_before_mib, b.rss_before_mib),
+                  max(a.peak_rss_mib, b.peak_rss_mib), gpu, b.loss)
 
 
 def _strip_only(argv: list[str]) -> list[str]:

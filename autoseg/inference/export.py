@@ -92,9 +92,15 @@ def classes_to_values(classes: np.ndarray, plan: Plan) -> np.ndarray:
     return values.astype(out_dtype)[classes]
 
 
-def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan) -> np.ndarray:
-    """Logits in the preprocessed grid -> label map on the source grid (see module docstring)."""
-    classes = argmax_resampled(logits, props["shape_after_crop"], z_axis=props.get("z_axis"))
+def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan, *,
+                     chunk: int = 4) -> np.ndarray:
+    """Logits in the preprocessed grid -> label map on the source grid (see module docstring).
+
+    ``chunk`` classes are resampled at a time (memory: ``chunk`` float32 volumes of the output
+    grid); ``chunk >= n_classes`` resamples all at once, with the same result.
+    """
+    classes = argmax_resampled(logits, props["shape_after_crop"], z_axis=props.get("z_axis"),
+                               chunk=chunk)
     return to_source_grid(classes.cpu().numpy(), props, plan)
 
 

@@ -40,7 +40,7 @@ def trained_folds(model_dir: Path, checkpoint: str = "final") -> list[str]:
 
 
 def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: str = "final",
-               device: torch.device | str = "cpu") -> TrainedModel:
+               device: torch.device | str = "cpu", backend: str = "torch") -> TrainedModel:
     """Load a configuration's fold networks in eval mode.
 
     Args:
@@ -48,6 +48,8 @@ def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: s
         folds: which folds (default: every fold with the checkpoint).
         checkpoint: ``final``, ``best`` or ``latest``.
         device: where the networks go.
+        backend: ``torch`` (checkpoints), ``onnx`` (``fold_k/model.onnx`` run by onnxruntime) or
+            ``tensorrt`` (``fold_k/model.engine``); the exported ones come from ``autoseg export``.
 
     Raises:
         CheckpointError: no plan, no trained fold, or an unreadable checkpoint.
@@ -65,20 +67,34 @@ def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: s
         msg = (f"{model_dir}: fold(s) {missing or 'any'} have no checkpoint_{checkpoint}.pt "
                f"(trained: {available or 'none'}); train them or choose others with -f")
         raise CheckpointError(msg)
-    networks = []
-    for f in folds:
-        path = model_dir / f"fold_{f}" / f"checkpoint_{checkpoint}.pt"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            msg = f"{path}: cannot be read as a checkpoint ({type(e).__name__}); retrain this fold"
-            raise CheckpointError(msg) from e
-        net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
-        net.load_state_dict(state["network"])
-        networks.append(net.to(device).eval())
+    device = torch.device(device)
+    if backend != "torch":
+        from autoseg.inference.backends import OnnxNetwork, TensorRTNetwork
+
+        networks: list[Any] = [
+            OnnxNetwork(model_dir / f"fold_{f}" / "model.onnx", device=device)
+            if backend == "onnx" else
+            TensorRTNetwork(model_dir / f"fold_{f}" / "model.engine", device=device)
+            for f in folds]
+    else:
+        networks = [_load_torch(model_dir, f, checkpoint, config, plan, device) for f in folds]
     pp_path = model_dir / "postprocessing.json"
     pp = json.loads(pp_path.read_text()) if pp_path.is_file() else None
     return TrainedModel(plan, config, networks, list(folds), model_dir, pp)
+
+
+def _load_torch(model_dir: Path, fold: str, checkpoint: str, config: Configuration, plan: Plan,
+                device: torch.device) -> torch.nn.Module:
+    """One fold's torch network from its checkpoint (weights only: no code runs from the file)."""
+    path = model_dir / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = f"{path}: cannot be read as a checkpoint ({type(e).__name__}); retrain this fold"
+        raise CheckpointError(msg) from e
+    net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
+    net.load_state_dict(state["network"])
+    return net.to(device).eval()
 
 
 def default_models(dataset_dir: Path

@@ -5,6 +5,7 @@ post-processing, written atomically one file per case."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,18 @@ class Predictor:
         probs_sum = None
         labels = None
         for model in self.models:
+            t0 = time.perf_counter()
             pre = preprocess_arrays(case.data, None, case.geometry.spacing, model.plan,
                                     model.config, case_id=case.case_id)
+            t1 = time.perf_counter()
             logits = self._logits(model, torch.from_numpy(pre.data))
+            t2 = time.perf_counter()
+            log.debug("%s %s: preprocess %.2f s, network %.2f s", case.case_id, model.config.name,
+                      t1 - t0, t2 - t1)
             if len(self.models) == 1 and not with_probabilities:
                 labels = logits_to_labels(logits, pre.properties, model.plan)
+                log.debug("%s: back to the source grid %.2f s", case.case_id,
+                          time.perf_counter() - t2)
                 break
             p = probabilities_on_source_grid(logits, pre.properties, model.plan).astype(np.float32)
             probs_sum = p if probs_sum is None else probs_sum + p

@@ -4,7 +4,6 @@ bad inputs are reported without stopping the others, and nothing half-written is
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,28 +19,9 @@ SAMPLE = sample_dataset_dir()
 TEST_CASES = sorted((SAMPLE / "imagesTs").glob("*.nii.gz"))[:3]
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A work folder with 3d_fullres and 2d trained (fold all, 2 iterations) on 4 cases."""
-    root = tmp_path_factory.mktemp("predict")
-    ds = root / "hippo"
-    (ds / "imagesTr").mkdir(parents=True)
-    (ds / "labelsTr").mkdir()
-    meta = json.loads((SAMPLE / "dataset.json").read_text())
-    meta["training"] = meta["training"][:4]
-    meta.pop("test")
-    for e in meta["training"]:
-        for k in ("image", "label"):
-            shutil.copy(SAMPLE / e[k], ds / e[k])
-    (ds / "dataset.json").write_text(json.dumps(meta))
-    work = root / "work"
-    common = ["--work-dir", str(work), "-q"]
-    assert main(["plan", str(ds), "--workers", "1", *common]) == 0
-    for config in ("3d_fullres", "2d"):
-        assert main(["train", "hippo", config, "all", "--epochs", "1", "--iters-per-epoch", "2",
-                     "--val-iters", "1", "--batch-size", "2", "--device", "cpu",
-                     "--workers", "0", *common]) == 0
-    return work
+@pytest.fixture
+def work(trained_work: Path) -> Path:
+    return trained_work
 
 
 def _predict(work: Path, src: Path, out: Path, *extra: str) -> int:

@@ -1,0 +1,34 @@
+"""Helpers shared by the benchmark scripts: timing a command with its peak memory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("bench")
+
+
+@dataclass
+class Run:
+    """Wall seconds and peak resident memory (largest process, MiB) of one command."""
+
+    wall_s: float
+    peak_mib: float
+    output: str
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Run:
+    """Run ``cmd`` under ``/usr/bin/time -v`` (peak RSS of the largest process of the tree)."""
+    timer = shutil.which("time") or "/usr/bin/time"
+    log.info("$ %s", " ".join(cmd))
+    t0 = time.perf_counter()
+    p = subprocess.run([timer, "-v", *cmd], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    return Run(wall, int(m.group(1)) / 1024 if m else float("nan"), p.stdout + p.stderr)
