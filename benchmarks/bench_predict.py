@@ -49,18 +49,23 @@ def _startup_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def autoseg_rows(work: Path, cases: list[str], data: Path, tmp: Path, precisions: list[str]
+def autoseg_rows(work: Path, cases: list[str], tmp: Path, variants: list[str]
                  ) -> list[dict[str, object]]:
+    """``variants``: torch precisions (auto, fp32, bf16) and/or ``onnx`` (onnxruntime, fp32)."""
     inp, ref = tmp / "in", tmp / "ref"
+    if "onnx" in variants:
+        subprocess.run([AUTOSEG, "export", "hippocampus", "3d_fullres", "-f", "0", "--work-dir",
+                        str(work), "-q"], check=True)
     rows = []
-    for prec in precisions:
+    for variant in variants:
+        backend, prec = ("onnx", "fp32") if variant == "onnx" else ("torch", variant)
         for tta in (True, False):
-            out = tmp / f"out_{prec}_{tta}"
+            out = tmp / f"out_{variant}_{tta}"
             cmd = [AUTOSEG, "predict", "-i", str(inp), "-o", str(out), "--work-dir", str(work),
                    "-d", "hippocampus", "-c", "3d_fullres", "-f", "0", "--device", "cpu",
-                   "--precision", prec, "-q"] + ([] if tta else ["--no-tta"])
+                   "--precision", prec, "--backend", backend, "-q"] + ([] if tta else ["--no-tta"])
             r = run_measured(cmd, env=dict(os.environ, OMP_NUM_THREADS="2"))
-            rows.append({"tool": f"autoseg ({prec})", "tta": tta, "wall_s": r.wall_s,
+            rows.append({"tool": f"autoseg {backend} ({prec})", "tta": tta, "wall_s": r.wall_s,
                          "s_per_case": r.wall_s / len(cases), "peak_mib": r.peak_mib,
                          "dice": _dice(out, ref, out)})
     return rows
@@ -125,7 +130,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="autoseg work folder with the model")
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
-    ap.add_argument("--precision", nargs="+", default=["auto", "fp32"])
+    ap.add_argument("--variants", nargs="+", default=["auto", "fp32", "onnx"],
+                    help="torch precisions (auto, fp32, bf16) and/or onnx")
     ap.add_argument("--nnunet", action="store_true", help="also time nnUNetv2_predict")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -139,7 +145,7 @@ def main() -> int:
         for c in cases:
             shutil.copy(args.data / "imagesTr" / f"{c}.nii.gz", tmp / "in")
             shutil.copy(args.data / "labelsTr" / f"{c}.nii.gz", tmp / "ref")
-        rows += autoseg_rows(args.work, cases, args.data, tmp, args.precision)
+        rows += autoseg_rows(args.work, cases, tmp, args.variants)
         if args.nnunet:
             rows += nnunet_rows(args.data.resolve(), cases, tmp)
     start = _startup_seconds()
