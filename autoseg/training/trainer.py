@@ -211,8 +211,8 @@ class Trainer:
                     break
             else:
                 log.warning("--continue: no checkpoint in %s; starting from scratch", self.out_dir)
-        if self.world.is_main:
-            truncate_records(records, before_epoch=self.state.epoch) if records.is_file() else None
+        if self.world.is_main and records.is_file():  # a resumed run redoes the epochs it lost
+            truncate_records(records, before_epoch=self.state.epoch)
         seed = self.cfg.seed + 1000 * self.state.epoch + 7919 * self.world.rank
         train_loader = make_loader(self.store, self.train_ids, self.config,
                                    batch_size=self.batch_size, workers=self.cfg.workers,
