@@ -16,7 +16,7 @@ autoseg one also in ``channels_last_3d`` under autocast. Every run of a case is 
 subprocess, so that its peak RSS (``getrusage`` max RSS, which includes the interpreter and torch)
 is its own; "RSS before" is the RSS after building the model and data, before the first step.
 ``--repeats N`` runs N rounds over the cases (round-robin) and pools their timed steps; the table
-gives the median and the minimum, which shrug off bursts of other work on shared machines.
+gives the minimum and the median; the minimum shrugs off bursts of other work on shared machines.
 
 Run with the project interpreter::
 
@@ -203,7 +203,8 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
         f"process, {args.repeats} round(s) over the cases",
         f"- torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"python {platform.python_version()}",
-        "- s/step: wall time, median (min) of the timed steps of all rounds; CPU s/step: process CPU "
+        "- s/step: wall time, min (median) of the timed steps of all rounds (the min is the best estimate "
+        "when other work shares the cores); CPU s/step: process CPU "
         "time (all threads), median, steadier than wall time when other work shares the cores; "
         "RSS before: after building model and data; peak RSS: max RSS of the process "
         "(interpreter and torch included)",
@@ -215,16 +216,16 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
     by_name = {c.name: c for c in CASES}
     for r in results:
         row = (f"| {r.case} | {_describe(by_name[r.case], args.device)} | "
-               f"{statistics.median(r.step_s):.2f} ({min(r.step_s):.2f}) | "
+               f"{min(r.step_s):.2f} ({statistics.median(r.step_s):.2f}) | "
                f"{statistics.median(r.cpu_s):.2f} | "
                f"{r.rss_before_mib:.0f} | "
                f"{r.peak_rss_mib:.0f} |")
         if cuda:
             row += f" {r.peak_gpu_mib:.0f} |"
         lines.append(row)
-    base = {r.case: statistics.median(r.step_s) for r in results}
+    base = {r.case: min(r.step_s) for r in results}
     if "stock_fp32" in base:
-        lines += ["", "Speed-up over stock float32 (medians): " + ", ".join(
+        lines += ["", "Speed-up over stock float32 (min s/step): " + ", ".join(
             f"{name} {base['stock_fp32'] / t:.2f}x" for name, t in base.items() if name != "stock_fp32")]
     return "\n".join(lines) + "\n"
 
