@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from autoseg.cli import main
-from autoseg.io.samples import sample_dataset_dir
+from autoseg.io.samples import copy_sample_subset
 
 
 @pytest.fixture(scope="session")
 def trained_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A work folder where dataset ``hippo`` (4 real sample cases) has 3d_fullres and 2d trained
     on fold ``all`` for 2 iterations: enough to exercise prediction and export, not accuracy."""
-    sample = sample_dataset_dir()
     root = tmp_path_factory.mktemp("trained")
-    ds = root / "hippo"
-    (ds / "imagesTr").mkdir(parents=True)
-    (ds / "labelsTr").mkdir()
-    meta = json.loads((sample / "dataset.json").read_text())
-    meta["training"] = meta["training"][:4]
-    meta.pop("test")
-    for e in meta["training"]:
-        for k in ("image", "label"):
-            shutil.copy(sample / e[k], ds / e[k])
-    (ds / "dataset.json").write_text(json.dumps(meta))
+    ds = copy_sample_subset(root / "hippo", 4)
     work = root / "work"
     common = ["--work-dir", str(work), "-q"]
     assert main(["plan", str(ds), "--workers", "1", *common]) == 0

@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from autoseg.errors import ImageReadError
-from autoseg.io.image import Geometry, Image
+from autoseg.io.image import Image, image_from_sitk
 
 logger = logging.getLogger(__name__)
 
@@ -212,19 +212,10 @@ def _order_by_position(folder: Path, slices: list[_Slice]) -> list[_Slice]:
 
 def _to_image(folder: Path, read: Callable[[], sitk.Image]) -> Image:
     """Run a SimpleITK read; its errors and colour (RGB) volumes become ImageReadError."""
-    try:
-        img = read()
-    except RuntimeError as e:
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        msg = f"{folder}: SimpleITK cannot read the DICOM files ({last}); check they are complete"
-        raise ImageReadError(msg) from e
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        msg = (
-            f"{folder}: DICOM has {img.GetNumberOfComponentsPerPixel()} components per voxel "
-            "(colour); convert it to grayscale"
-        )
-        raise ImageReadError(msg)
-    return Image(sitk.GetArrayFromImage(img), Geometry.from_sitk(img), folder)
+    return image_from_sitk(
+        folder, read,
+        unreadable="SimpleITK cannot read the DICOM files ({error}); check they are complete",
+        multi_component="DICOM has {n} components per voxel (colour); convert it to grayscale")
 
 
 def read_dicom_series(folder: str | os.PathLike[str]) -> Image:

@@ -13,7 +13,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -227,19 +227,27 @@ def read_image(path: str | os.PathLike[str], *, check_stream: bool = True) -> Im
     elif check_stream and p.name.lower().endswith(".nii"):
         with open(p, "rb") as f:
             check_nifti_bytes(p, _chunks(f))
+    return image_from_sitk(
+        p, lambda: sitk.ReadImage(str(p)),
+        unreadable="cannot be read as an image ({error}); check the file format",
+        multi_component="has {n} components per voxel; store each channel as its own file "
+                        "(_0000, _0001, …)")
+
+
+def image_from_sitk(source: Path, read: Callable[[], sitk.Image], *, unreadable: str,
+                    multi_component: str) -> Image:
+    """Run a SimpleITK read; its errors and multi-component volumes become one-line
+    :class:`ImageReadError` messages naming ``source`` (``{error}`` and ``{n}`` are filled in)."""
     try:
-        img = sitk.ReadImage(str(p))
+        img = read()
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        msg = f"{p}: cannot be read as an image ({first}); check the file format"
+        error = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        msg = f"{source}: " + unreadable.format(error=error)
         raise ImageReadError(msg) from e
     if img.GetNumberOfComponentsPerPixel() != 1:
-        msg = (
-            f"{p}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "store each channel as its own file (_0000, _0001, …)"
-        )
+        msg = f"{source}: " + multi_component.format(n=img.GetNumberOfComponentsPerPixel())
         raise ImageReadError(msg)
-    return Image(sitk.GetArrayFromImage(img), Geometry.from_sitk(img), p)
+    return Image(sitk.GetArrayFromImage(img), Geometry.from_sitk(img), source)
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:

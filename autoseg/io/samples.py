@@ -19,6 +19,31 @@ def sample_dataset_dir() -> Path:
     return DATA_DIR / "hippocampus_sample"
 
 
+def copy_sample_subset(dest: Path, n_cases: int) -> Path:
+    """A dataset folder holding the first ``n_cases`` training cases of the built-in sample
+    (MSD layout, no held-out cases): a small real dataset for tests and experiments.
+
+    Args:
+        dest: the folder to create (its name becomes the dataset name).
+        n_cases: how many training cases to copy (at most 32).
+
+    Returns:
+        ``dest``.
+    """
+    src = sample_dataset_dir()
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["training"] = meta["training"][:n_cases]
+    meta["numTraining"], meta["numTest"] = len(meta["training"]), 0
+    meta.pop("test", None)
+    for sub in ("imagesTr", "labelsTr"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for entry in meta["training"]:
+        for key in ("image", "label"):
+            shutil.copy(src / entry[key], dest / entry[key])
+    (dest / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return dest
+
+
 def make_single_case_dataset(image: Path, label: Path, dest: Path, *,
                              channel_name: str = "CT", case_id: str = "case_000") -> Path:
     """Build an nnU-Net v2 raw dataset holding one labelled scan.

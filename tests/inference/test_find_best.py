@@ -9,7 +9,6 @@ should not.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from autoseg.evaluation.metrics import dice_per_label
 from autoseg.inference.find_best import ensemble_labels, find_best
 from autoseg.inference.postprocess import Postprocessing
 from autoseg.io.image import read_image, write_image
+from autoseg.io.samples import copy_sample_subset
 from autoseg.planning.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,17 +86,7 @@ def no_label2_lower_unsure(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four sample cases in MSD layout."""
-    src = ROOT / "data" / "hippocampus_sample"
-    root = tmp_path_factory.mktemp("find_best") / "hippo"
-    meta = json.loads((src / "dataset.json").read_text())
-    meta["training"] = meta["training"][:N_CASES]
-    meta["numTraining"], meta["numTest"], meta["test"] = N_CASES, 0, []
-    for e in meta["training"]:
-        for k in ("image", "label"):
-            (root / e[k]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / e[k], root / e[k])
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
+    return copy_sample_subset(tmp_path_factory.mktemp("find_best") / "hippo", N_CASES)
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autoseg.io.dataset import load_dataset
-from autoseg.io.samples import DATA_DIR, sample_dataset_dir
+from autoseg.io.samples import DATA_DIR, copy_sample_subset
 from autoseg.planning.plan import Plan, Resampling
 from autoseg.preprocessing import PreprocessedStore, preprocess_dataset, store_key
 
@@ -21,18 +20,7 @@ PLAN = DATA_DIR.parent / "plans" / "hippocampus_sample" / "plans.json"
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
-    src = sample_dataset_dir()
-    root = tmp_path / "hippo"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    meta = json.loads((src / "dataset.json").read_text())
-    meta["training"] = meta["training"][:3]
-    meta.pop("test")
-    for e in meta["training"]:
-        for k in ("image", "label"):
-            shutil.copy(src / e[k], root / e[k])
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
+    return copy_sample_subset(tmp_path / "hippo", 3)
 
 
 def test_store_contents(dataset: Path, tmp_path: Path) -> None:

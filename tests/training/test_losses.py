@@ -17,6 +17,15 @@ from autoseg.training.losses import DeepSupervisionLoss, DiceFocalLoss, deep_sup
 N_CLASSES = 3
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on one thread: with 2 threads on a busy 2-core machine, OpenMP waits cost ~50x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def label_map(batch: int = 2, size: tuple[int, ...] = (8, 8, 8), seed: int = 0) -> torch.Tensor:
     """Blocky labels (2-voxel blocks, so every level's nearest sampling keeps all classes present)."""
     gen = torch.Generator().manual_seed(seed)

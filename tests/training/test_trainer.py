@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 from autoseg.cli import main
-from autoseg.io.samples import sample_dataset_dir
+from autoseg.io.samples import copy_sample_subset
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.progress import read_records
 
@@ -30,17 +29,7 @@ N_CASES = 8
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of 8 sample cases (MSD layout), planned with 2.5d added."""
-    src = sample_dataset_dir()
-    root = tmp_path_factory.mktemp("train") / "hippo"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    meta = json.loads((src / "dataset.json").read_text())
-    meta["training"] = meta["training"][:N_CASES]
-    for e in meta["training"]:
-        for k in ("image", "label"):
-            shutil.copy(src / e[k], root / e[k])
-    meta.pop("test", None)
-    (root / "dataset.json").write_text(json.dumps(meta))
+    root = copy_sample_subset(tmp_path_factory.mktemp("train") / "hippo", N_CASES)
     work = root.parent / "work"
     assert main(["plan", str(root), "--work-dir", str(work), "--workers", "1", "--add-2.5d",
                  "-q"]) == 0
