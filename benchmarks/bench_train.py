@@ -51,14 +51,14 @@ def run_autoseg(data: Path, work: Path, args: argparse.Namespace) -> dict[str, o
     wall = _run([exe, "train", data.name, "3d_fullres", "0", "--work-dir", str(work),
                  "--device", "cpu", "--epochs", str(args.epochs), "--iters-per-epoch",
                  str(args.iters), "--val-iters", str(args.val_iters), "--workers", str(args.workers),
-                 "--precision", args.precision])
+                 "--precision", args.precision, "--seed", str(args.seed)])
     fold = ds_dir / "models" / "3d_fullres" / "fold_0"
     recs = [json.loads(line) for line in (fold / "progress.jsonl").read_text().splitlines()]
     epoch_s = [r["seconds"] for r in recs]
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     log_text = (fold / "log.txt").read_text()
     return {
-        "tool": f"autoseg ({args.precision})", "splits_equal_nnunet": same,
+        "tool": f"autoseg ({args.precision}, seed {args.seed})", "splits_equal_nnunet": same,
         "s_per_iter": statistics.median(epoch_s) / args.iters,
         "epoch_s": f"{min(epoch_s):.0f}-{max(epoch_s):.0f}", "total_min": wall / 60,
         "dice": [summary["mean"]["1"], summary["mean"]["2"]],
@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--val-iters", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--seed", type=int, default=12345, help="autoseg's training seed")
     ap.add_argument("--nnunet", action="store_true", help="also re-run nnU-Net (about 45 min)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
