@@ -32,3 +32,13 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Run:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     return Run(wall, int(m.group(1)) / 1024 if m else float("nan"), p.stdout + p.stderr)
+
+
+def write_result(name: str, text: str) -> None:
+    """Print a result table and keep it in benchmarks/results/<name>."""
+    from pathlib import Path
+
+    print(text)
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / name).write_text(text)

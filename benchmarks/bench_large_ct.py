@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import run_measured
+from _measure import run_measured, write_result
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -121,10 +121,7 @@ def main() -> int:
              f"time ratio {r.wall_s / ref_s:.3f} (target <= 0.2), memory ratio {gib / ref_gib:.3f} "
              "(target <= 0.33)", "", "in-process phases (s) and label-map check:", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in phases.items()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "predict_large_ct_cpu.md").write_text(text)
+    write_result("predict_large_ct_cpu.md", "\n".join(lines) + "\n")
     return 0
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import run_measured
+from _measure import run_measured, write_result
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -171,10 +171,7 @@ def main() -> int:
               "nnU-Net Dice: its fold-0 validation at the equal training budget "
               "(../shared/reference/nnunet_cpu_run); its timing model is trained for 1 iteration "
               "(same network size)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "predict_hippocampus_cpu.md").write_text(text)
+    write_result("predict_hippocampus_cpu.md", "\n".join(lines) + "\n")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from autoseg.cli import main
 from autoseg.io.samples import copy_sample_subset
@@ -24,3 +25,13 @@ def trained_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      "--val-iters", "1", "--batch-size", "2", "--device", "cpu",
                      "--workers", "0", *common]) == 0
     return work
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks and tensors on one thread: with 2 threads on a busy 2-core machine, OpenMP
+    waits dominate (up to ~50x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,13 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HIPPOCAMPUS_PLAN = ROOT / "plans" / "hippocampus" / "plans.json"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks on one thread: with 2 threads on a busy 2-core machine, OpenMP waits dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_config(

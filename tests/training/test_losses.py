@@ -17,13 +17,7 @@ from autoseg.training.losses import DeepSupervisionLoss, DiceFocalLoss, deep_sup
 N_CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on one thread: with 2 threads on a busy 2-core machine, OpenMP waits cost ~50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def label_map(batch: int = 2, size: tuple[int, ...] = (8, 8, 8), seed: int = 0) -> torch.Tensor:
