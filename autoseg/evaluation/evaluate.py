@@ -29,7 +29,14 @@ import SimpleITK as sitk
 
 from autoseg._parallel import parallel_map
 from autoseg.errors import AutosegError, DatasetError
-from autoseg.evaluation.metrics import HD_PERCENTILE, METRICS, absent_label_metrics, case_metrics
+from autoseg.evaluation.metrics import (
+    HD_PERCENTILE,
+    METRICS,
+    absent_label_metrics,
+    case_metrics,
+    nan_to_none,
+    nanmean,
+)
 from autoseg.io.image import has_image_ending, read_image, strip_ending
 from autoseg.workspace import write_json_atomic
 
@@ -90,12 +97,12 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_json: Path, *, labels: l
                   else absent_label_metrics(r["n_voxels"]) for lab in fixed}
         per_case.append({"case": case, "prediction": str(pred), "reference": str(ref),
                          "metrics": scores})
-    per_label = {str(lab): {m: _nanmean([c["metrics"][str(lab)][m] for c in per_case])
+    per_label = {str(lab): {m: nanmean([c["metrics"][str(lab)][m] for c in per_case])
                             for m in METRICS} for lab in fixed}
     summary = {
         "per_case": per_case,
         "per_label": per_label,
-        "mean": {m: _nanmean([per_label[str(lab)][m] for lab in fixed]) for m in METRICS},
+        "mean": {m: nanmean([per_label[str(lab)][m] for lab in fixed]) for m in METRICS},
         "settings": {"pred_dir": str(pred_dir), "ref_dir": str(ref_dir), "labels": list(fixed),
                      "tolerance_mm": float(tolerance_mm), "hd_percentile": HD_PERCENTILE,
                      "n_cases": len(per_case), "metrics": list(METRICS)},
@@ -106,7 +113,7 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_json: Path, *, labels: l
 
         save_boxplot(per_case, out_json.with_name(out_json.stem + "_boxplot.png"),
                      tolerance_mm=tolerance_mm)
-    write_json_atomic(out_json, _nan_to_none(summary))
+    write_json_atomic(out_json, nan_to_none(summary))
     return summary
 
 
@@ -210,21 +217,6 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...] | None, float]) -> dict[s
     todo = labels if labels is not None else sorted(ref_labels | _present_labels(pred))
     metrics = case_metrics(pred, ref, todo, spacing=ref_img.spacing, tolerance_mm=tolerance_mm)
     return {"metrics": metrics, "ref_labels": sorted(ref_labels), "n_voxels": int(ref.size)}
-
-
-def _nanmean(values: list[float]) -> float:
-    v = [x for x in values if not math.isnan(x)]
-    return float(np.mean(v)) if v else math.nan
-
-
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
 
 
 def _write_csv(path: Path, per_case: list[dict[str, Any]]) -> None:

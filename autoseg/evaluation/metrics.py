@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,3 +222,30 @@ def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         msg = f"tolerance_mm must be a finite value >= 0, got {tolerance_mm}"
         raise ValueError(msg)
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN (NaN marks "label absent in both maps"); NaN if none.
+
+    Examples:
+        >>> nanmean([0.5, float("nan"), 1.0])
+        0.75
+    """
+    kept = [float(x) for x in values if not math.isnan(x)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def nan_to_none(obj: Any) -> Any:
+    """``obj`` with every NaN float (in nested dicts and lists) turned into None: JSON has no NaN.
+
+    Examples:
+        >>> nan_to_none({"a": [1.0, float("nan")]})
+        {'a': [1.0, None]}
+    """
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_to_none(v) for v in obj]
+    return obj

@@ -18,7 +18,6 @@ with acvl-utils), about 2-3x faster than ``scipy.ndimage.label`` on a 512x512x20
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from autoseg import errors as errors_module
 from autoseg._parallel import parallel_map
 from autoseg.errors import AutosegError, CheckpointError
-from autoseg.evaluation.metrics import dice_per_label
+from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
 from autoseg.io.image import read_image
 
 log = logging.getLogger(__name__)
@@ -220,20 +219,11 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...]]) -> dict[str, Any]:
     return {"base": base, "fg": fg, "label_on_base": on_base, "label_on_fg": on_fg}
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    v = [x for x in values if not math.isnan(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
-def _json_float(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
 def _means(per_case: list[list[float]], labels: Sequence[int]) -> dict[str, Any]:
     """Mean Dice per label over cases (NaN-aware) and their mean, as JSON (NaN -> null)."""
-    mean = [_nanmean([c[i] for c in per_case]) for i in range(len(labels))]
-    return {"mean": {str(v): _json_float(m) for v, m in zip(labels, mean, strict=True)},
-            "foreground_mean": _json_float(_nanmean(mean))}
+    mean = [nanmean([c[i] for c in per_case]) for i in range(len(labels))]
+    return {"mean": {str(v): nan_to_none(m) for v, m in zip(labels, mean, strict=True)},
+            "foreground_mean": nan_to_none(nanmean(mean))}
 
 
 def _raise_collected(errors: list[tuple[str, str]]) -> None:

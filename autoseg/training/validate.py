@@ -5,7 +5,6 @@ numbers are what a user would measure on their own data."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg.evaluation.metrics import dice_per_label
+from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
 from autoseg.inference.export import logits_to_labels, probabilities_on_source_grid
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.image import Geometry, read_image, write_image
@@ -24,22 +23,13 @@ from autoseg.workspace import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def _nanmean(values: list[float]) -> float:
-    v = [x for x in values if not math.isnan(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
-def _none_if_nan(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
 def summarize(per_case: list[dict[str, Any]], label_values: list[int]) -> dict[str, Any]:
     """Mean Dice per label over cases (NaN-aware) and the foreground mean; NaN (a label absent
     from both maps) is written as null, since JSON has no NaN."""
-    mean = {str(v): _nanmean([c["dice"][str(v)] for c in per_case]) for v in label_values}
-    cases = [{**c, "dice": {k: _none_if_nan(v) for k, v in c["dice"].items()}} for c in per_case]
-    return {"per_case": cases, "mean": {k: _none_if_nan(v) for k, v in mean.items()},
-            "foreground_mean": _none_if_nan(_nanmean(list(mean.values())))}
+    mean = {str(v): nanmean([c["dice"][str(v)] for c in per_case]) for v in label_values}
+    cases = [{**c, "dice": {k: nan_to_none(v) for k, v in c["dice"].items()}} for c in per_case]
+    return {"per_case": cases, "mean": {k: nan_to_none(v) for k, v in mean.items()},
+            "foreground_mean": nan_to_none(nanmean(list(mean.values())))}
 
 
 @torch.inference_mode()
