@@ -185,8 +185,9 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
     from autoseg.inference.model import default_models, load_model
     from autoseg.inference.predictor import Predictor, predict_path
 
-    name = dataset if dataset is None else workspace.resolve(dataset)[0]
-    if name is None:
+    if dataset is not None:
+        name = workspace.resolve(dataset)[0]
+    else:
         planned = sorted(p.parent.name for p in workspace.root.glob("*/models"))
         if len(planned) != 1:
             msg = (f"{workspace.root}: {'no' if not planned else 'several'} trained datasets "

@@ -8,8 +8,14 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("bench")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = ROOT.parent / "shared"
+AUTOSEG = str(ROOT / ".venv" / "bin" / "autoseg")
 
 
 @dataclass
@@ -36,9 +42,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Run:
 
 def write_result(name: str, text: str) -> None:
     """Print a result table and keep it in benchmarks/results/<name>."""
-    from pathlib import Path
-
     print(text)
-    out = Path(__file__).resolve().parent / "results"
+    out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / name).write_text(text)

@@ -28,12 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import run_measured, write_result
+from _measure import AUTOSEG, HERE, SHARED, run_measured, write_result
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SHARED = ROOT.parent / "shared"
-AUTOSEG = str(ROOT / ".venv" / "bin" / "autoseg")
 log = logging.getLogger("bench")
 
 

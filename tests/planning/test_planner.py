@@ -80,6 +80,13 @@ def validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+
+def _parent(d: dict, path: tuple) -> dict:
+    """The container holding the last key of ``path`` inside nested dicts/lists ``d``."""
+    for key in path[:-1]:
+        d = d[key]
+    return d
+
 class TestLargeCT:
     """20 cases of 400x512x512 at 0.8x0.7x0.7 mm: the patch covers little -> cascade."""
 
@@ -379,10 +386,7 @@ class TestStrictLoading:
         ids=["configurations", "notes", "z_order", "next_stage"],
     )
     def test_missing_key(self, d, path, where):
-        target = d
-        for key in path[:-1]:
-            target = target[key]
-        del target[path[-1]]
+        del _parent(d, path)[path[-1]]
         with pytest.raises(PlanError, match=rf"^{re.escape(where)}: missing key\(s\) "
                                             rf"\['{path[-1]}'\]$"):
             Plan.from_dict(d)
@@ -409,10 +413,7 @@ class TestStrictLoading:
         ids=["kind", "scheme"],
     )
     def test_wrong_literal(self, d, path, value, message):
-        target = d
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
+        _parent(d, path)[path[-1]] = value
         with pytest.raises(PlanError, match=message):
             Plan.from_dict(d)
 
@@ -439,10 +440,7 @@ class TestStrictLoading:
              "list-for-dict", "list-for-dataclass", "str-for-float"],
     )
     def test_wrong_type(self, d, path, value, message):
-        target = d
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
+        _parent(d, path)[path[-1]] = value
         with pytest.raises(PlanError, match=message):
             Plan.from_dict(d)
 
