@@ -5,18 +5,30 @@ Budget (the one of ../shared/reference/nnunet_cpu_run): 8 epochs x 45 iterations
 sliding-window validation of the 40 fold-0 cases with mirroring. Both use nnU-Net's fold 0
 (autoseg's splits are identical to sklearn KFold(5, shuffle, 12345); checked here).
 
-    .venv/bin/python benchmarks/bench_train.py            # autoseg; nnU-Net from the reference run
-    .venv/bin/python benchmarks/bench_train.py --nnunet        # also re-run nnU-Net (about 45 min)
+At 360 iterations a run's Dice depends on *when* it takes off: both tools predict only
+background for the first one to three epochs, and the epoch at which the foreground appears
+varies from run to run (nnU-Net does not seed its runs at all). One run per tool says little, so
+every run is kept in ``results/train_hippocampus_cpu.json`` and the table compares the means.
 
-Prints a markdown table and writes benchmarks/results/train_hippocampus_cpu.md.
+    .venv/bin/python benchmarks/bench_train.py --seeds 12345 1   # two autoseg runs
+    .venv/bin/python benchmarks/bench_train.py --nnunet-runs 1   # one more nnU-Net run (~45 min)
+    .venv/bin/python benchmarks/bench_train.py --collect-nnunet RESULTS/fold_0   # a finished run
+    .venv/bin/python benchmarks/bench_train.py --table            # only rewrite the table
+
+The nnU-Net reference run of ../shared/reference is always one of the nnU-Net rows. Run on an
+otherwise idle machine: s/iteration is the median epoch time / 45 (validation iterations
+included, as in nnU-Net's epoch times). Prints a markdown table and writes
+benchmarks/results/train_hippocampus_cpu.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -24,10 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import HERE, ROOT, SHARED, write_result
+
 REFERENCE = SHARED / "reference" / "nnunet_cpu_run"
+RUNS = HERE / "results" / "train_hippocampus_cpu.json"
 log = logging.getLogger("bench_train")
 
 
@@ -38,38 +51,58 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - t0
 
 
-def run_autoseg(data: Path, work: Path, args: argparse.Namespace) -> dict[str, object]:
+def _today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> dict[str, object]:
+    """Plan, train and validate fold 0 with autoseg; one result row."""
     exe = str(ROOT / ".venv" / "bin" / "autoseg")
     _run([exe, "plan", str(data), "--work-dir", str(work), "-q"])
-    ds_dir = work / data.name
     ref_splits = json.loads((REFERENCE / "splits_final.json").read_text())
     from autoseg.data.splits import make_splits
     from autoseg.io.dataset import load_dataset
 
     splits = make_splits([c.case_id for c in load_dataset(data).cases])
     same = all(sorted(r["val"]) == s["val"] for r, s in zip(ref_splits, splits, strict=True))
+    if not same:
+        sys.exit("autoseg's fold 0 differs from nnU-Net's: the comparison would not be fair")
     wall = _run([exe, "train", data.name, "3d_fullres", "0", "--work-dir", str(work),
                  "--device", "cpu", "--epochs", str(args.epochs), "--iters-per-epoch",
                  str(args.iters), "--val-iters", str(args.val_iters), "--workers", str(args.workers),
-                 "--precision", args.precision, "--seed", str(args.seed)])
-    fold = ds_dir / "models" / "3d_fullres" / "fold_0"
+                 "--precision", args.precision, "--seed", str(seed)])
+    fold = work / data.name / "models" / "3d_fullres" / "fold_0"
     recs = [json.loads(line) for line in (fold / "progress.jsonl").read_text().splitlines()]
-    epoch_s = [r["seconds"] for r in recs]
     summary = json.loads((fold / "validation" / "summary.json").read_text())
-    log_text = (fold / "log.txt").read_text()
     return {
-        "tool": f"autoseg ({args.precision}, seed {args.seed})", "splits_equal_nnunet": same,
-        "s_per_iter": statistics.median(epoch_s) / args.iters,
-        "epoch_s": f"{min(epoch_s):.0f}-{max(epoch_s):.0f}", "total_min": wall / 60,
-        "dice": [summary["mean"]["1"], summary["mean"]["2"]],
-        "dice_mean": summary["foreground_mean"], "log_tail": log_text.splitlines()[-1],
+        "tool": "autoseg", "run": f"{args.precision}, seed {seed}", "date": _today(),
+        "epoch_s": [r["seconds"] for r in recs], "iters": args.iters, "total_min": wall / 60,
+        "pseudo_dice": [round(r["pseudo_dice_mean"], 3) for r in recs],
+        "dice": [summary["mean"]["1"], summary["mean"]["2"]], "dice_mean": summary["foreground_mean"],
     }
 
 
 def reference_nnunet() -> dict[str, object]:
+    """The reference run of ../shared/reference/nnunet_cpu_run (its README gives the times)."""
     s = json.loads((REFERENCE / "fold0_validation_summary.json").read_text())
-    return {"tool": "nnU-Net v2.8.1 (reference run)", "s_per_iter": 7.0, "epoch_s": "302-334",
-            "total_min": 44.4, "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
+    return {"tool": "nnU-Net v2.8.1", "run": "reference run (../shared/reference)", "date": "",
+            "epoch_s": None, "s_per_iter": 7.0, "iters": 45, "total_min": 44.4,
+            "pseudo_dice": "see progress.png: 0.0, ~0.33, ~0.73, ~0.79, ~0.81, ~0.83, ~0.83, ~0.84",
+            "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
+            "dice_mean": s["foreground_mean"]["Dice"]}
+
+
+def collect_nnunet(fold: Path, iters: int, total_min: float | None = None) -> dict[str, object]:
+    """A result row from a finished nnU-Net fold folder (its training log and validation)."""
+    text = "\n".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
+    epoch_s = [float(x) for x in re.findall(r"Epoch time: ([\d.]+) s", text)]
+    dice = [[float(v) for v in re.findall(r"(?<![\w.])(\d+\.\d+(?:e-?\d+)?)", m)]
+            for m in re.findall(r"Pseudo dice \[(.*)\]", text)]
+    s = json.loads((fold / "validation" / "summary.json").read_text())
+    return {"tool": "nnU-Net v2.8.1", "run": "this benchmark", "date": _today(), "epoch_s": epoch_s,
+            "iters": iters, "total_min": total_min,
+            "pseudo_dice": [round(statistics.mean(d), 3) for d in dice],
+            "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
             "dice_mean": s["foreground_mean"]["Dice"]}
 
 
@@ -87,7 +120,8 @@ class nnUNetTrainer_benchCPU(nnUNetTrainer):
 '''
 
 
-def run_nnunet(data: Path, work: Path, args: argparse.Namespace) -> dict[str, object]:
+def run_nnunet(data: Path, work: Path, n_runs: int, args: argparse.Namespace) -> list[dict[str, object]]:
+    """Convert, plan and preprocess once, then train and validate fold 0 ``n_runs`` times."""
     venv = HERE / ".peer-venv"
     if not (venv / "bin" / "nnUNetv2_train").exists():
         sys.exit("run benchmarks/setup_peer.sh first")
@@ -108,13 +142,58 @@ def run_nnunet(data: Path, work: Path, args: argparse.Namespace) -> dict[str, ob
     _run([str(b / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "2"], env)
     pre = work / "pre" / "Dataset004_Hippocampus"
     (pre / "splits_final.json").write_text((REFERENCE / "splits_final.json").read_text())
-    wall = _run([str(b / "nnUNetv2_train"), "4", "3d_fullres", "0", "-tr",
-                 "nnUNetTrainer_benchCPU", "-device", "cpu"], env)
-    fold = next((work / "res").glob("Dataset004_Hippocampus/*/fold_0"))
-    s = json.loads((fold / "validation" / "summary.json").read_text())
-    return {"tool": "nnU-Net v2.8.1 (this run)", "s_per_iter": float("nan"), "epoch_s": "see log",
-            "total_min": wall / 60, "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
-            "dice_mean": s["foreground_mean"]["Dice"]}
+    rows = []
+    for i in range(n_runs):
+        env["nnUNet_results"] = str(work / f"res{i}")
+        wall = _run([str(b / "nnUNetv2_train"), "4", "3d_fullres", "0", "-tr",
+                     "nnUNetTrainer_benchCPU", "-device", "cpu"], env)
+        fold = next((work / f"res{i}").glob("Dataset004_Hippocampus/*/fold_0"))
+        rows.append(collect_nnunet(fold, args.iters, wall / 60))
+    return rows
+
+
+def _s_per_iter(row: dict) -> float:
+    if row.get("epoch_s"):
+        return statistics.median(row["epoch_s"]) / row["iters"]
+    return float(row["s_per_iter"])
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    """The markdown table of every run, then the means per tool and their comparison."""
+    lines = [
+        f"## train: hippocampus 3d_fullres fold 0 on CPU (2 cores), {args.epochs} x {args.iters} "
+        f"iterations of batch 7, {args.val_iters} val iters/epoch",
+        "",
+        "Every run of `benchmarks/bench_train.py` (kept in train_hippocampus_cpu.json). Runs that "
+        "shared the CPU with other jobs have slower epochs; the s/iteration comparison uses each "
+        "tool's fastest median.",
+        "",
+        "| tool | run | date | s / it | total min | pseudo-Dice per epoch | Dice ant. | Dice post. "
+        "| Dice mean |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        pd = r["pseudo_dice"] if isinstance(r["pseudo_dice"], str) else \
+            ", ".join(f"{d:.2f}" for d in r["pseudo_dice"])
+        total = "" if r.get("total_min") is None else f"{r['total_min']:.1f}"
+        lines.append(f"| {r['tool']} | {r['run']} | {r['date']} | {_s_per_iter(r):.2f} | {total} | {pd} | "
+                     f"{r['dice'][0]:.4f} | {r['dice'][1]:.4f} | {r['dice_mean']:.4f} |")
+    by_tool: dict[str, list[dict]] = {}
+    for r in rows:
+        by_tool.setdefault(r["tool"], []).append(r)
+    lines += ["", "| tool | runs | Dice mean (mean of runs) | min | max | best s / it |",
+              "|---|---:|---:|---:|---:|---:|"]
+    stats = {}
+    for tool, rs in by_tool.items():
+        d = [r["dice_mean"] for r in rs]
+        stats[tool] = (statistics.mean(d), min(_s_per_iter(r) for r in rs))
+        lines.append(f"| {tool} | {len(rs)} | {statistics.mean(d):.4f} | {min(d):.4f} | {max(d):.4f} | "
+                     f"{stats[tool][1]:.2f} |")
+    if "autoseg" in stats and "nnU-Net v2.8.1" in stats:
+        (ours, ours_s), (ref, ref_s) = stats["autoseg"], stats["nnU-Net v2.8.1"]
+        lines += ["", f"s/iteration autoseg / nnU-Net: {ours_s / ref_s:.2f} (target <= 0.8).",
+                  f"Dice, mean of runs, autoseg - nnU-Net: {ours - ref:+.4f} (target >= 0)."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -125,36 +204,29 @@ def main() -> int:
     ap.add_argument("--val-iters", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--seed", type=int, default=12345, help="autoseg's training seed")
-    ap.add_argument("--nnunet", action="store_true", help="also re-run nnU-Net (about 45 min)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[], help="autoseg runs, one per seed")
+    ap.add_argument("--nnunet-runs", type=int, default=0, help="nnU-Net runs (about 45 min each)")
+    ap.add_argument("--collect-nnunet", type=Path, nargs="*", default=[],
+                    help="finished nnU-Net fold_0 folders (same budget) to add as runs")
+    ap.add_argument("--table", action="store_true", help="only rewrite the table from the kept runs")
+    ap.add_argument("--fresh", action="store_true", help="forget the kept runs first")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rows.append(run_autoseg(args.data.resolve(), Path(tmp) / "autoseg", args))
-        rows.append(run_nnunet(args.data.resolve(), Path(tmp) / "nnunet", args) if args.nnunet
-                    else reference_nnunet())
-    ours, ref = rows[0], rows[-1]
-    lines = [
-        f"## train: hippocampus 3d_fullres fold 0 on CPU ({os.cpu_count()} cores), "
-        f"{args.epochs} x {args.iters} iterations of batch 7, {args.val_iters} val iters/epoch",
-        "",
-        "| tool | s / iteration | epoch s | total min (incl. final validation) | Dice anterior | "
-        "Dice posterior | Dice mean |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        d = r["dice"]
-        lines.append(f"| {r['tool']} | {r['s_per_iter']:.2f} | {r['epoch_s']} | "
-                     f"{r['total_min']:.1f} | {d[0]:.4f} | {d[1]:.4f} | {r['dice_mean']:.4f} |")
-    lines += ["", f"s/iteration ratio autoseg / nnU-Net: {ours['s_per_iter'] / ref['s_per_iter']:.2f} "
-              "(target <= 0.8)", f"Dice mean difference: {ours['dice_mean'] - ref['dice_mean']:+.4f} "
-              "(target >= 0)", f"autoseg folds equal nnU-Net's: {ours.get('splits_equal_nnunet')}"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = HERE / "results" / "train_hippocampus_cpu.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    rows = [] if args.fresh or not RUNS.is_file() else json.loads(RUNS.read_text())
+    if not rows:
+        rows.append(reference_nnunet())
+    if not args.table:
+        data = args.data.resolve()
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in args.seeds:
+                rows.append(run_autoseg(data, Path(tmp) / f"autoseg{seed}", seed, args))
+                RUNS.write_text(json.dumps(rows, indent=1))
+            if args.nnunet_runs:
+                rows += run_nnunet(data, Path(tmp) / "nnunet", args.nnunet_runs, args)
+        rows += [collect_nnunet(f.resolve(), args.iters) for f in args.collect_nnunet]
+        RUNS.parent.mkdir(exist_ok=True)
+        RUNS.write_text(json.dumps(rows, indent=1))
+    write_result("train_hippocampus_cpu.md", table(rows, args))
     return 0
 
 
