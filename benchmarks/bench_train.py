@@ -166,7 +166,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "",
         "Every run of `benchmarks/bench_train.py` (kept in train_hippocampus_cpu.json). Runs that "
         "shared the CPU with other jobs have slower epochs; the s/iteration comparison uses each "
-        "tool's fastest median.",
+        "tool's fastest median. At this budget the Dice of a run depends mostly on the epoch at "
+        "which it starts to predict foreground (see the pseudo-Dice columns), which varies from run "
+        "to run (nnU-Net does not seed its runs), so the tools are compared by the mean of their runs.",
         "",
         "| tool | run | date | s / it | total min | pseudo-Dice per epoch | Dice ant. | Dice post. "
         "| Dice mean |",
