@@ -2,9 +2,9 @@
 
 Steps (the inverse of preprocessing): resample the logits to the cropped source shape (linear;
 nearest across thick slices), argmax, paste into the uncropped volume, undo the transpose, map
-class indices to the dataset's label values. Resampling runs in torch: many-class volumes are
-resampled in chunks of channels with a running argmax, so memory stays at a few channels of the
-output grid rather than all of them (nnU-Net resamples every class channel, then argmaxes).
+class indices to the dataset's label values. Resampling runs in torch, one output plane at a
+time for all classes (:func:`argmax_resampled`), so memory stays at a few planes of the output grid
+per class rather than whole volumes (nnU-Net resamples every class channel, then argmaxes).
 """
 
 from __future__ import annotations
@@ -43,30 +43,74 @@ def resize_channels(x: torch.Tensor, shape: Sequence[int], *, z_axis: int | None
     return xs.permute(0, *(i + 1 for i in inv))
 
 
-def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *, z_axis: int | None,
-                     chunk: int = 8) -> torch.Tensor:
-    """Argmax over classes of the logits resized to ``shape``, ``chunk`` channels at a time.
+def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *,
+                     z_axis: int | None) -> torch.Tensor:
+    """Argmax over classes of the logits resized to ``shape`` (as :func:`resize_channels`),
+    without ever holding all classes at the output size.
+
+    Trilinear interpolation is separable: every output plane across the walked axis (``z_axis``,
+    else axis 0) is a linear blend of two input planes, each first resized in-plane (bilinear).
+    So each input plane is resized once, for all classes, and kept channels-last while it is in
+    use; every output plane is blended from two of them (taken from one along a ``z_axis``, which
+    is nearest-neighbour) and argmaxed over its last, contiguous axis. Memory: a few in-plane
+    resized planes of every class. On a 42-class CT of 458 x 379 x 420 this takes 3.4 s where
+    resizing the classes in chunks of 4 with a running argmax took 17 s and resizing all of them
+    at once 27 s and 12 GB (``benchmarks/bench_large_ct.py``). The result equals
+    ``resize_channels(...).argmax(0)`` except where the two roundings of the same interpolation
+    decide a near-exact tie.
 
     Returns:
         ``(Z, Y, X)`` uint8/int16 class indices (on the logits' device).
     """
     n = logits.shape[0]
     dtype = torch.uint8 if n < 256 else torch.int16
-    best_val = None
-    best_idx = None
-    for start in range(0, n, chunk):
-        part = resize_channels(logits[start:start + chunk].float(), shape, z_axis=z_axis)
-        val, idx = part.max(dim=0)
-        idx = (idx + start).to(dtype)
-        if best_val is None:
-            best_val, best_idx = val, idx
-        else:
-            better = val > best_val
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx, best_idx)
-        del part
-    assert best_idx is not None
-    return best_idx
+    shape = tuple(int(s) for s in shape)
+    if tuple(logits.shape[1:]) == shape:
+        return logits.argmax(0).to(dtype)
+    walk = 0 if z_axis is None else z_axis
+    perm = [walk] + [a for a in range(3) if a != walk]
+    x = logits.permute(0, *(p + 1 for p in perm))  # (C, walked axis, in-plane axes)
+    out_shape = tuple(shape[p] for p in perm)
+    inplane = out_shape[1:]
+    n_in, n_out = x.shape[1], out_shape[0]
+    blend = z_axis is None and n_in != n_out
+    i0, i1, w = _axis_sampling(n_in, n_out, linear=blend)
+    cache: dict[int, torch.Tensor] = {}
+
+    def plane(i: int) -> torch.Tensor:
+        """Input plane ``i`` resized in-plane, channels last: ``(*inplane, C)``."""
+        if i not in cache:
+            p = x[:, i].float()
+            if tuple(p.shape[1:]) != inplane:
+                p = F.interpolate(p[None], size=inplane, mode="bilinear", align_corners=False)[0]
+            cache[i] = p.permute(1, 2, 0).contiguous()
+        return cache[i]
+
+    result = torch.empty(out_shape, dtype=dtype, device=logits.device)
+    for o in range(n_out):
+        lo, hi = int(i0[o]), int(i1[o])
+        for old in [k for k in cache if k < lo]:  # i0 never decreases
+            del cache[old]
+        vals = torch.lerp(plane(lo), plane(hi), float(w[o])) if blend else plane(lo)
+        result[o] = vals.argmax(-1).to(dtype)
+    inv = [perm.index(a) for a in range(3)]
+    return result.permute(*inv)
+
+
+def _axis_sampling(n_in: int, n_out: int, *, linear: bool) -> tuple[torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+    """Where each output index reads the input along one axis: ``(i0, i1, w)``, the value being
+    ``(1 - w) * x[i0] + w * x[i1]``, by PyTorch's ``align_corners=False`` rules (linear: source
+    ``(o + 0.5) * n_in / n_out - 0.5`` clamped at 0; nearest-exact: ``floor((o + 0.5) * n_in / n_out)``).
+    """
+    o = torch.arange(n_out, dtype=torch.float32)
+    scale = n_in / n_out
+    if not linear:
+        i0 = ((o + 0.5) * scale).floor().long().clamp(max=n_in - 1)
+        return i0, i0, torch.zeros(n_out)
+    src = ((o + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    return i0, (i0 + 1).clamp(max=n_in - 1), src - i0
 
 
 def to_source_grid(classes: np.ndarray, props: dict[str, Any], plan: Plan) -> np.ndarray:
@@ -92,15 +136,12 @@ def classes_to_values(classes: np.ndarray, plan: Plan) -> np.ndarray:
     return values.astype(out_dtype)[classes]
 
 
-def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan, *,
-                     chunk: int = 4) -> np.ndarray:
+def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan) -> np.ndarray:
     """Logits in the preprocessed grid -> label map on the source grid (see module docstring).
 
-    ``chunk`` classes are resampled at a time (memory: ``chunk`` float32 volumes of the output
-    grid); ``chunk >= n_classes`` resamples all at once, with the same result.
+    The classes are resampled one output plane at a time (:func:`argmax_resampled`).
     """
-    classes = argmax_resampled(logits, props["shape_after_crop"], z_axis=props.get("z_axis"),
-                               chunk=chunk)
+    classes = argmax_resampled(logits, props["shape_after_crop"], z_axis=props.get("z_axis"))
     return to_source_grid(classes.cpu().numpy(), props, plan)
 
 

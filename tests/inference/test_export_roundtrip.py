@@ -85,10 +85,16 @@ def test_crop_is_undone_with_background_outside() -> None:
     assert float(prob[0, 0, 0, 0]) == 1.0
 
 
-def test_chunked_argmax_equals_full_argmax() -> None:
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("z_axis", [None, 0, 1, 2])
+@pytest.mark.parametrize("shape", [(9, 10, 12), (23, 5, 17), (6, 7, 8), (1, 20, 3), (6, 3, 8)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plane_by_plane_argmax_equals_dense_argmax(z_axis: int | None, shape: tuple[int, ...],
+                                                   seed: int) -> None:
+    """Blending in-plane-resized input planes gives the argmax of the dense resize (up- and
+    downsampling, nearest along a z axis, an axis kept or of size 1)."""
+    g = torch.Generator().manual_seed(sum(shape) + seed)
     logits = torch.randn(11, 6, 7, 8, generator=g)
-    for z_axis in (None, 0):
-        full = resize_channels(logits, (9, 10, 12), z_axis=z_axis).argmax(0)
-        chunked = argmax_resampled(logits, (9, 10, 12), z_axis=z_axis, chunk=3)
-        assert torch.equal(full.to(chunked.dtype), chunked)
+    dense = resize_channels(logits, shape, z_axis=z_axis).argmax(0)
+    walked = argmax_resampled(logits, shape, z_axis=z_axis)
+    assert walked.dtype == torch.uint8
+    assert torch.equal(walked, dense.to(walked.dtype))
