@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -83,8 +84,6 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import subprocess
-
     from autoseg._precision import amp_dtype_for
     from autoseg.evaluation.metrics import dice_per_label
     from autoseg.inference.model import TrainedModel
@@ -112,6 +111,15 @@ def main() -> int:
         images.mkdir()
         for c in cases:
             (images / f"{c}.nii.gz").symlink_to(args.data / "imagesTr" / f"{c}.nii.gz")
+        def read(path: Path) -> np.ndarray:
+            return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+        def mean_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+            return float(np.nanmean(list(dice_per_label(pred, ref, [1, 2]).values())))
+
+        refs = {c: read(args.data / "labelsTr" / f"{c}.nii.gz") for c in cases}
+        theirs = {c: read(nn_pred_dir / f"{c}.nii.gz") for c in cases}
+        d_nn = float(np.mean([mean_dice(theirs[c], refs[c]) for c in cases]))
         rows = {}
         for precision in ("fp32", "auto"):
             dtype = amp_dtype_for(precision, torch.device("cpu"))
@@ -119,16 +127,10 @@ def main() -> int:
             predictor = Predictor([model], device=torch.device("cpu"), amp_dtype=dtype, step=0.5, tta=True)
             out = ours / precision
             predict_path(images, out, predictor)
-            diff, d_ours, d_nn = [], [], []
-            for c in cases:
-                ref = sitk.GetArrayFromImage(sitk.ReadImage(str(args.data / "labelsTr" / f"{c}.nii.gz")))
-                a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{c}.nii.gz")))
-                b = sitk.GetArrayFromImage(sitk.ReadImage(str(nn_pred_dir / f"{c}.nii.gz")))
-                diff.append(float(np.mean(a != b)))
-                d_ours.append(np.nanmean(list(dice_per_label(a, ref, [1, 2]).values())))
-                d_nn.append(np.nanmean(list(dice_per_label(b, ref, [1, 2]).values())))
-            rows[precision] = (float(np.mean(diff)) * 100, float(np.max(diff)) * 100,
-                               float(np.mean(d_ours)), float(np.mean(d_nn)))
+            mine = {c: read(out / f"{c}.nii.gz") for c in cases}
+            diff = [float(np.mean(mine[c] != theirs[c])) for c in cases]
+            d_ours = float(np.mean([mean_dice(mine[c], refs[c]) for c in cases]))
+            rows[precision] = (float(np.mean(diff)) * 100, float(np.max(diff)) * 100, d_ours, d_nn)
     lines = [f"## same model: nnU-Net's fold-0 weights ({args.fold.parent.name}) run by autoseg's predictor",
              "", f"{len(cases)} fold-0 validation cases, mirror TTA, step 0.5; nnU-Net's label maps are "
              "those its own validation wrote.", "",

@@ -53,9 +53,9 @@ def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *,
     So each input plane is resized once, for all classes, and kept channels-last while it is in
     use; every output plane is blended from two of them (taken from one along a ``z_axis``, which
     is nearest-neighbour) and argmaxed over its last, contiguous axis. Memory: a few in-plane
-    resized planes of every class. On a 42-class CT of 458 x 379 x 420 this takes 3.4 s where
+    resized planes of every class. On a 42-class CT of 458 x 379 x 420 this takes 3.6 s where
     resizing the classes in chunks of 4 with a running argmax took 17 s and resizing all of them
-    at once 27 s and 12 GB (``benchmarks/bench_large_ct.py``). The result equals
+    at once 27-33 s and 12 GB (``benchmarks/bench_large_ct.py``). The result equals
     ``resize_channels(...).argmax(0)`` except where the two roundings of the same interpolation
     decide a near-exact tie.
 

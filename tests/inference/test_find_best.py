@@ -54,33 +54,29 @@ def upper_half(ref: np.ndarray) -> np.ndarray:
     return m
 
 
+def _missed(ref: np.ndarray, mask: np.ndarray, probs: tuple[float, float, float]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """``ref`` with the voxels of ``mask`` predicted as background, with probabilities ``probs`` there."""
+    pred = ref.copy()
+    pred[mask] = 0
+    p = one_hot_probs(pred)
+    p[:, mask] = np.array(probs, np.float32)[:, None]
+    return pred, p
+
+
 def no_label2_upper_confident(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label 2 missed in the upper half, with confidence 0.9 for background."""
-    m = (ref == 2) & upper_half(ref)
-    pred = ref.copy()
-    pred[m] = 0
-    p = one_hot_probs(pred)
-    p[:, m] = np.array([0.9, 0.05, 0.05], np.float32)[:, None]
-    return pred, p
+    return _missed(ref, (ref == 2) & upper_half(ref), (0.9, 0.05, 0.05))
 
 
 def no_label1_upper_unsure(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label 1 missed in the upper half, but only just (0.5 background, 0.4 label 1)."""
-    m = (ref == 1) & upper_half(ref)
-    pred = ref.copy()
-    pred[m] = 0
-    p = one_hot_probs(pred)
-    p[:, m] = np.array([0.5, 0.4, 0.1], np.float32)[:, None]
-    return pred, p
+    return _missed(ref, (ref == 1) & upper_half(ref), (0.5, 0.4, 0.1))
 
 
 def no_label2_lower_unsure(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    m = (ref == 2) & ~upper_half(ref)
-    pred = ref.copy()
-    pred[m] = 0
-    p = one_hot_probs(pred)
-    p[:, m] = np.array([0.5, 0.1, 0.4], np.float32)[:, None]
-    return pred, p
+    """Label 2 missed in the lower half, but only just (0.5 background, 0.4 label 2)."""
+    return _missed(ref, (ref == 2) & ~upper_half(ref), (0.5, 0.1, 0.4))
 
 
 @pytest.fixture(scope="module")
