@@ -2,8 +2,12 @@
 
 One code path serves all configuration kinds: the case is a ``(1, C, Z, Y, X)`` tensor and the
 window is the patch (3D) or ``(1, H, W)`` (2D: one slice at a time; 2.5D: the K neighbouring
-slices are stacked as channels first). MONAI's ``sliding_window_inference`` places the windows,
-batches them and blends them with a Gaussian (sigma = patch/8, as nnU-Net).
+slices are stacked as channels first). :func:`sliding_window` places the windows, batches them and
+blends them with a Gaussian (sigma = patch/8, as nnU-Net).
+
+The windows, weights and blending are those of MONAI's ``sliding_window_inference`` (a test checks
+equal outputs), written here in plain torch because importing anything from MONAI costs
+``autoseg predict`` about 1.2 s of start-up (see :mod:`autoseg.networks.inference`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import itertools
 from collections.abc import Callable, Sequence
 
 import torch
-from monai.inferers import sliding_window_inference
+import torch.nn.functional as F
 
 from autoseg.planning.plan import Configuration
 
@@ -37,6 +41,92 @@ def mirror_axes_for(config: Configuration) -> tuple[int, ...]:
 
 def _flip_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def window_starts(size: int, window: int, step: float) -> list[int]:
+    """Where the windows start along one axis.
+
+    Every ``max(int(window * step), 1)`` voxels, the last window moved back to end flush with the
+    axis, so that the windows cover it with the requested overlap and none hangs over the edge.
+    An axis no longer than the window has one window at 0 (the caller pads it to the window).
+
+    Examples:
+        >>> window_starts(100, 40, 0.5)
+        [0, 20, 40, 60]
+        >>> window_starts(90, 40, 0.5)
+        [0, 20, 40, 50]
+    """
+    if size <= window:
+        return [0]
+    interval = max(int(window * step), 1)
+    n = -(-(size - window) // interval) + 1
+    return [min(i * interval, size - window) for i in range(n)]
+
+
+def gaussian_weights(window: Sequence[int], sigma_scale: float = 0.125, *,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Blending weights of one window: a separable Gaussian centred on the window.
+
+    ``sigma = sigma_scale * size`` per axis, so that window borders (where the network sees the
+    least context) count least. Floored at ``max(smallest weight, 1e-3)`` so that no voxel of a
+    window gets a weight near zero (a voxel covered only by window borders would divide by ~0).
+    """
+    weights = torch.ones((), device=device)
+    for n in window:
+        x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32, device=device)
+        weights = weights.unsqueeze(-1) * torch.exp(x**2 / (-2 * (n * sigma_scale) ** 2))
+    return weights.clamp_(min=max(weights.min().item(), 1e-3))
+
+
+def sliding_window(x: torch.Tensor, window: Sequence[int], steps: Sequence[float],
+                   predictor: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int,
+                   device: torch.device | str, output_device: torch.device | str) -> torch.Tensor:
+    """Gaussian-blended window predictions over a whole case.
+
+    Args:
+        x: ``(1, C, *spatial)`` float32 input.
+        window: window size per spatial axis; an axis shorter than it is zero-padded
+            symmetrically (the pad is cropped off the result).
+        steps: window step per axis, as a fraction of the window (see :func:`window_starts`).
+        predictor: ``(B, C, *window) -> (B, K, *window)`` float32, run on ``device``.
+        batch_size: windows per predictor call.
+        device: where windows are predicted.
+        output_device: where the ``(1, K, *spatial)`` sums accumulate (the CPU keeps a large
+            case off a small GPU).
+
+    Returns:
+        ``(1, K, *spatial)`` float32 on ``output_device``: per voxel, the weighted mean of the
+        windows covering it.
+    """
+    spatial = x.shape[2:]
+    short = [max(w - s, 0) for w, s in zip(window, spatial, strict=True)]
+    if any(short):
+        pad = [p for d in reversed(short) for p in (d // 2, d - d // 2)]  # F.pad: last axis first
+        x = F.pad(x, pad, mode="constant", value=0.0)
+    size = x.shape[2:]
+    slices = [tuple(slice(s, s + w) for s, w in zip(starts, window, strict=True))
+              for starts in itertools.product(*(window_starts(n, w, st) for n, w, st
+                                               in zip(size, window, steps, strict=True)))]
+    weights = gaussian_weights(window, device=device)[None, None]
+    weights_out = weights.to(output_device)
+    count = torch.zeros((1, 1, *size), device=output_device)
+    for sl in slices:
+        count[(slice(None), slice(None), *sl)] += weights_out
+    out = None
+    for first in range(0, len(slices), batch_size):
+        group = slices[first:first + batch_size]
+        windows = torch.cat([x[(slice(None), slice(None), *sl)] for sl in group]).to(device)
+        pred = (predictor(windows) * weights).to(output_device)
+        if out is None:
+            out = torch.zeros((1, pred.shape[1], *size), device=output_device)
+        for p, sl in zip(pred, group, strict=True):
+            out[(slice(None), slice(None), *sl)] += p
+    assert out is not None
+    out /= count
+    if any(short):
+        out = out[(slice(None), slice(None),
+                   *(slice(d // 2, d // 2 + n) for d, n in zip(short, spatial, strict=True)))]
+    return out
 
 
 def make_predictor(network: torch.nn.Module, config: Configuration, *, tta: bool,
@@ -96,17 +186,14 @@ def predict_logits(network: torch.nn.Module, data: torch.Tensor, config: Configu
     if config.kind == "2.5d":
         x = stack_neighbour_slices(x, config.in_slices)
     if config.kind == "3d":
-        roi, overlap = tuple(config.patch_size), (1.0 - step,) * 3
+        window, steps = tuple(config.patch_size), (step,) * 3
     else:
-        roi, overlap = (1, *config.patch_size), (0.0, 1.0 - step, 1.0 - step)
+        window, steps = (1, *config.patch_size), (1.0, step, step)
     if sw_batch_size is None:
         sw_batch_size = 2 if config.kind == "3d" else 32
     on_cpu = torch.device(device).type == "cpu"
     predictor = make_predictor(network, config, tta=tta, amp_dtype=amp_dtype,
                                max_batch=(2 if config.kind == "3d" else 16) if on_cpu else 4 * sw_batch_size)
-    out = sliding_window_inference(
-        x, roi_size=roi, sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
-        mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0,
-        sw_device=device, device=output_device or device,
-    )
-    return out[0].float()
+    out = sliding_window(x, window, steps, predictor, batch_size=sw_batch_size, device=device,
+                         output_device=output_device or device)
+    return out[0]

@@ -22,20 +22,15 @@ this; sliding-window inference uses the patch size, so it never sees another siz
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 from monai.networks.nets import DynUNet
 from monai.networks.nets.dynunet import DynUNetSkipLayer
 from torch import nn
 
-from autoseg.errors import PlanError
+from autoseg.networks.topology import SPATIAL_DIMS, check_network, input_channels, input_divisor
 from autoseg.planning.plan import Configuration
 
 __all__ = ["PlanUNet", "build_network", "input_divisor"]
-
-_SPATIAL_DIMS = {"3d": 3, "2d": 2, "2.5d": 2}
 
 # What ``PlanUNet`` leaves in ``DynUNet.heads`` after a forward pass, so that the module does not
 # keep the last step's head activations (and through them its autograd graph) alive.
@@ -86,22 +81,6 @@ class PlanUNet(DynUNet):
         return [out, *heads]
 
 
-def input_divisor(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    """What each spatial axis of the input must be a multiple of: the product of the strides.
-
-    Args:
-        strides: per stage, one stride per spatial axis (a plan's ``network.strides``).
-
-    Returns:
-        One divisor per spatial axis.
-
-    Examples:
-        >>> input_divisor([(1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)])
-        (4, 8, 8)
-    """
-    return tuple(math.prod(axis) for axis in zip(*strides, strict=True))
-
-
 def build_network(config: Configuration, *, in_channels: int, n_classes: int) -> nn.Module:
     """The U-Net of one plan configuration.
 
@@ -129,13 +108,10 @@ def build_network(config: Configuration, *, in_channels: int, n_classes: int) ->
             product of the strides.
         ValueError: ``in_channels`` or ``n_classes`` is below 1.
     """
-    if in_channels < 1 or n_classes < 1:
-        msg = f"in_channels and n_classes must be >= 1, got {in_channels} and {n_classes}"
-        raise ValueError(msg)
-    _check_network(config)
+    check_network(config, in_channels=in_channels, n_classes=n_classes)
     net = config.network
-    spatial_dims = _SPATIAL_DIMS[config.kind]
-    channels = in_channels * (config.in_slices if config.kind == "2.5d" else 1)
+    spatial_dims = SPATIAL_DIMS[config.kind]
+    channels = input_channels(config, in_channels)
     kernels = [list(k) for k in net.kernel_sizes]
     strides = [list(s) for s in net.strides]
     return PlanUNet(
@@ -153,36 +129,3 @@ def build_network(config: Configuration, *, in_channels: int, n_classes: int) ->
         res_block=False,
     )
 
-
-def _check_network(config: Configuration) -> None:
-    """Raise :class:`PlanError` naming the first inconsistency of ``config.network``."""
-    net = config.network
-    where = f"configuration {config.name!r}"
-    if config.kind not in _SPATIAL_DIMS:
-        msg = f"{where}: kind must be one of {sorted(_SPATIAL_DIMS)}, got {config.kind!r}"
-        raise PlanError(msg)
-    dims = _SPATIAL_DIMS[config.kind]
-    if net.n_stages < 3:
-        msg = f"{where}: the U-Net needs at least 3 stages, got n_stages={net.n_stages}"
-        raise PlanError(msg)
-    lengths = {"features_per_stage": len(net.features_per_stage), "kernel_sizes": len(net.kernel_sizes),
-               "strides": len(net.strides)}
-    if any(n != net.n_stages for n in lengths.values()):
-        msg = f"{where}: n_stages is {net.n_stages} but the per-stage lists have lengths {lengths}"
-        raise PlanError(msg)
-    for name, per_stage in (("kernel_sizes", net.kernel_sizes), ("strides", net.strides)):
-        if any(len(v) != dims for v in per_stage):
-            msg = (f"{where}: every entry of {name} needs {dims} values for kind {config.kind!r}, "
-                   f"got {per_stage}")
-            raise PlanError(msg)
-    if net.n_conv_per_stage != 2:
-        msg = f"{where}: n_conv_per_stage must be 2 (DynUNet blocks), got {net.n_conv_per_stage}"
-        raise PlanError(msg)
-    if config.kind == "2.5d" and config.in_slices < 1:
-        msg = f"{where}: in_slices must be >= 1 for 2.5d, got {config.in_slices}"
-        raise PlanError(msg)
-    divisor = input_divisor(net.strides)
-    if len(config.patch_size) != dims or any(p % d for p, d in zip(config.patch_size, divisor, strict=True)):
-        msg = (f"{where}: patch size {tuple(config.patch_size)} must have {dims} axes, each divisible by "
-               f"the product of the strides {divisor}; run `autoseg plan` again")
-        raise PlanError(msg)

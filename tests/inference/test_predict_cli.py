@@ -5,6 +5,8 @@ bad inputs are reported without stopping the others, and nothing half-written is
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,19 @@ def test_skip_existing_overwrite_probabilities_and_ensemble(work: Path, tmp_path
         assert clear.mean() > 0.5
         np.testing.assert_array_equal(z["label_values"][prob.argmax(0)][clear], pred.array[clear])
     assert not list(out.glob(".partial-*"))
+
+
+def test_predict_starts_without_monai(work: Path, tmp_path: Path) -> None:
+    """``autoseg predict`` imports neither MONAI nor what MONAI's package import drags in
+    (matplotlib, pandas, scipy.signal): about 1.2 s of its start-up (issue 4: <= 3 s)."""
+    code = ("import sys; from autoseg.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('monai', 'matplotlib', 'pandas', 'sklearn') or m == 'scipy.signal'); "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    out = tmp_path / "out"
+    args = ["predict", "-i", str(TEST_CASES[0]), "-o", str(out), "--work-dir", str(work), "-d", "hippo",
+            "-c", "3d_fullres", "--device", "cpu", "--no-tta", "-q"]
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "HEAVY []" in run.stdout
+    assert (out / TEST_CASES[0].name).is_file()

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
-from autoseg.errors import PlanError
-from autoseg.networks import PlanUNet, build_network, input_divisor
+from autoseg.errors import CheckpointError, PlanError
+from autoseg.networks import InferenceUNet, PlanUNet, build_inference_network, build_network, input_divisor
 from autoseg.planning.plan import Configuration, Network, Plan, Resampling
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +31,7 @@ def make_config(
     in_slices: int = 1,
     deep_supervision: bool = True,
     n_conv_per_stage: int = 2,
+    kernels: tuple[tuple[int, ...], ...] | None = None,
 ) -> Configuration:
     dims = 3 if kind == "3d" else 2
     n_stages = len(features)
@@ -39,7 +40,7 @@ def make_config(
     network = Network(
         n_stages=n_stages,
         features_per_stage=features,
-        kernel_sizes=((3,) * dims,) * n_stages,
+        kernel_sizes=kernels or ((3,) * dims,) * n_stages,
         strides=strides,
         n_conv_per_stage=n_conv_per_stage,
         deep_supervision=deep_supervision,
@@ -86,6 +87,9 @@ CONFIGS = {
     "2d": make_config("2d", patch=(24, 16)),
     "2.5d": make_config("2.5d", patch=(16, 32), in_slices=5),
     "4_stages": make_config("3d", patch=(16, 16, 16), features=(4, 8, 16, 16)),
+    "3d_anisotropic_kernels": make_config("3d", patch=(8, 16, 16), features=(4, 8, 16, 16),
+                                          strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)),
+                                          kernels=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 1, 3))),
 }
 
 
@@ -230,3 +234,66 @@ def test_input_divisor():
     assert input_divisor([(1, 1), (2, 1), (2, 2)]) == (4, 2)
     assert input_divisor([(1, 1, 1)] + [(2, 2, 2)] * 3) == (8, 8, 8)
     assert math.prod(input_divisor([(1, 2), (3, 1)])) == 6
+
+
+class TestInferenceUNet:
+    """The plain-torch prediction network gives the training network's outputs from its weights."""
+
+    @staticmethod
+    def trained_like(config: Configuration, in_channels: int, n_classes: int) -> PlanUNet:
+        """A training network with every weight random (norm affines too, so that they matter)."""
+        torch.manual_seed(0)
+        net = build_network(config, in_channels=in_channels, n_classes=n_classes)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.normal_(0.0, 0.2)
+        return net.eval()
+
+    @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+    @pytest.mark.parametrize("name", [*CONFIGS, "no_deep_supervision"])
+    def test_same_outputs_as_dynunet(self, name, dtype):
+        config = CONFIGS.get(name) or make_config("3d", deep_supervision=False)
+        channels = 2 * (config.in_slices if config.kind == "2.5d" else 1)
+        train_net = self.trained_like(config, 2, 3)
+        net = build_inference_network(config, in_channels=2, n_classes=3)
+        net.load_training_state(train_net.state_dict())
+        x = torch.randn(2, channels, *config.patch_size)
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            expected, got = train_net(x), net.eval()(x)
+        assert got.shape == (2, 3, *config.patch_size)
+        assert torch.equal(got, expected)
+
+    def test_hippocampus_checkpoint_names_and_sizes(self):
+        plan = Plan.load(HIPPOCAMPUS_PLAN)
+        config = plan.configuration("3d_fullres")
+        train_net = build_network(config, in_channels=1, n_classes=plan.num_classes)
+        net = build_inference_network(config, in_channels=1, n_classes=plan.num_classes)
+        heads = sum(p.numel() for p in train_net.deep_supervision_heads.parameters())
+        assert n_params(net) == n_params(train_net) - heads
+        assert isinstance(net, InferenceUNet)
+
+    def test_weights_of_another_plan_are_refused(self):
+        train_net = build_network(CONFIGS["3d"], in_channels=1, n_classes=3)
+        net = build_inference_network(CONFIGS["4_stages"], in_channels=1, n_classes=3)
+        with pytest.raises(RuntimeError, match="state_dict"):
+            net.load_training_state(train_net.state_dict())
+
+    def test_same_plan_checks(self):
+        with pytest.raises(PlanError, match="divisible by the product of the strides"):
+            build_inference_network(make_config("3d", patch=(16, 18, 16)), in_channels=1, n_classes=2)
+        with pytest.raises(ValueError, match="must be >= 1"):
+            build_inference_network(make_config("3d"), in_channels=0, n_classes=2)
+
+
+def test_mismatched_checkpoint_is_a_checkpoint_error(tmp_path):
+    """A fold whose weights do not fit the plan's network: a one-line error naming the file."""
+    from autoseg.inference.model import load_model
+
+    plan = Plan.load(HIPPOCAMPUS_PLAN)
+    model_dir = tmp_path / "models" / "3d_fullres"
+    (model_dir / "fold_0").mkdir(parents=True)
+    plan.save(model_dir / "plans.json")
+    other = build_network(plan.configuration("2d"), in_channels=1, n_classes=plan.num_classes)
+    torch.save({"network": other.state_dict()}, model_dir / "fold_0" / "checkpoint_final.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint_final\.pt: its weights do not fit"):
+        load_model(model_dir)

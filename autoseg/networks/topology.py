@@ -1,0 +1,97 @@
+"""What a plan's network description must satisfy, shared by the training and inference U-Nets.
+
+Plain functions on the plan, no network library: :mod:`autoseg.networks.inference` (what
+``predict`` loads) must not import MONAI, whose package import alone costs about a second of
+start-up (it imports every MONAI submodule, and through them scipy.signal, matplotlib and pandas).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from autoseg.errors import PlanError
+from autoseg.planning.plan import Configuration
+
+__all__ = ["SPATIAL_DIMS", "check_network", "conv_padding", "input_channels", "input_divisor"]
+
+#: Spatial dimensions of the network per configuration kind (2.5D stacks slices as channels).
+SPATIAL_DIMS = {"3d": 3, "2d": 2, "2.5d": 2}
+
+
+def input_divisor(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """What each spatial axis of the input must be a multiple of: the product of the strides.
+
+    Args:
+        strides: per stage, one stride per spatial axis (a plan's ``network.strides``).
+
+    Returns:
+        One divisor per spatial axis.
+
+    Examples:
+        >>> input_divisor([(1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)])
+        (4, 8, 8)
+    """
+    return tuple(math.prod(axis) for axis in zip(*strides, strict=True))
+
+
+def conv_padding(kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
+    """Zero padding per axis of a convolution, ``(kernel - stride + 1) // 2``.
+
+    The rule ``DynUNet`` uses: with odd kernels a stride-1 convolution keeps the size and a
+    stride-s one divides it by s exactly, which is what :func:`input_divisor` relies on.
+
+    Examples:
+        >>> conv_padding((1, 3, 3), (1, 2, 2))
+        (0, 1, 1)
+    """
+    return tuple((k - s + 1) // 2 for k, s in zip(kernel, stride, strict=True))
+
+
+def check_network(config: Configuration, *, in_channels: int, n_classes: int) -> None:
+    """Raise :class:`PlanError` naming the first inconsistency of ``config.network``.
+
+    Raises:
+        PlanError: the network description is inconsistent (lengths, dimensions, fewer than 3
+            stages, ``n_conv_per_stage`` other than 2) or the patch size is not divisible by the
+            product of the strides.
+        ValueError: ``in_channels`` or ``n_classes`` is below 1.
+    """
+    if in_channels < 1 or n_classes < 1:
+        msg = f"in_channels and n_classes must be >= 1, got {in_channels} and {n_classes}"
+        raise ValueError(msg)
+    net = config.network
+    where = f"configuration {config.name!r}"
+    if config.kind not in SPATIAL_DIMS:
+        msg = f"{where}: kind must be one of {sorted(SPATIAL_DIMS)}, got {config.kind!r}"
+        raise PlanError(msg)
+    dims = SPATIAL_DIMS[config.kind]
+    if net.n_stages < 3:
+        msg = f"{where}: the U-Net needs at least 3 stages, got n_stages={net.n_stages}"
+        raise PlanError(msg)
+    lengths = {"features_per_stage": len(net.features_per_stage), "kernel_sizes": len(net.kernel_sizes),
+               "strides": len(net.strides)}
+    if any(n != net.n_stages for n in lengths.values()):
+        msg = f"{where}: n_stages is {net.n_stages} but the per-stage lists have lengths {lengths}"
+        raise PlanError(msg)
+    for name, per_stage in (("kernel_sizes", net.kernel_sizes), ("strides", net.strides)):
+        if any(len(v) != dims for v in per_stage):
+            msg = (f"{where}: every entry of {name} needs {dims} values for kind {config.kind!r}, "
+                   f"got {per_stage}")
+            raise PlanError(msg)
+    if net.n_conv_per_stage != 2:
+        msg = f"{where}: n_conv_per_stage must be 2 (DynUNet blocks), got {net.n_conv_per_stage}"
+        raise PlanError(msg)
+    if config.kind == "2.5d" and config.in_slices < 1:
+        msg = f"{where}: in_slices must be >= 1 for 2.5d, got {config.in_slices}"
+        raise PlanError(msg)
+    divisor = input_divisor(net.strides)
+    if len(config.patch_size) != dims or any(p % d for p, d in zip(config.patch_size, divisor, strict=True)):
+        msg = (f"{where}: patch size {tuple(config.patch_size)} must have {dims} axes, each divisible by "
+               f"the product of the strides {divisor}; run `autoseg plan` again")
+        raise PlanError(msg)
+
+
+def input_channels(config: Configuration, image_channels: int) -> int:
+    """Network input channels: the image channels, times the stacked slices for ``"2.5d"``."""
+    return image_channels * (config.in_slices if config.kind == "2.5d" else 1)
