@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 #: Keys of the per-label dict :func:`case_metrics` returns, in a fixed order (CSV columns).
 METRICS: tuple[str, ...] = (
@@ -122,6 +121,8 @@ def surface_metrics(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[floa
         return math.nan, math.nan
     if not (has_p and has_r):
         return image_diagonal_mm(pred.shape, spacing), 0.0
+    import torch  # with MONAI, only where surfaces are measured: overlap metrics need neither
+
     box = _union_box(pred | ref, margin=1)
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None]
     r = torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None]

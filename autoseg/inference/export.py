@@ -31,8 +31,7 @@ def resize_channels(x: torch.Tensor, shape: Sequence[int], *, z_axis: int | None
         return F.interpolate(x[None], size=shape, mode="nearest-exact")[0]
     if z_axis is None:
         return F.interpolate(x[None], size=shape, mode="trilinear", align_corners=False)[0]
-    perm = [z_axis] + [a for a in range(3) if a != z_axis]
-    inv = [perm.index(a) for a in range(3)]
+    perm, inv = _axis_first(z_axis)
     xs = x.permute(0, *(p + 1 for p in perm))  # (C, Zs, A, B) with the z axis first
     inplane = tuple(shape[a] for a in perm[1:])
     if tuple(xs.shape[2:]) != inplane:
@@ -68,7 +67,7 @@ def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *,
     if tuple(logits.shape[1:]) == shape:
         return logits.argmax(0).to(dtype)
     walk = 0 if z_axis is None else z_axis
-    perm = [walk] + [a for a in range(3) if a != walk]
+    perm, inv = _axis_first(walk)
     x = logits.permute(0, *(p + 1 for p in perm))  # (C, walked axis, in-plane axes)
     out_shape = tuple(shape[p] for p in perm)
     inplane = out_shape[1:]
@@ -93,8 +92,13 @@ def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *,
             del cache[old]
         vals = torch.lerp(plane(lo), plane(hi), float(w[o])) if blend else plane(lo)
         result[o] = vals.argmax(-1).to(dtype)
-    inv = [perm.index(a) for a in range(3)]
     return result.permute(*inv)
+
+
+def _axis_first(axis: int) -> tuple[list[int], list[int]]:
+    """The permutation of 3 spatial axes that puts ``axis`` first, and its inverse."""
+    perm = [axis] + [a for a in range(3) if a != axis]
+    return perm, [perm.index(a) for a in range(3)]
 
 
 def _axis_sampling(n_in: int, n_out: int, *, linear: bool) -> tuple[torch.Tensor, torch.Tensor,
