@@ -151,11 +151,19 @@ def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan) ->
 
 def probabilities_on_source_grid(logits: torch.Tensor, props: dict[str, Any],
                                  plan: Plan) -> np.ndarray:
-    """Softmax probabilities ``(n_classes, Z, Y, X)`` float16 on the source grid (background
-    1 outside the crop), for ``--save-probabilities`` and ensembling."""
-    res = resize_channels(logits.float(), props["shape_after_crop"], z_axis=props.get("z_axis"))
-    prob = torch.softmax(res, dim=0).to(torch.float16).cpu().numpy()
-    full = np.zeros((prob.shape[0], *props["shape_before_crop"]), dtype=np.float16)
+    """Softmax probabilities ``(n_classes, Z, Y, X)`` float32 on the source grid (background
+    1 outside the crop), for ``--save-probabilities``, validation and ensembling.
+
+    float32, so that a label map taken from them (``argmax``) is not decided by float16 rounding
+    at near-ties; callers store them as float16. The softmax runs in place on the resized
+    logits: one full-size float32 array less at the peak.
+    """
+    prob = resize_channels(logits.float(), props["shape_after_crop"], z_axis=props.get("z_axis"))
+    if prob.data_ptr() == logits.data_ptr():
+        prob = prob.clone()  # not resized: do not overwrite the caller's logits
+    prob.sub_(prob.amax(dim=0, keepdim=True)).exp_()
+    prob.div_(prob.sum(dim=0, keepdim=True))
+    full = np.zeros((prob.shape[0], *props["shape_before_crop"]), dtype=np.float32)
     full[0] = 1
-    full[(slice(None), *(slice(lo, hi) for lo, hi in props["bbox"]))] = prob
+    full[(slice(None), *(slice(lo, hi) for lo, hi in props["bbox"]))] = prob.cpu().numpy()
     return full.transpose([0, *(a + 1 for a in plan.transpose_backward)])

@@ -98,7 +98,7 @@ class Predictor:
                 log.debug("%s: back to the source grid %.2f s", case.case_id,
                           time.perf_counter() - t2)
                 break
-            p = probabilities_on_source_grid(logits, pre.properties, model.plan).astype(np.float32)
+            p = probabilities_on_source_grid(logits, pre.properties, model.plan)
             probs_sum = p if probs_sum is None else probs_sum + p
         probs = None
         if probs_sum is not None:

@@ -13,7 +13,11 @@ import torch
 from tqdm import tqdm
 
 from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
-from autoseg.inference.export import logits_to_labels, probabilities_on_source_grid
+from autoseg.inference.export import (
+    classes_to_values,
+    logits_to_labels,
+    probabilities_on_source_grid,
+)
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.image import Geometry, read_image, write_image
 from autoseg.planning.plan import Configuration, Plan
@@ -51,14 +55,17 @@ def validate_fold(network: torch.nn.Module, plan: Plan, config: Configuration,
         data = torch.from_numpy(np.array(case.data))  # a writable copy of the memmap
         logits = predict_logits(network, data, config, tta=tta, device=device, output_device="cpu",
                                 amp_dtype=amp_dtype)
-        labels = logits_to_labels(logits, case.properties, plan)
+        if save_probabilities:
+            # one resampling of the logits serves both: labels from the float32 probabilities
+            prob = probabilities_on_source_grid(logits, case.properties, plan)
+            labels = classes_to_values(prob.argmax(0), plan)
+            tmp = out_dir / f".partial-{cid}.npz"
+            np.savez_compressed(tmp, probabilities=prob.astype(np.float16))
+            tmp.replace(out_dir / f"{cid}.npz")
+        else:
+            labels = logits_to_labels(logits, case.properties, plan)
         geometry = Geometry.from_dict(case.properties["geometry"])
         write_image(labels, geometry, out_dir / f"{cid}.nii.gz")
-        if save_probabilities:
-            prob = probabilities_on_source_grid(logits, case.properties, plan)
-            tmp = out_dir / f".partial-{cid}.npz"
-            np.savez_compressed(tmp, probabilities=prob)
-            tmp.replace(out_dir / f"{cid}.npz")
         ref = np.rint(read_image(label_files[cid]).array).astype(np.int64)
         dice = dice_per_label(labels, ref, fg_values)
         per_case.append({"case_id": cid, "dice": {str(k): v for k, v in dice.items()}})

@@ -98,3 +98,26 @@ def test_plane_by_plane_argmax_equals_dense_argmax(z_axis: int | None, shape: tu
     walked = argmax_resampled(logits, shape, z_axis=z_axis)
     assert walked.dtype == torch.uint8
     assert torch.equal(walked, dense.to(walked.dtype))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 1.2, 0.9)], ids=["same_grid", "resized"])
+def test_probabilities_are_float32_softmax_and_leave_the_logits(spacing: tuple[float, ...]) -> None:
+    """In-place softmax of the resized logits: equal to torch's, the caller's logits untouched
+    (also when no resize happens and the resized tensor could be the input itself), and its
+    argmax is the label map of :func:`logits_to_labels` wherever the top two are not tied."""
+    data, seg, sp = _case()
+    plan, cfg = _plan_variant(spacing=spacing)
+    pre = preprocess_arrays(data, seg, sp, plan, cfg, case_id="x")
+    logits = torch.randn(3, *pre.seg.shape, generator=torch.Generator().manual_seed(0)) * 3
+    before = logits.clone()
+    prob = probabilities_on_source_grid(logits, pre.properties, plan)
+    assert torch.equal(logits, before)
+    assert prob.dtype == np.float32
+    expected = torch.softmax(resize_channels(logits, pre.properties["shape_after_crop"], z_axis=None), 0)
+    bbox = tuple(slice(lo, hi) for lo, hi in pre.properties["bbox"])
+    np.testing.assert_allclose(prob[(slice(None), *bbox)], expected.numpy(), atol=1e-6)
+    labels = logits_to_labels(logits, pre.properties, plan)
+    top2 = np.sort(prob, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-5
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(np.asarray(plan.label_values)[prob.argmax(0)][clear], labels[clear])
