@@ -191,6 +191,18 @@ def _fold(value: str) -> str:
     raise argparse.ArgumentTypeError(msg)
 
 
+def _step(value: str) -> float:
+    """A sliding-window step: more than 0 (else endless windows), at most 1 (else gaps)."""
+    try:
+        step = float(value)
+    except ValueError:
+        step = float("nan")
+    if 0 < step <= 1:
+        return step
+    msg = f"STEP must be a fraction of the patch in (0, 1], got {value!r} (0.5: windows overlap by half)"
+    raise argparse.ArgumentTypeError(msg)
+
+
 def _fmt(v: Sequence[float]) -> str:
     return "x".join(f"{x:g}" for x in v)
 
@@ -280,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "else the only trained one)")
     pr.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
                     help="folds to average (default: all trained)")
-    pr.add_argument("--step", type=float, default=0.5,
+    pr.add_argument("--step", type=_step, default=0.5,
                     help="sliding-window step as a fraction of the patch (default 0.5)")
     pr.add_argument("--no-tta", action="store_true", help="no mirror test-time augmentation")
     pr.add_argument("--device", choices=["cuda", "cpu"], default=None,

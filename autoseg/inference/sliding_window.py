@@ -97,7 +97,13 @@ def sliding_window(x: torch.Tensor, window: Sequence[int], steps: Sequence[float
     Returns:
         ``(1, K, *spatial)`` float32 on ``output_device``: per voxel, the weighted mean of the
         windows covering it.
+
+    Raises:
+        ValueError: a step outside ``(0, 1]`` (beyond 1 the windows would leave gaps).
     """
+    if not all(0 < s <= 1 for s in steps):
+        msg = f"window steps must be in (0, 1] (fractions of the window), got {tuple(steps)}"
+        raise ValueError(msg)
     spatial = x.shape[2:]
     short = [max(w - s, 0) for w, s in zip(window, spatial, strict=True)]
     if any(short):

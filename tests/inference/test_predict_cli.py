@@ -105,6 +105,11 @@ def test_empty_or_missing_input_fails_cleanly(work: Path, tmp_path: Path,
     assert "no scans found" in capsys.readouterr().err
     assert _predict(work, tmp_path / "nope", tmp_path / "out", "-c", "2d") == 2
     assert "input not found" in capsys.readouterr().err
+    for step in ("0", "1.5", "half"):  # no windows / gaps between windows / not a number
+        with pytest.raises(SystemExit) as stop:
+            _predict(work, TEST_CASES[0], tmp_path / "out", "-c", "2d", "--step", step)
+        assert stop.value.code == 2
+        assert "STEP must be a fraction of the patch in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

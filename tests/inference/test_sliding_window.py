@@ -134,3 +134,10 @@ def test_windows_on_one_device_sums_on_another(device, output_device):
                              device=device, output_device=output_device)
     assert out.device.type == output_device
     torch.testing.assert_close(out.cpu(), reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("step", [0.0, -0.5, 1.5])
+def test_steps_outside_0_1_are_refused(step):
+    with pytest.raises(ValueError, match=r"steps must be in \(0, 1\]"):
+        sliding_window(torch.zeros(1, 1, 8, 8, 8), (4, 4, 4), (step,) * 3, _net(3, 1, 1),
+                       batch_size=1, device="cpu", output_device="cpu")
