@@ -11,7 +11,9 @@
   nnU-Net does, and the loss (:mod:`autoseg.training.losses`) downsamples the target instead.
 
 In eval mode both return the full-resolution logits ``(B, C, *spatial)`` as one tensor, so
-sliding-window inference and ONNX export see a plain network.
+the end-of-fold validation's sliding window sees a plain network. ``autoseg predict`` and
+``autoseg export`` load the same weights into :class:`~autoseg.networks.inference.InferenceUNet`
+instead (plain torch, same outputs bit for bit), so that prediction does not import MONAI.
 
 **Input size.** Every spatial axis of the input must be divisible by the product of the strides
 on that axis (``DynUNet``'s constraint): the hippocampus plan's strides ``1, 2, 2, 2`` need
