@@ -86,18 +86,23 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _device(requested: str | None) -> str:
+    """``--device``, defaulting to CUDA when present; asking for CUDA without one is bad input."""
     from autoseg._device import cuda_available
+
+    device = requested or ("cuda" if cuda_available() else "cpu")
+    if device == "cuda" and not cuda_available():
+        msg = "--device cuda: no CUDA device is available here; use --device cpu"
+        raise AutosegError(msg)
+    return device
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from autoseg.pipeline import train
     from autoseg.training.config import TrainConfig
     from autoseg.training.trainer import TrainingInterrupted
 
-    device = args.device or ("cuda" if cuda_available() else "cpu")
-    if device == "cuda" and not cuda_available():
-        from autoseg.errors import AutosegError
-
-        msg = "--device cuda: no CUDA device is available here; use --device cpu"
-        raise AutosegError(msg)
+    device = _device(args.device)
     fold = "all" if args.fold == "all" else int(args.fold)
     defaults = TrainConfig(configuration=args.configuration, fold=fold)
     cfg = TrainConfig(
@@ -120,10 +125,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from autoseg._device import cuda_available
     from autoseg.pipeline import predict
 
-    device = args.device or ("cuda" if cuda_available() else "cpu")
+    device = _device(args.device)
     report = predict(args.input, args.output, _workspace(args), dataset=args.dataset,
                      configurations=args.configurations, folds=args.folds, device=device,
                      precision=args.precision, step=args.step, tta=not args.no_tta,

@@ -152,3 +152,19 @@ def test_predict_starts_without_monai(work: Path, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "HEAVY []" in run.stdout
     assert (out / TEST_CASES[0].name).is_file()
+
+
+@pytest.mark.parametrize("command", ["predict", "train"])
+def test_cuda_asked_without_cuda_is_bad_input(work: Path, tmp_path: Path, command: str,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import autoseg._device
+
+    monkeypatch.setattr(autoseg._device, "cuda_available", lambda: False)
+    if command == "predict":
+        code = _predict(work, TEST_CASES[0], tmp_path / "out", "-c", "3d_fullres", "--device", "cuda")
+    else:
+        code = main(["train", "hippo", "3d_fullres", "0", "--work-dir", str(work), "--device", "cuda", "-q"])
+    assert code == 2
+    assert "--device cuda: no CUDA device is available here; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
