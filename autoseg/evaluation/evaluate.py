@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from autoseg._atomic import write_atomic
 from autoseg._parallel import parallel_map
 from autoseg.errors import AutosegError, DatasetError
 from autoseg.evaluation.metrics import (
@@ -228,10 +228,4 @@ def _write_csv(path: Path, per_case: list[dict[str, Any]]) -> None:
         for lab, scores in c["metrics"].items():
             writer.writerow([c["case"], lab, *("" if math.isnan(scores[m]) else repr(scores[m])
                                                 for m in METRICS)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    try:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))

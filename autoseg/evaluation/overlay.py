@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg._atomic import write_atomic
 from autoseg.io.image import Image, read_image, strip_ending
 
 
@@ -42,11 +43,7 @@ def save_overlay(image: Image, ref: np.ndarray, pred: np.ndarray, path: Path, *,
     ax.set_title(f"{title}  slice {z}  (green: reference, red: prediction)", fontsize=8)
     ax.set_axis_off()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{path.name}")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110))
 
 
 def save_overlays(images_dir: Path, ref_dir: Path, pred_dir: Path, out_dir: Path) -> list[Path]:

@@ -7,13 +7,14 @@ leaves matplotlib's global state alone.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from autoseg._atomic import write_atomic
 
 _TITLES = {"dice": "Dice", "nsd": "NSD", "iou": "IoU", "hd95_mm": "HD95 (mm)"}
 
@@ -56,11 +57,4 @@ def save_boxplot(per_case: list[dict[str, Any]], path: Path, *,
         ax.set_title(f"{name}: mean over labels {overall} ({len(per_case)} cases)")
         ax.set_ylabel(name)
         ax.grid(axis="y", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

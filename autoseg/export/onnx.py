@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from autoseg._atomic import write_atomic
 from autoseg._optional import get_onnx
 from autoseg.inference.model import load_model
 from autoseg.workspace import write_json_atomic
@@ -70,20 +71,22 @@ def export_onnx(model_dir: Path, *, folds: list[str] | None = None, copy_to: Pat
     c_in = len(plan.channel_names) * cfg.in_slices
     written = []
     for fold, net in zip(model.folds, model.networks, strict=True):
-        dest = model_dir / f"fold_{fold}" / "model.onnx"
-        tmp = dest.with_name(".partial-model.onnx")
         dummy = torch.zeros(1, c_in, *cfg.patch_size)
-        with warnings.catch_warnings():
-            # The exporter's notices are not actionable here: it warns that InstanceNorm exports
-            # with train=True (InstanceNorm always normalises with the input's own statistics, so
-            # that is what the network does in eval mode) and that the TorchScript exporter is the
-            # legacy one (the torch.export one needs onnxscript, not a dependency).
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (dummy,), str(tmp), input_names=["input"],
-                              output_names=["logits"], opset_version=OPSET, dynamo=False,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        onnx.checker.check_model(str(tmp))
-        tmp.replace(dest)
+
+        def write(tmp: Path, net: torch.nn.Module = net, dummy: torch.Tensor = dummy) -> None:
+            with warnings.catch_warnings():
+                # The exporter's notices are not actionable here: it warns that InstanceNorm
+                # exports with train=True (InstanceNorm always normalises with the input's own
+                # statistics, so that is what the network does in eval mode) and that the
+                # TorchScript exporter is the legacy one (the torch.export one needs onnxscript,
+                # not a dependency).
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, (dummy,), str(tmp), input_names=["input"],
+                                  output_names=["logits"], opset_version=OPSET, dynamo=False,
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            onnx.checker.check_model(str(tmp))
+
+        dest = write_atomic(model_dir / f"fold_{fold}" / "model.onnx", write)
         written.append(dest)
         log.info("fold %s -> %s", fold, dest)
     write_json_atomic(model_dir / "export.json", sidecar(model_dir, model.folds, "onnx"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from autoseg._atomic import write_atomic
 from autoseg._optional import get_tensorrt
 from autoseg.export.onnx import export_onnx, sidecar
 from autoseg.inference.model import trained_folds
@@ -50,10 +51,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: tuple[int, 
     if serialized is None:
         msg = f"{onnx_path}: TensorRT could not build an engine"
         raise RuntimeError(msg)
-    tmp = engine_path.with_name(f".partial-{engine_path.name}")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(engine_path)
-    return engine_path
+    return write_atomic(engine_path, lambda tmp: tmp.write_bytes(bytes(serialized)))
 
 
 def export_tensorrt(model_dir: Path, *, folds: list[str] | None = None, fp16: bool = False,

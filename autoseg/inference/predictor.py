@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg._atomic import write_atomic
 from autoseg.errors import DatasetError
 from autoseg.inference.export import (
     classes_to_values,
@@ -155,10 +156,8 @@ def predict_path(source: Path, out_dir: Path, predictor: Predictor, *, overwrite
             log.warning(w)
         labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
         if probs is not None:
-            tmp = out_dir / f".partial-{case.case_id}.npz"
-            np.savez_compressed(tmp, probabilities=probs,
-                                label_values=np.asarray(plan.label_values))
-            tmp.replace(out_dir / f"{case.case_id}.npz")
+            write_atomic(out_dir / f"{case.case_id}.npz", lambda tmp, p=probs: np.savez_compressed(
+                tmp, probabilities=p, label_values=np.asarray(plan.label_values)))
         write_image(labels, loaded.geometry, dest)
         report.written.append(case.case_id)
     return report

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import numpy as np
 import SimpleITK as sitk
 
+from autoseg._atomic import write_atomic
 from autoseg.errors import ImageReadError
 
 #: File endings SimpleITK reads for us, longest first so that ``.nii.gz`` wins over ``.gz``.
@@ -264,16 +265,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
     Returns:
         The destination path.
     """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     geometry.apply_to(img)
-    tmp = dest.with_name(f".partial-{os.getpid()}-{dest.name}")
-    try:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return write_atomic(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True))

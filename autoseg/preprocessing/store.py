@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autoseg._atomic import write_atomic
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.case import PreprocessedCase
 from autoseg.workspace import write_json_atomic
@@ -47,10 +47,11 @@ def store_key(plan: Plan, config: Configuration) -> str:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to other names
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+    write_atomic(path, write)
 
 
 class PreprocessedStore:

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from autoseg._atomic import write_atomic
+
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one epoch's record as a JSON line (flushed, so a killed run keeps what it logged)."""
@@ -55,7 +57,7 @@ def plot_progress(records: list[dict[str, Any]], path: Path) -> None:
     ax3.set_ylabel("learning rate")
     ax3.set_xlabel("epoch")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".partial-{Path(path).name}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    finally:
+        plt.close(fig)

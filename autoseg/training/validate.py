@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg._atomic import write_atomic
 from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
 from autoseg.inference.export import (
     classes_to_values,
@@ -59,9 +60,9 @@ def validate_fold(network: torch.nn.Module, plan: Plan, config: Configuration,
             # one resampling of the logits serves both: labels from the float32 probabilities
             prob = probabilities_on_source_grid(logits, case.properties, plan)
             labels = classes_to_values(prob.argmax(0), plan)
-            tmp = out_dir / f".partial-{cid}.npz"
-            np.savez_compressed(tmp, probabilities=prob.astype(np.float16))
-            tmp.replace(out_dir / f"{cid}.npz")
+            half = prob.astype(np.float16)
+            write_atomic(out_dir / f"{cid}.npz",
+                         lambda tmp, p=half: np.savez_compressed(tmp, probabilities=p))
         else:
             labels = logits_to_labels(logits, case.properties, plan)
         geometry = Geometry.from_dict(case.properties["geometry"])
