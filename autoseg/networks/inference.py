@@ -7,8 +7,8 @@ forward pass in eval mode is small (conv - instance norm - leaky ReLU blocks, tr
 upsampling, skip concatenation), so prediction builds it here with the same module names as
 ``DynUNet``, and a training checkpoint loads into it strictly (DynUNet's ``skip_layers.*`` keys
 are aliases of the same tensors and ``deep_supervision_heads.*`` are training-only; both are
-dropped). ``tests/networks/test_inference_unet.py`` checks equal outputs to ``DynUNet`` for 3D, 2D,
-2.5D and anisotropic plans.
+dropped). ``TestInferenceUNet`` in ``tests/networks/test_unet.py`` checks bit-equal outputs to
+``DynUNet`` for 3D, 2D, 2.5D and anisotropic plans.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ __all__ = ["InferenceUNet", "build_inference_network"]
 #: State-dict prefixes of a ``DynUNet`` checkpoint that the inference network has no use for.
 _TRAINING_ONLY = ("skip_layers.", "deep_supervision_heads.")
 _SLOPE = 0.01
+#: Convolution, transposed convolution and instance norm per number of spatial dimensions.
+_LAYERS = {3: (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d),
+           2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d)}
 
 
 class _Wrapped(nn.Module):
@@ -46,8 +49,7 @@ class _Block(nn.Module):
     def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]
                  ) -> None:
         super().__init__()
-        conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        norm = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
+        conv, _, norm = _LAYERS[dims]
         ones = (1,) * dims
         self.conv1 = _Wrapped(conv(cin, cout, tuple(kernel), tuple(stride),
                                    padding=conv_padding(kernel, stride), bias=False))
@@ -67,7 +69,7 @@ class _Up(nn.Module):
     def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]
                  ) -> None:
         super().__init__()
-        conv_t = nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
+        conv_t = _LAYERS[dims][1]
         self.transp_conv = _Wrapped(conv_t(cin, cout, tuple(stride), tuple(stride), bias=False))
         self.conv_block = _Block(dims, 2 * cout, cout, kernel, (1,) * dims)
 
@@ -94,7 +96,7 @@ class InferenceUNet(nn.Module):
         self.bottleneck = _Block(dims, features[-2], features[-1], kernels[-1], strides[-1])
         self.upsamples = nn.ModuleList(
             _Up(dims, features[i], features[i - 1], kernels[i], strides[i]) for i in range(n - 1, 0, -1))
-        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        conv = _LAYERS[dims][0]
         # DynUNet's UnetOutBlock wraps a Convolution: two levels of ``.conv``.
         self.output_block = _Wrapped(_Wrapped(conv(features[0], n_classes, 1, bias=True)))
 
