@@ -31,6 +31,19 @@ def _init_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
+def _context() -> mp.context.BaseContext:
+    """How to start workers: ``fork`` (cheapest) unless this process has loaded torch.
+
+    A process that has run torch holds an OpenMP thread pool, and a child forked from it hangs at
+    its first parallel torch operation (GNU OpenMP is not fork-safe): evaluating after training
+    in one Python process did. ``forkserver`` children start from a clean server process instead
+    (costing an import of the worker's module each).
+    """
+    if not sys.platform.startswith("linux"):
+        return mp.get_context("spawn")
+    return mp.get_context("forkserver" if "torch" in sys.modules else "fork")
+
+
 def parallel_map(fn: Callable[[T], R], items: Sequence[T] | Iterable[T], *, workers: int,
                  desc: str, unit: str = "case") -> list[R]:
     """``[fn(x) for x in items]`` over ``workers`` processes, with a progress bar on stderr.
@@ -49,8 +62,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T] | Iterable[T], *, work
                 out.append(fn(x))
                 bar.update()
             return out
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx,
+        with ProcessPoolExecutor(min(workers, len(items)), mp_context=_context(),
                                  initializer=_init_worker) as pool:
             chunk = max(1, len(items) // (workers * 8))
             out = []

@@ -132,7 +132,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                      configurations=args.configurations, folds=args.folds, device=device,
                      precision=args.precision, step=args.step, tta=not args.no_tta,
                      overwrite=args.overwrite, save_probabilities=args.save_probabilities,
-                     checkpoint=args.checkpoint, backend=args.backend)
+                     checkpoint=args.checkpoint, backend=args.backend,
+                     postprocess=not args.no_postprocessing)
     log.info("%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",
              len(report.written), len(report.skipped), len(report.failed), args.output)
     if report.failed:
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="redo existing outputs")
     pr.add_argument("--save-probabilities", action="store_true",
                     help="also write CASE.npz with softmax probabilities (float16)")
+    pr.add_argument("--no-postprocessing", action="store_true",
+                    help="write the raw label maps (default: apply find-best's post-processing, "
+                    "or the model's own)")
     pr.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
     pr.add_argument("--backend", choices=["torch", "onnx", "tensorrt"], default="torch",
                     help="run the exported networks (autoseg export) with onnxruntime or TensorRT")

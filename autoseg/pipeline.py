@@ -173,11 +173,14 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
             configurations: list[str] | None, folds: list[str] | None, device: str,
             precision: str = "auto", step: float = 0.5, tta: bool = True,
             overwrite: bool = False, save_probabilities: bool = False,
-            checkpoint: str = "final", backend: str = "torch") -> PredictReport:
+            checkpoint: str = "final", backend: str = "torch", postprocess: bool = True
+            ) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
     Without ``dataset``, the work folder must hold exactly one planned dataset. Without
-    ``configurations``, find-best's choice is used, else the only trained configuration.
+    ``configurations``, find-best's choice is used (its configurations, folds and
+    post-processing), else the only trained configuration. ``folds`` overrides the folds of
+    whichever configurations are used. ``postprocess=False`` writes the raw label maps.
     """
     import torch
 
@@ -200,10 +203,12 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
     else:
         choice, pp = default_models(ds_dir)
     dev = torch.device(device)
-    models = [load_model(ds_dir / "models" / c, folds=f or folds, checkpoint=checkpoint,
+    models = [load_model(ds_dir / "models" / c, folds=folds or f, checkpoint=checkpoint,
                          device=dev, backend=backend) for c, f in choice]
     if pp is None and len(models) == 1:
         pp = models[0].postprocessing
+    if not postprocess:
+        pp = None
     log.info("predicting with %s (folds %s) on %s", ", ".join(m.config.name for m in models),
              ", ".join(",".join(m.folds) for m in models), dev)
     amp = amp_dtype_for(precision, dev) if backend == "torch" else None

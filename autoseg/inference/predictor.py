@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg._atomic import write_atomic
-from autoseg.errors import DatasetError
+from autoseg.errors import CheckpointError, DatasetError
 from autoseg.inference.export import (
     classes_to_values,
     logits_to_labels,
@@ -57,15 +57,20 @@ class Predictor:
     def __init__(self, models: list[TrainedModel], *, device: torch.device,
                  amp_dtype: torch.dtype | None, step: float = 0.5, tta: bool = True,
                  postprocessing: dict[str, Any] | None = None) -> None:
+        if not models:
+            msg = "no model to predict with; train a configuration first"
+            raise CheckpointError(msg)
         self.models, self.device, self.amp_dtype = models, device, amp_dtype
         self.step, self.tta = step, tta
         self.plan = models[0].plan
         self.postprocessing = postprocessing
 
+    @torch.inference_mode()
     def _logits(self, model: TrainedModel, data: torch.Tensor) -> torch.Tensor:
-        """Mean logits over the model's folds; on a CUDA out-of-memory error the blending moves
-        to the CPU and the case is tried again."""
-        total = None
+        """Mean logits over the model's folds, summed in place on the CPU: memory is one fold's
+        logits plus the sum, whatever the number of folds. On a CUDA out-of-memory error the
+        blending moves to the CPU and the fold is tried again."""
+        total: torch.Tensor | None = None
         for net in model.networks:
             kw = {"config": model.config, "step": self.step, "tta": self.tta,
                   "device": self.device, "amp_dtype": self.amp_dtype}
@@ -76,39 +81,58 @@ class Predictor:
                 log.warning("CUDA out of memory: retrying with the output on the CPU")
                 out = predict_logits(net, data, output_device="cpu", **kw)
             out = out.to("cpu")
-            total = out if total is None else total.add_(out)
-        assert total is not None
-        return total / len(model.networks)
+            if total is None:
+                total = out
+            else:
+                total += out
+            del out
+        if total is None:
+            msg = f"{model.model_dir}: no fold network loaded"
+            raise CheckpointError(msg)
+        return total.div_(len(model.networks))
 
+    @torch.inference_mode()
     def predict(self, case: LoadedCase, *, with_probabilities: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Label map (label values, source grid) and, if asked, probabilities (float16)."""
-        probs_sum = None
-        labels = None
-        for model in self.models:
+        """Label map (label values, source grid) and, if asked, probabilities (float16).
+
+        Folds are averaged as logits (as nnU-Net does), configurations as probabilities on the
+        source grid (each configuration has its own grid); both sums are kept in place, so an
+        ensemble needs the memory of one member plus the sum.
+        """
+        if len(self.models) == 1 and not with_probabilities:
+            model = self.models[0]
+            logits, props = self._network_logits(model, case)
             t0 = time.perf_counter()
-            pre = preprocess_arrays(case.data, None, case.geometry.spacing, model.plan,
-                                    model.config, case_id=case.case_id)
-            t1 = time.perf_counter()
-            logits = self._logits(model, torch.from_numpy(pre.data))
-            t2 = time.perf_counter()
-            log.debug("%s %s: preprocess %.2f s, network %.2f s", case.case_id, model.config.name,
-                      t1 - t0, t2 - t1)
-            if len(self.models) == 1 and not with_probabilities:
-                labels = logits_to_labels(logits, pre.properties, model.plan)
-                log.debug("%s: back to the source grid %.2f s", case.case_id,
-                          time.perf_counter() - t2)
-                break
-            p = probabilities_on_source_grid(logits, pre.properties, model.plan)
-            probs_sum = p if probs_sum is None else probs_sum + p
-        probs = None
-        if probs_sum is not None:
-            probs = probs_sum / len(self.models)
-            if labels is None:
-                labels = classes_to_values(probs.argmax(0), self.plan)
-            probs = probs.astype(np.float16)
-        assert labels is not None
-        return self._postprocess(labels), probs
+            labels = logits_to_labels(logits, props, model.plan)
+            log.debug("%s: back to the source grid %.2f s", case.case_id, time.perf_counter() - t0)
+            return self._postprocess(labels), None
+        probs: np.ndarray = np.empty(0)
+        for i, model in enumerate(self.models):
+            logits, props = self._network_logits(model, case)
+            p = probabilities_on_source_grid(logits, props, model.plan)
+            del logits
+            if i == 0:
+                probs = p
+            else:
+                probs += p
+            del p
+        probs /= len(self.models)
+        labels = classes_to_values(probs.argmax(0), self.plan)
+        return self._postprocess(labels), probs.astype(np.float16) if with_probabilities else None
+
+    def _network_logits(self, model: TrainedModel, case: LoadedCase
+                        ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``case`` preprocessed for ``model``'s configuration: its fold-mean logits and its
+        preprocessing properties (crop, transpose: what the way back to the source grid needs)."""
+        t0 = time.perf_counter()
+        pre = preprocess_arrays(case.data, None, case.geometry.spacing, model.plan,
+                                model.config, case_id=case.case_id)
+        t1 = time.perf_counter()
+        logits = self._logits(model, torch.from_numpy(pre.data))
+        log.debug("%s %s: preprocess %.2f s, network %.2f s", case.case_id, model.config.name,
+                  t1 - t0, time.perf_counter() - t1)
+        return logits, pre.properties
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
         pp = self.postprocessing
@@ -131,7 +155,8 @@ def predict_path(source: Path, out_dir: Path, predictor: Predictor, *, overwrite
     """Predict every case under ``source`` into ``out_dir/CASE.nii.gz``.
 
     A case that cannot be read is reported and skipped; the others are still predicted.
-    Existing outputs are kept unless ``overwrite``.
+    A case is done, and skipped unless ``overwrite``, only when every requested output exists
+    (the label map, and ``CASE.npz`` with ``save_probabilities``).
     """
     plan = predictor.plan
     cases, problems = find_cases(source, n_channels=len(plan.channel_names))
@@ -142,7 +167,8 @@ def predict_path(source: Path, out_dir: Path, predictor: Predictor, *, overwrite
     out_dir.mkdir(parents=True, exist_ok=True)
     for case in tqdm(cases, desc="Predicting", unit="case", disable=None):
         dest = out_dir / f"{case.case_id}.nii.gz"
-        if dest.exists() and not overwrite:
+        outputs = [dest, out_dir / f"{case.case_id}.npz"] if save_probabilities else [dest]
+        if not overwrite and all(o.exists() for o in outputs):
             report.skipped.append(case.case_id)
             continue
         try:
