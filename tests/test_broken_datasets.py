@@ -459,17 +459,76 @@ def test_float32_label_holding_integers_is_accepted(msd: Path, tmp_path: Path,
     assert fp["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
 
 
-def test_origin_mismatch_is_a_warning(msd: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    arr, ref = _read(_label(msd))
-    shifted = tuple(o + 5.0 for o in ref.GetOrigin())
-    _write(arr, _label(msd), ref, origin=shifted)
+def _shifted(img: sitk.Image, mm: float) -> sitk.Image:
+    img.SetOrigin(tuple(o + mm for o in img.GetOrigin()))
+    return img
+
+
+def _rotated(img: sitk.Image, degrees: float) -> sitk.Image:
+    a = np.deg2rad(degrees)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    img.SetDirection(tuple((rot @ np.reshape(img.GetDirection(), (3, 3))).ravel()))
+    return img
+
+
+def _respaced(img: sitk.Image, factor: float) -> sitk.Image:
+    img.SetSpacing(tuple(s * factor for s in img.GetSpacing()))
+    return img
+
+
+def _cropped(img: sitk.Image, _: float) -> sitk.Image:
+    return img[:, :, 1:]  # drops one slice; the origin moves with it: a sub-box of the grid
+
+
+MISALIGNED = {
+    "shifted_5mm": (_shifted, 5.0),
+    "shifted_a_third_voxel": (_shifted, 0.3),
+    "rotated_10deg": (_rotated, 10.0),
+    "rotated_half_deg": (_rotated, 0.5),
+    "other_spacing": (_respaced, 1.01),
+    "cropped": (_cropped, 0.0),
+}
+
+
+@pytest.mark.parametrize("change", list(MISALIGNED.values()), ids=list(MISALIGNED))
+def test_label_on_another_grid_is_refused(msd: Path, tmp_path: Path, change,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A label that does not lie on its image's grid would be trained on misaligned: refused,
+    naming both files."""
+    fn, amount = change
+    img = sitk.ReadImage(str(_label(msd)))
+    sitk.WriteImage(fn(img, amount), str(_label(msd)), useCompression=True)
+    _assert_rejected(msd, tmp_path / "work", (_rel(_label(msd)), _rel(_image(msd))), capsys)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAI", "SAR", "PIL", "ASR"])
+@pytest.mark.parametrize("what", ["label", "channel"])
+def test_flipped_or_permuted_file_is_reoriented_exactly(nnunet: Path, tmp_path: Path, what: str,
+                                                        orientation: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same grid stored in another axis order or direction: reoriented without interpolation,
+    so the fingerprint and the preprocessed label equal those of the intact dataset."""
+    from autoseg.io.case import load_case
+    from autoseg.io.dataset import load_dataset
+
+    intact = load_dataset(nnunet)
+    before = {c.case_id: load_case(c, intact) for c in intact.cases}
+    path = (nnunet / "labelsTr" / f"{VICTIM}{NII}" if what == "label"
+            else nnunet / "imagesTr" / f"{VICTIM}_0001{NII}")
+    img = sitk.ReadImage(str(path))
+    turned = sitk.DICOMOrient(img, orientation)
+    assert sitk.GetArrayFromImage(turned).shape != sitk.GetArrayFromImage(img).shape or (
+        turned.GetDirection() != img.GetDirection())
+    sitk.WriteImage(turned, str(path), useCompression=True)
     work = tmp_path / "work"
-    rc, err = _run("verify", msd, work, capsys)
+    rc, err = _run("verify", nnunet, work, capsys)
     assert rc == 0, err
-    assert _rel(_label(msd)) in err
-    assert "origin/direction differ" in err
-    assert not any(work.rglob("*"))
+    assert f"{path.parent.name}/{path.name}" in err
+    assert "reoriented exactly" in err
+    after = load_case(next(c for c in intact.cases if c.case_id == VICTIM), intact)
+    np.testing.assert_array_equal(after.data, before[VICTIM].data)
+    np.testing.assert_array_equal(after.label, before[VICTIM].label)
+    assert after.geometry == before[VICTIM].geometry
 
 
 def test_empty_label_is_a_warning(msd: Path, tmp_path: Path,

@@ -2,7 +2,9 @@
 
 Files pair by case name (``CASE.nii.gz``, ``CASE.nrrd``, ``CASE.mha``, … in either folder). Every
 problem (a reference without a prediction, another shape or spacing, an unreadable file) is
-collected and raised together, before anything is written. The outputs, for ``out_json`` =
+collected and raised together, before anything is written. A prediction stored with its axes
+flipped or permuted on the reference grid is reoriented exactly; one on another grid (shifted,
+rotated, resampled) is refused. The outputs, for ``out_json`` =
 ``DIR/summary.json``:
 
 - ``DIR/summary.json``: ``{"per_case": [...], "per_label": {label: {metric: mean}},
@@ -37,7 +39,8 @@ from autoseg.evaluation.metrics import (
     nan_to_none,
     nanmean,
 )
-from autoseg.io.image import has_image_ending, read_image, strip_ending
+from autoseg.io.align import find_reorientation
+from autoseg.io.image import Geometry, has_image_ending, read_image, strip_ending
 from autoseg.workspace import write_json_atomic
 
 #: Largest spacing difference (mm, per axis) between a prediction and its reference.
@@ -63,8 +66,9 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_json: Path, *, labels: l
 
     Raises:
         DatasetError: a folder is missing or holds no reference, references lack predictions,
-            a pair differs in shape or spacing, a file cannot be read, or no label is left to
-            score; every problem is listed and nothing is written.
+            a prediction is not on its reference's grid (flipped or permuted axes are fine),
+            a file cannot be read, or no label is left to score; every problem is listed and
+            nothing is written.
         ValueError: ``labels`` is empty or ``tolerance_mm`` negative.
     """
     pred_dir, ref_dir, out_json = Path(pred_dir), Path(ref_dir), Path(out_json)
@@ -156,16 +160,19 @@ def _pair_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     return [(c, preds[c], refs[c]) for c in refs]
 
 
-def _header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Shape and spacing of an image file in array order, from its header only."""
+def _header(path: Path) -> tuple[tuple[int, ...], Geometry]:
+    """Shape (array order) and geometry of an image file, from its header only."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
+    geometry = Geometry(tuple(reversed(reader.GetSpacing())), reader.GetOrigin(),
+                        reader.GetDirection())
+    return tuple(reversed(reader.GetSize())), geometry
 
 
 def _check_pair(pred: Path, ref: Path) -> list[str]:
-    """Problems of one pair found from the headers: unreadable, other shape or spacing."""
+    """Problems of one pair found from the headers: unreadable, or not on the reference grid (a
+    prediction stored with axes flipped or permuted on that grid is fine: it is reoriented)."""
     headers = {}
     problems = []
     for f in (pred, ref):
@@ -176,25 +183,27 @@ def _check_pair(pred: Path, ref: Path) -> list[str]:
             problems.append(f"{f}: cannot be read as an image ({first})")
     if problems:
         return problems
-    (p_shape, p_sp), (r_shape, r_sp) = headers[pred], headers[ref]
+    (p_shape, p_geo), (r_shape, r_geo) = headers[pred], headers[ref]
     if len(r_shape) not in (2, 3):
         return [f"{ref}: has {len(r_shape)} dimensions; expected a 3D label map"]
+    if len(r_shape) == 3 and find_reorientation(p_geo, p_shape, r_geo, r_shape) is not None:
+        return []
     if p_shape != r_shape:
         return [f"{pred} has shape {p_shape} (z, y, x) but its reference {ref} has {r_shape}; "
                 "write the prediction on the reference grid"]
-    if not np.allclose(p_sp, r_sp, rtol=0, atol=SPACING_ATOL_MM):
-        p_txt, r_txt = (tuple(round(s, 6) for s in sp) for sp in (p_sp, r_sp))
+    if not np.allclose(p_geo.spacing, r_geo.spacing, rtol=0, atol=SPACING_ATOL_MM):
+        p_txt, r_txt = (tuple(round(s, 6) for s in g.spacing) for g in (p_geo, r_geo))
         return [f"{pred} has spacing {p_txt} mm (z, y, x) but its reference {ref} has {r_txt}; "
                 "write the prediction on the reference grid"]
+    if len(r_shape) == 3:
+        return [f"{pred}: origin/direction differ from its reference {ref} by more than a flip or "
+                "axis permutation, so the two do not overlay; write the prediction on the "
+                "reference grid"]
     return []
 
 
 def _as_labels(arr: np.ndarray) -> np.ndarray:
     return arr if np.issubdtype(arr.dtype, np.integer) else np.rint(arr).astype(np.int32)
-
-
-def _read_labels(path: Path) -> np.ndarray:
-    return _as_labels(read_image(path).array)
 
 
 def _present_labels(arr: np.ndarray) -> set[int]:
@@ -207,10 +216,14 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...] | None, float]) -> dict[s
     the caller fills in the labels absent from both."""
     pred_path, ref_path, labels, tolerance_mm = job
     try:
-        ref_img = read_image(ref_path)
-        pred, ref = _read_labels(pred_path), _as_labels(ref_img.array)
+        ref_img, pred_img = read_image(ref_path), read_image(pred_path)
     except AutosegError as e:
         return {"error": str(e)}
+    ref, pred = _as_labels(ref_img.array), _as_labels(pred_img.array)
+    if ref.ndim == 3:
+        how = find_reorientation(pred_img.geometry, pred.shape, ref_img.geometry, ref.shape)
+        if how is not None:
+            pred = how.apply(pred)
     if pred.shape != ref.shape:  # the header check passed, so the file changed under us
         return {"error": f"{pred_path} has shape {pred.shape} but {ref_path} has {ref.shape}"}
     ref_labels = _present_labels(ref)

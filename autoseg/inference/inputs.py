@@ -9,25 +9,9 @@ from pathlib import Path
 
 from autoseg.errors import AutosegError
 from autoseg.io.dataset import Case
-from autoseg.io.image import has_image_ending, strip_ending
+from autoseg.io.image import has_image_ending, is_dicom_folder, strip_ending
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry ``DICM`` at byte 128."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def is_dicom_folder(folder: Path) -> bool:
-    """Whether a folder directly holds DICOM files."""
-    return folder.is_dir() and any(
-        _is_dicom_file(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def find_cases(source: Path, *, n_channels: int) -> tuple[list[Case], list[str]]:

@@ -1,8 +1,10 @@
 """Read one case (all channels + label) and check it, collecting every problem.
 
 This is where a file's *contents* are judged: dimension, geometry agreement between channels and
-label, NaN/inf, label values. The fingerprint, preprocessing and ``autoseg verify`` all read cases
-through :func:`load_case`, so a case is checked on every read at no extra I/O.
+label (a file stored flipped or with permuted axes on the same grid is reoriented exactly; one on
+another grid is refused), NaN/inf, label values. The fingerprint, preprocessing and
+``autoseg verify`` all read cases through :func:`load_case`, so a case is checked on every read
+at no extra I/O.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autoseg.errors import DatasetError, ImageReadError
+from autoseg.io.align import find_reorientation
 from autoseg.io.dataset import Case, Dataset
-from autoseg.io.image import Geometry, Image, read_image
+from autoseg.io.image import GRID_ATOL, SPACING_RTOL, Geometry, Image, read_image
 
 
 @dataclass
@@ -25,7 +28,8 @@ class LoadedCase:
         data: ``(C, Z, Y, X)`` float32 channels.
         label: ``(Z, Y, X)`` integer label map, or None for an unlabelled case.
         geometry: the first channel's geometry (all channels share its grid).
-        warnings: non-fatal findings (origin/direction mismatch, empty label), each naming a file.
+        warnings: non-fatal findings (a label or channel reoriented onto the image grid, an
+            empty label), each naming a file.
     """
 
     case_id: str
@@ -69,20 +73,33 @@ def _read_channels(case: Case, dataset: Dataset, problems: list[str]) -> list[Im
     return [i for i in images if i.array.ndim == 3]
 
 
-def _check_same_grid(ref: Image, other: Image, what: str, problems: list[str],
-                     warnings: list[str]) -> bool:
+def _onto_grid(ref: Image, other: Image, what: str, problems: list[str],
+               warnings: list[str]) -> np.ndarray | None:
+    """``other``'s array on ``ref``'s grid, or None (with a problem naming both files).
+
+    Stored with axes flipped or permuted, but on the same physical grid: reoriented exactly
+    (no interpolation), with a warning. Any other difference (shape, spacing, origin, direction)
+    means the two do not overlay, and the case is refused rather than used misaligned.
+    """
+    found = find_reorientation(other.geometry, other.array.shape, ref.geometry, ref.array.shape)
+    if found is not None:
+        if not found.is_identity:
+            warnings.append(f"{other.path}: {what} is stored {found.describe()} relative to "
+                            f"{ref.path}; reoriented exactly onto its grid")
+        return found.apply(other.array)
     if other.array.shape != ref.array.shape:
         problems.append(f"{other.path}: {what} shape {other.array.shape} differs from "
-                        f"{ref.path.name} {ref.array.shape}; resample one to the other's grid")
-        return False
-    if not np.allclose(other.geometry.spacing, ref.geometry.spacing, rtol=1e-3, atol=1e-4):
+                        f"{ref.path} {ref.array.shape}; resample one to the other's grid")
+    elif not np.allclose(other.geometry.spacing, ref.geometry.spacing, rtol=SPACING_RTOL,
+                         atol=GRID_ATOL):
         problems.append(f"{other.path}: {what} spacing {_fmt(other.geometry.spacing)} differs from "
-                        f"{ref.path.name} {_fmt(ref.geometry.spacing)}; resample one to the other")
-        return False
-    if not other.geometry.same_grid(ref.geometry):
-        warnings.append(f"{other.path}: {what} origin/direction differ from {ref.path.name}; "
-                        "the arrays are used as if they were aligned")
-    return True
+                        f"{ref.path} {_fmt(ref.geometry.spacing)}; resample one to the other")
+    else:
+        problems.append(f"{other.path}: {what} origin/direction differ from {ref.path} by more than "
+                        "a flip or axis permutation (origin "
+                        f"{_fmt(other.geometry.origin)} vs {_fmt(ref.geometry.origin)}), so the two "
+                        "do not overlay; resample it onto the image's grid")
+    return None
 
 
 def _fmt(v: tuple[float, ...]) -> str:
@@ -146,14 +163,14 @@ def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> Loade
     if problems:
         raise DatasetError(problems)
     ref = images[0]
-    for c, img in enumerate(images[1:], start=1):
-        _check_same_grid(ref, img, f"channel {c}", problems, warnings)
+    arrays = [ref.array] + [_onto_grid(ref, img, f"channel {c}", problems, warnings)
+                            for c, img in enumerate(images[1:], start=1)]
     data = None
     if not problems:
-        data = np.stack([i.array for i in images]).astype(np.float32, copy=False)
+        data = np.stack(arrays).astype(np.float32, copy=False)
         if not np.isfinite(data).all():
-            for img in images:
-                if not np.isfinite(img.array.astype(np.float32, copy=False)).all():
+            for img, arr in zip(images, arrays, strict=True):
+                if not np.isfinite(arr.astype(np.float32, copy=False)).all():
                     problems.append(f"{img.path}: image holds NaN or inf values; fix or remove "
                                     "the case")
     label = None
@@ -170,8 +187,11 @@ def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> Loade
                 if lab_img.array.ndim != 3:
                     problems.append(f"{case.label}: label map is {lab_img.array.ndim}D "
                                     f"(shape {lab_img.array.shape}); it must be 3D")
-                elif _check_same_grid(ref, lab_img, "label", problems, warnings):
-                    label = _check_label(lab_img, set(dataset.label_values), problems, warnings)
+                else:
+                    arr = _onto_grid(ref, lab_img, "label", problems, warnings)
+                    if arr is not None:
+                        label = _check_label(Image(arr, ref.geometry, lab_img.path),
+                                             set(dataset.label_values), problems, warnings)
     if problems or data is None:
         raise DatasetError(problems)
     return LoadedCase(case.case_id, data, label, ref.geometry, warnings)

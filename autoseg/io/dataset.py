@@ -4,7 +4,7 @@ nnU-Net v2 raw::
 
     dataset.json   {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
                     "numTraining": N, "file_ending": ".nii.gz", ["dataset": {...}]}
-    imagesTr/CASE_0000.nii.gz, CASE_0001.nii.gz, …
+    imagesTr/CASE_0000.nii.gz, CASE_0001.nii.gz, …   (or CASE_0000/: a DICOM series folder)
     labelsTr/CASE.nii.gz
 
 Medical Segmentation Decathlon (MSD)::
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoseg.errors import DatasetError
-from autoseg.io.image import IMAGE_ENDINGS
+from autoseg.io.image import IMAGE_ENDINGS, is_dicom_folder
 
 Layout = Literal["nnunet", "msd"]
 
@@ -172,25 +172,41 @@ def _nnunet_cases(root: Path, data: dict[str, Any], n_channels: int, ending: str
             problems.append(f"{d}: folder not found; nnU-Net layout needs imagesTr/ and labelsTr/")
     if problems:
         return []
-    found: dict[str, set[int]] = {}
+    found: dict[str, dict[int, Path]] = {}
     for f in sorted(images_dir.iterdir()):
-        if f.name.startswith(".") or not f.name.endswith(ending):
+        if f.name.startswith("."):
             continue
-        m = _CHANNEL_RE.match(f.name[: -len(ending)])
+        if f.is_dir():  # a DICOM series folder stands for a file: imagesTr/CASE_0000/
+            if not is_dicom_folder(f):
+                continue
+            stem = f.name
+        elif f.name.endswith(ending):
+            stem = f.name[: -len(ending)]
+        else:
+            continue
+        m = _CHANNEL_RE.match(stem)
         if m is None:
-            problems.append(f"{f}: image name lacks the channel suffix; name it CASE_0000{ending}")
+            what = "DICOM series folder" if f.is_dir() else "image"
+            problems.append(f"{f}: {what} name lacks the channel suffix; name it CASE_0000"
+                            f"{'' if f.is_dir() else ending}")
             continue
-        found.setdefault(m["case"], set()).add(int(m["ch"]))
+        channels = found.setdefault(m["case"], {})
+        ch = int(m["ch"])
+        if ch in channels:
+            problems.append(f"{f}: channel {ch} of case {m['case']} is also {channels[ch]}; "
+                            "keep one of them")
+            continue
+        channels[ch] = f
     label_ids = {f.name[: -len(ending)] for f in labels_dir.iterdir()
                  if f.name.endswith(ending) and not f.name.startswith(".")}
     patients = data.get("patients") if isinstance(data.get("patients"), dict) else {}
     cases = []
     for cid in sorted(found | dict.fromkeys(label_ids)):
-        chans = found.get(cid, set())
+        chans = found.get(cid, {})
         if extra := sorted(c for c in chans if c >= n_channels):
-            problems.append(f"{images_dir / f'{cid}_{extra[0]:04d}{ending}'}: channel {extra[0]} "
+            problems.append(f"{chans[extra[0]]}: channel {extra[0]} "
                             f"but dataset.json declares {n_channels} channel(s)")
-        imgs = tuple(images_dir / f"{cid}_{c:04d}{ending}" for c in range(n_channels))
+        imgs = tuple(chans.get(c, images_dir / f"{cid}_{c:04d}{ending}") for c in range(n_channels))
         cases.append(Case(cid, imgs, labels_dir / f"{cid}{ending}", patients.get(cid)))
     return cases
 

@@ -28,6 +28,11 @@ from autoseg.errors import ImageReadError
 IMAGE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl")
 
 
+#: Default tolerances of :meth:`Geometry.same_grid`: spacing relative, origin (mm) and direction
+#: cosines absolute.
+SPACING_RTOL, GRID_ATOL = 1e-3, 1e-3
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where an image's voxels lie in physical space.
@@ -42,12 +47,17 @@ class Geometry:
     origin: tuple[float, ...]
     direction: tuple[float, ...]
 
-    def same_grid(self, other: Geometry, *, rtol: float = 1e-4, atol: float = 1e-3) -> bool:
-        """Whether two geometries place voxels at the same physical points (within tolerance)."""
+    def same_grid(self, other: Geometry, *, rtol: float = SPACING_RTOL, atol: float = GRID_ATOL
+                  ) -> bool:
+        """Whether two geometries place voxels at the same physical points.
+
+        Spacing may differ by ``rtol`` (relative) plus ``atol`` mm, origin by ``atol`` mm and the
+        direction cosines by ``atol``; the defaults are what datasets are checked with.
+        """
         return (
             np.allclose(self.spacing, other.spacing, rtol=rtol, atol=atol)
-            and np.allclose(self.origin, other.origin, rtol=rtol, atol=atol)
-            and np.allclose(self.direction, other.direction, rtol=rtol, atol=atol)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=atol)
+            and np.allclose(self.direction, other.direction, rtol=0, atol=atol)
         )
 
     def to_dict(self) -> dict[str, list[float]]:
@@ -112,6 +122,22 @@ def strip_ending(name: str, endings: tuple[str, ...] = IMAGE_ENDINGS) -> str:
         if lower.endswith(e):
             return name[: -len(e)]
     return Path(name).stem
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """DICOM Part 10 files carry ``DICM`` at byte 128."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_folder(folder: Path) -> bool:
+    """Whether a folder directly holds DICOM files."""
+    return folder.is_dir() and any(
+        _is_dicom_file(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def check_gzip_stream(path: Path) -> None:

@@ -52,8 +52,8 @@ def make_single_case_dataset(image: Path, label: Path, dest: Path, *,
     label set (e.g. 42 of 117 values) is kept as it is: autoseg needs no consecutive values.
 
     Args:
-        image: the scan.
-        label: its label map on the same grid.
+        image: the scan: a NIfTI file, or a DICOM series folder (copied as ``CASE_0000/``).
+        label: its label map on the same grid (its axes may be stored flipped or permuted).
         dest: the dataset folder to create (must not exist).
 
     Returns:
@@ -62,7 +62,10 @@ def make_single_case_dataset(image: Path, label: Path, dest: Path, *,
     values = sorted(int(v) for v in np.unique(read_image(label).array))
     (dest / "imagesTr").mkdir(parents=True)
     (dest / "labelsTr").mkdir()
-    shutil.copy(image, dest / "imagesTr" / f"{case_id}_0000.nii.gz")
+    if image.is_dir():  # a DICOM series: the folder stands for the channel file
+        shutil.copytree(image, dest / "imagesTr" / f"{case_id}_0000")
+    else:
+        shutil.copy(image, dest / "imagesTr" / f"{case_id}_0000.nii.gz")
     shutil.copy(label, dest / "labelsTr" / f"{case_id}.nii.gz")
     labels = {"background" if v == 0 else f"label_{v}": v for v in values}
     meta = {"channel_names": {"0": channel_name}, "labels": labels, "numTraining": 1,

@@ -118,9 +118,14 @@ def plan_configuration(name: str, kind: ConfigKind, spacing: Sequence[float],
 
 
 def _lowres(fp: Fingerprint, fullres: Configuration, forward: Sequence[int], *,
-            n_classes: int, gpu_memory_gb: float) -> Configuration | None:
-    """A coarser 3D stage whose patch covers at least a quarter of the median image, or None."""
+            n_classes: int, gpu_memory_gb: float) -> tuple[Configuration | None, str]:
+    """A coarser 3D stage whose patch covers at least a quarter of the median image, or None;
+    and the plan note that says why (each of the two rules can decide)."""
     full_voxels = float(np.prod(fullres.median_shape))
+    coverage = float(np.prod(fullres.patch_size) / full_voxels)
+    if coverage >= LOWRES_COVERAGE:
+        return None, (f"no 3d_lowres: the full-resolution patch covers {min(coverage, 1):.0%} of "
+                      f"the median image (>= {LOWRES_COVERAGE:.0%})")
     spacing = np.asarray(fullres.spacing, dtype=np.float64)
     for _ in range(200):
         coarsest = spacing.max()
@@ -131,9 +136,15 @@ def _lowres(fp: Fingerprint, fullres: Configuration, forward: Sequence[int], *,
                                  n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
         if np.prod(cfg.patch_size) / np.prod(shape) >= LOWRES_COVERAGE:
             break
-    if full_voxels / float(np.prod(cfg.median_shape)) < LOWRES_MIN_REDUCTION:
-        return None
-    return cfg
+    reduction = full_voxels / float(np.prod(cfg.median_shape))
+    if reduction < LOWRES_MIN_REDUCTION:
+        return None, (f"no 3d_lowres: the full-resolution patch covers only {coverage:.0%} of the "
+                      f"median image, but a stage coarse enough for its patch to cover "
+                      f"{LOWRES_COVERAGE:.0%} would have only {reduction:.2f}x fewer voxels "
+                      f"(< {LOWRES_MIN_REDUCTION:g}x): too close to full resolution to help")
+    return cfg, (f"3d_lowres + cascade: the full-resolution patch covers {coverage:.0%} of the "
+                 f"median image (< {LOWRES_COVERAGE:.0%}); the low-resolution stage has "
+                 f"{reduction:.1f}x fewer voxels")
 
 
 def _normalization(fp: Fingerprint) -> tuple[Normalization, ...]:
@@ -175,22 +186,16 @@ def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = F
     if not is_2d_data:
         full = plan_configuration("3d_fullres", "3d", spacing, shape, n_cases=n,
                                   n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
-        coverage = float(np.prod(full.patch_size) / np.prod(shape))
-        low = None
-        if coverage < LOWRES_COVERAGE:
-            low = _lowres(fp, full, forward, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        low, note = _lowres(fp, full, forward, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        notes.append(note)
         if low is not None:
             full = _replace(full, batch_dice=True, previous_stage=None)
             configs["3d_fullres"] = full
             configs["3d_lowres"] = _replace(low, next_stage="3d_cascade_fullres")
             configs["3d_cascade_fullres"] = _replace(full, name="3d_cascade_fullres",
                                                      previous_stage="3d_lowres")
-            notes.append(f"3d_lowres + cascade: the full-resolution patch covers {coverage:.0%} "
-                         f"of the median image (< {LOWRES_COVERAGE:.0%})")
         else:
             configs["3d_fullres"] = full
-            notes.append(f"no 3d_lowres: the full-resolution patch covers {min(coverage, 1):.0%} "
-                         "of the median image")
     configs["2d"] = plan_configuration("2d", "2d", spacing, shape, n_cases=n,
                                        n_classes=n_classes, gpu_memory_gb=gpu_memory_gb,
                                        batch_dice=True)

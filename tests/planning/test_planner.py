@@ -490,3 +490,22 @@ class TestPlanProperties:
         assert set(plan.configurations) == {"2d"}
         assert plan.configuration("2d").patch_size == (256, 256)
 
+
+
+class TestLowresNote:
+    """The note on 3d_lowres names the rule that decided: patch coverage or voxel reduction."""
+
+    @pytest.mark.parametrize(("edge", "kept", "words"), [
+        (180, False, "covers 36% of the median image (>= 25%)"),
+        (220, False, "covers only 20% of the median image, but a stage coarse enough for its patch "
+                     "to cover 25% would have only 1.31x fewer voxels (< 2x)"),
+        (240, False, "would have only 1.70x fewer voxels (< 2x)"),
+        (300, True, "covers 8% of the median image (< 25%); the low-resolution stage has 3.5x "
+                    "fewer voxels"),
+    ], ids=["coverage", "reduction_1.3", "reduction_1.7", "kept"])
+    def test_note_names_the_deciding_rule(self, edge, kept, words):
+        plan = make_plan(make_fp((edge,) * 3, (1.0, 1.0, 1.0), 20))
+        (note,) = [n for n in plan.notes if "3d_lowres" in n]
+        assert words in note
+        assert ("3d_lowres" in plan.configurations) is kept
+        assert note.startswith("3d_lowres + cascade" if kept else "no 3d_lowres")
