@@ -38,6 +38,7 @@ from autoseg.inference.postprocess import (
     _raise_collected,
     determine_postprocessing,
 )
+from autoseg.io.align import read_onto
 from autoseg.io.dataset import load_dataset
 from autoseg.io.image import read_image, write_image
 from autoseg.planning.plan import Plan
@@ -184,14 +185,16 @@ def _score_case(job: _CaseJob) -> dict[str, Any]:
     """Dice of every configuration and pair on one case; writes the pairs' label maps."""
     fg = job.label_values[1:]
     try:
-        ref_img = read_image(job.reference)
-        ref = _as_labels(ref_img.array)
+        # every prediction is on the scan's grid (the first one's); the reference joins it
+        grid = read_image(job.label_maps[0][1])
+        ref = _as_labels(read_onto(job.reference, grid.geometry, grid.array.shape,
+                                   grid_of=str(grid.path)))
         single: dict[str, list[float]] = {}
         for name, path in job.label_maps:
-            img = read_image(path)
-            if img.array.shape != ref.shape:
-                msg = (f"{path}: shape {img.array.shape} differs from the reference "
-                       f"{job.reference} {ref.shape}; re-run the validation of this fold")
+            img = grid if path == grid.path else read_image(path)
+            if img.array.shape != grid.array.shape or not img.geometry.same_grid(grid.geometry):
+                msg = (f"{path}: not on the grid of {grid.path} (another prediction of the same "
+                       "case); re-run the validation of this fold")
                 raise CheckpointError(msg)
             single[name] = list(dice_per_label(img.array, ref, fg).values())
         probs = {name: _load_probabilities(p, len(job.label_values), ref.shape)
@@ -200,7 +203,7 @@ def _score_case(job: _CaseJob) -> dict[str, Any]:
         for a, b in job.pairs:
             labels = ensemble_labels([probs[a], probs[b]], job.label_values)
             out = job.ensembles_dir / pair_name(a, b) / f"{job.case_id}{_ENDING}"
-            write_image(labels, ref_img.geometry, out)
+            write_image(labels, grid.geometry, out)
             pairs[pair_name(a, b)] = list(dice_per_label(labels, ref, fg).values())
     except AutosegError as e:
         return {"error": (type(e).__name__, str(e))}

@@ -29,6 +29,7 @@ from autoseg import errors as errors_module
 from autoseg._parallel import parallel_map
 from autoseg.errors import AutosegError, CheckpointError
 from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
+from autoseg.io.align import read_onto
 from autoseg.io.image import read_image
 
 log = logging.getLogger(__name__)
@@ -174,10 +175,6 @@ def _as_labels(arr: np.ndarray) -> np.ndarray:
     return np.rint(arr).astype(np.int32) if arr.dtype.kind == "f" else arr
 
 
-def _read_labels(path: Path) -> np.ndarray:
-    return _as_labels(read_image(path).array)
-
-
 def _dice_vector(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> list[float]:
     return list(dice_per_label(pred, ref, labels).values())
 
@@ -195,13 +192,11 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...]]) -> dict[str, Any]:
     """
     pred_path, ref_path, labels = job
     try:
-        pred, ref = _read_labels(pred_path), _read_labels(ref_path)
+        pred_img = read_image(pred_path)
+        pred = _as_labels(pred_img.array)
+        ref = _as_labels(read_onto(ref_path, pred_img.geometry, pred.shape, grid_of=str(pred_path)))
     except AutosegError as e:
         return {"error": (type(e).__name__, str(e))}
-    if pred.shape != ref.shape:
-        return {"error": ("CheckpointError",
-                          f"{pred_path}: prediction shape {pred.shape} differs from the reference "
-                          f"{ref_path} shape {ref.shape}; re-run the validation")}
     base = _dice_vector(pred, ref, labels)
     fg_pred = _remove_small(pred, pred != 0) if pred.any() else None
     fg = base if fg_pred is None else _dice_vector(fg_pred, ref, labels)
@@ -252,7 +247,8 @@ def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labe
 
     Args:
         pred_files: predicted label maps, one per case.
-        ref_files: the reference label maps, in the same order and on the same grids.
+        ref_files: the reference label maps, in the same order, each on its prediction's grid
+            (stored flipped or with permuted axes is fine: reoriented exactly).
         labels: foreground label values to score (0 is ignored if given).
         workers: processes reading and scoring cases.
 
@@ -270,7 +266,7 @@ def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labe
     Raises:
         ValueError: the two lists differ in length, or are empty.
         ImageReadError: a prediction or reference file cannot be read.
-        CheckpointError: a prediction has another shape than its reference.
+        DatasetError: a reference does not lie on its prediction's grid.
     """
     if len(pred_files) != len(ref_files) or not pred_files:
         msg = (f"determine_postprocessing needs one reference per prediction and at least one "

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from autoseg.io.image import Geometry
+from autoseg.errors import DatasetError
+from autoseg.io.image import Geometry, read_image
 
 _AXIS_NAMES = ("z", "y", "x")
 
@@ -123,3 +125,29 @@ def reoriented_geometry(geometry: Geometry, shape: Sequence[int], how: Reorienta
     origin = np.asarray(geometry.origin, float) + d @ (sp_sitk * first)
     return Geometry(tuple(spacing), tuple(float(o) for o in origin),
                     tuple(float(v) for v in direction.ravel()))
+
+
+def read_onto(path: Path, geometry: Geometry, shape: Sequence[int], *, grid_of: str) -> np.ndarray:
+    """Read an image file (a reference label map, say) onto another image's voxel grid.
+
+    Args:
+        path: the file to read.
+        geometry: the grid to land on (e.g. that of a prediction on the scan's grid).
+        shape: that grid's array shape.
+        grid_of: what the grid belongs to, for the message (a file name).
+
+    Returns:
+        The file's array, reoriented exactly when stored flipped or permuted.
+
+    Raises:
+        ImageReadError: the file cannot be read.
+        DatasetError: the file does not lie on that grid.
+    """
+    img = read_image(path)
+    how = find_reorientation(img.geometry, img.array.shape, geometry, shape)
+    if how is None:
+        msg = (f"{path}: does not lie on the grid of {grid_of} (shape {tuple(img.array.shape)} vs "
+               f"{tuple(shape)}, or origin/direction/spacing differ by more than a flip or axis "
+               "permutation); resample it onto that grid")
+        raise DatasetError(msg)
+    return how.apply(img.array)

@@ -20,7 +20,8 @@ from autoseg.inference.export import (
     probabilities_on_source_grid,
 )
 from autoseg.inference.sliding_window import predict_logits
-from autoseg.io.image import Geometry, read_image, write_image
+from autoseg.io.align import read_onto
+from autoseg.io.image import Geometry, write_image
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.workspace import write_json_atomic
@@ -67,7 +68,8 @@ def validate_fold(network: torch.nn.Module, plan: Plan, config: Configuration,
             labels = logits_to_labels(logits, case.properties, plan)
         geometry = Geometry.from_dict(case.properties["geometry"])
         write_image(labels, geometry, out_dir / f"{cid}.nii.gz")
-        ref = np.rint(read_image(label_files[cid]).array).astype(np.int64)
+        ref = np.rint(read_onto(label_files[cid], geometry, labels.shape,
+                                grid_of=f"case {cid}'s image")).astype(np.int64)
         dice = dice_per_label(labels, ref, fg_values)
         per_case.append({"case_id": cid, "dice": {str(k): v for k, v in dice.items()}})
     summary = summarize(per_case, fg_values)

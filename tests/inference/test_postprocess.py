@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.errors import CheckpointError, ImageReadError
+from autoseg.errors import CheckpointError, DatasetError, ImageReadError
 from autoseg.inference.postprocess import (
     Postprocessing,
     apply_postprocessing,
@@ -184,7 +184,8 @@ class TestDeterminePostprocessing:
         other = write_image(np.zeros((4, 4, 4), np.uint8), GEOMETRY, tmp_path / "small.nii.gz")
         with pytest.raises(ValueError, match="one reference per prediction"):
             determine_postprocessing(ref, ref + ref, [1])
-        with pytest.raises(CheckpointError, match=r"prediction shape \(4, 4, 4\) differs"):
+        with pytest.raises(DatasetError, match=r"does not lie on the grid of .*small\.nii\.gz "
+                           r"\(shape \(\d+, \d+, \d+\) vs \(4, 4, 4\)"):
             determine_postprocessing([other], ref, [1])
         with pytest.raises(ImageReadError, match=r"missing\.nii\.gz: file not found"):
             determine_postprocessing([tmp_path / "missing.nii.gz"], ref, [1])
