@@ -65,3 +65,22 @@ def test_folder_without_dicom_files_is_not_an_image(ct_dataset: Path) -> None:
     ds = load_dataset(ct_dataset)
     with pytest.raises(DatasetError, match=r"ct_0000\.nii\.gz: image file of case ct not found"):
         load_case(ds.cases[0], ds)
+
+
+def test_msd_training_entry_may_name_a_dicom_folder(tmp_path: Path) -> None:
+    import json
+
+    root = tmp_path / "MSDDicom"
+    shutil.copytree(CT / "example_ct_dicom", root / "imagesTr" / "ct")
+    (root / "labelsTr").mkdir()
+    shutil.copy(CT / "example_seg_dicom.nii.gz", root / "labelsTr" / "ct.nii.gz")
+    values = sorted(int(v) for v in np.unique(read_image(CT / "example_seg_dicom.nii.gz").array))
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "CT"}, "labels": {str(v): f"l{v}" for v in values},
+        "training": [{"image": "./imagesTr/ct", "label": "./labelsTr/ct.nii.gz"}]}))
+    ds = load_dataset(root)
+    (case,) = ds.cases
+    assert case.case_id == "ct"
+    loaded = load_case(case, ds)
+    np.testing.assert_array_equal(loaded.label,
+                                  read_image(CT / "example_seg_dicom.nii.gz").array[:, ::-1, :])
