@@ -27,6 +27,9 @@ def get_onnx() -> ModuleType:
 
 def get_tensorrt() -> ModuleType:
     """``tensorrt``, or a clear error (it installs only on machines with an NVIDIA GPU)."""
-    return _require("tensorrt", "TensorRT is not installed: on a machine with an NVIDIA GPU and "
-                    "CUDA, pip install 'autoseg[tensorrt]' (or NVIDIA's tensorrt wheel), then "
-                    "export again; elsewhere use --format onnx")
+    return _require(
+        "tensorrt",
+        "TensorRT is not installed: on a machine with an NVIDIA GPU and "
+        "CUDA, pip install 'autoseg[tensorrt]' (or NVIDIA's tensorrt wheel), then "
+        "export again; elsewhere use --format onnx",
+    )

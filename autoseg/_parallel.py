@@ -44,8 +44,9 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("forkserver" if "torch" in sys.modules else "fork")
 
 
-def parallel_map(fn: Callable[[T], R], items: Sequence[T] | Iterable[T], *, workers: int,
-                 desc: str, unit: str = "case") -> list[R]:
+def parallel_map(
+    fn: Callable[[T], R], items: Sequence[T] | Iterable[T], *, workers: int, desc: str, unit: str = "case"
+) -> list[R]:
     """``[fn(x) for x in items]`` over ``workers`` processes, with a progress bar on stderr.
 
     With one worker (or one item) it runs in this process, which keeps tracebacks simple and
@@ -53,8 +54,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T] | Iterable[T], *, work
     as values rather than raise, so that one bad case does not hide the others.
     """
     items = list(items)
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=None, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=None, file=sys.stderr, dynamic_ncols=True)
     try:
         if workers <= 1 or len(items) <= 1:
             out = []
@@ -62,8 +62,9 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T] | Iterable[T], *, work
                 out.append(fn(x))
                 bar.update()
             return out
-        with ProcessPoolExecutor(min(workers, len(items)), mp_context=_context(),
-                                 initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(items)), mp_context=_context(), initializer=_init_worker
+        ) as pool:
             chunk = max(1, len(items) // (workers * 8))
             out = []
             for r in pool.map(fn, items, chunksize=chunk):

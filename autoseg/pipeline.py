@@ -50,8 +50,9 @@ def verify(dataset_dir: Path, *, workers: int) -> VerifyReport:
     )
 
 
-def plan(dataset_dir: Path, workspace: Workspace, *, gpu_memory_gb: float, workers: int,
-         add_2p5d: bool = False) -> tuple[Fingerprint, Plan]:
+def plan(
+    dataset_dir: Path, workspace: Workspace, *, gpu_memory_gb: float, workers: int, add_2p5d: bool = False
+) -> tuple[Fingerprint, Plan]:
     """Verify, fingerprint and plan a dataset; write ``fingerprint.json`` and ``plans.json``.
 
     Nothing is written unless every case passed the checks.
@@ -60,9 +61,15 @@ def plan(dataset_dir: Path, workspace: Workspace, *, gpu_memory_gb: float, worke
         The fingerprint and the plan (also saved under ``<work>/<dataset name>/``).
     """
     dataset = load_dataset(dataset_dir)
-    log.info("%s: %d cases, %d channel(s) %s, labels %s (%s layout)", dataset.name,
-             len(dataset.cases), dataset.num_channels, list(dataset.channel_names),
-             dataset.labels, dataset.layout)
+    log.info(
+        "%s: %d cases, %d channel(s) %s, labels %s (%s layout)",
+        dataset.name,
+        len(dataset.cases),
+        dataset.num_channels,
+        list(dataset.channel_names),
+        dataset.labels,
+        dataset.layout,
+    )
     fp = extract_fingerprint(dataset, workers=workers)
     the_plan = make_plan(fp, gpu_memory_gb=gpu_memory_gb, add_2p5d=add_2p5d)
     fp.save(workspace.fingerprint_path(dataset.name))
@@ -75,8 +82,9 @@ def _load_plan(workspace: Workspace, name: str) -> Plan:
     return Plan.load(workspace.plans_path(name))
 
 
-def preprocess(dataset: str, workspace: Workspace, *, configurations: list[str] | None,
-               workers: int) -> list[Path]:
+def preprocess(
+    dataset: str, workspace: Workspace, *, configurations: list[str] | None, workers: int
+) -> list[Path]:
     """Preprocess a planned dataset for some (default: all) configurations.
 
     Returns:
@@ -88,12 +96,23 @@ def preprocess(dataset: str, workspace: Workspace, *, configurations: list[str] 
     the_plan = _load_plan(workspace, name)
     ds = load_dataset(folder)
     names = configurations or [c for c in the_plan.configurations if c != "3d_cascade_fullres"]
-    return [preprocess_dataset(ds, the_plan, the_plan.configuration(c), workspace.dataset_dir(name),
-                               workers=workers).folder for c in names]
+    return [
+        preprocess_dataset(
+            ds, the_plan, the_plan.configuration(c), workspace.dataset_dir(name), workers=workers
+        ).folder
+        for c in names
+    ]
 
 
-def train(dataset: str, workspace: Workspace, cfg: TrainConfig, *, resume: bool = False,
-          group_by: str | None = None, preprocess_workers: int = 2) -> Path:
+def train(
+    dataset: str,
+    workspace: Workspace,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    group_by: str | None = None,
+    preprocess_workers: int = 2,
+) -> Path:
     """Train one configuration on one fold (preprocessing first if needed).
 
     Returns:
@@ -114,8 +133,10 @@ def train(dataset: str, workspace: Workspace, cfg: TrainConfig, *, resume: bool 
     the_plan = _load_plan(workspace, name)
     config = the_plan.configuration(cfg.configuration)
     if config.previous_stage is not None:
-        msg = (f"{config.name} needs the predictions of {config.previous_stage}; cascades are not "
-               f"trained yet: train {config.previous_stage} or 3d_fullres instead")
+        msg = (
+            f"{config.name} needs the predictions of {config.previous_stage}; cascades are not "
+            f"trained yet: train {config.previous_stage} or 3d_fullres instead"
+        )
         raise PlanError(msg)
     world = dist.init_from_env(cfg.device)
     if not world.is_main:  # one process speaks for all
@@ -143,15 +164,30 @@ def train(dataset: str, workspace: Workspace, cfg: TrainConfig, *, resume: bool 
         write_json_atomic(fold_dir / "train_config.json", cfg.to_dict())
     handler = _file_log(fold_dir / "log.txt") if world.is_main else None
     try:
-        log.info("training %s fold %s on %d cases (%d validation), device %s", config.name,
-                 cfg.fold, len(train_ids), len(val_ids), cfg.device)
+        log.info(
+            "training %s fold %s on %d cases (%d validation), device %s",
+            config.name,
+            cfg.fold,
+            len(train_ids),
+            len(val_ids),
+            cfg.device,
+        )
         trainer = Trainer(the_plan, config, cfg, store, train_ids, val_ids, fold_dir)
         trainer.run(resume=resume)
         if world.is_main and val_ids:
             labels = {c.case_id: c.label for c in ds.cases if c.label is not None}
-            validate_fold(trainer.network, the_plan, config, store, val_ids, labels,
-                          fold_dir / "validation", device=trainer.device,
-                          amp_dtype=trainer.amp_dtype, save_probabilities=cfg.val_probabilities)
+            validate_fold(
+                trainer.network,
+                the_plan,
+                config,
+                store,
+                val_ids,
+                labels,
+                fold_dir / "validation",
+                device=trainer.device,
+                amp_dtype=trainer.amp_dtype,
+                save_probabilities=cfg.val_probabilities,
+            )
         dist.barrier()
     finally:
         if handler is not None:
@@ -169,12 +205,24 @@ def _file_log(path: Path) -> logging.Handler:
     return handler
 
 
-def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str | None,
-            configurations: list[str] | None, folds: list[str] | None, device: str,
-            precision: str = "auto", step: float = 0.5, tta: bool = True,
-            overwrite: bool = False, save_probabilities: bool = False,
-            checkpoint: str = "final", backend: str = "torch", postprocess: bool = True
-            ) -> PredictReport:
+def predict(
+    source: Path,
+    out_dir: Path,
+    workspace: Workspace,
+    *,
+    dataset: str | None,
+    configurations: list[str] | None,
+    folds: list[str] | None,
+    device: str,
+    precision: str = "auto",
+    step: float = 0.5,
+    tta: bool = True,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    checkpoint: str = "final",
+    backend: str = "torch",
+    postprocess: bool = True,
+) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
     Without ``dataset``, the work folder must hold exactly one planned dataset. Without
@@ -193,8 +241,10 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
     else:
         planned = sorted(p.parent.name for p in workspace.root.glob("*/models"))
         if len(planned) != 1:
-            msg = (f"{workspace.root}: {'no' if not planned else 'several'} trained datasets "
-                   f"{planned or ''}; choose one with -d DATASET (and --work-dir)")
+            msg = (
+                f"{workspace.root}: {'no' if not planned else 'several'} trained datasets "
+                f"{planned or ''}; choose one with -d DATASET (and --work-dir)"
+            )
             raise DatasetError(msg)
         name = planned[0]
     ds_dir = workspace.dataset_dir(name)
@@ -203,25 +253,32 @@ def predict(source: Path, out_dir: Path, workspace: Workspace, *, dataset: str |
     else:
         choice, pp = default_models(ds_dir)
     dev = torch.device(device)
-    models = [load_model(ds_dir / "models" / c, folds=folds or f, checkpoint=checkpoint,
-                         device=dev, backend=backend) for c, f in choice]
+    models = [
+        load_model(
+            ds_dir / "models" / c, folds=folds or f, checkpoint=checkpoint, device=dev, backend=backend
+        )
+        for c, f in choice
+    ]
     if pp is None and len(models) == 1:
         pp = models[0].postprocessing
     if not postprocess:
         pp = None
-    log.info("predicting with %s (folds %s) on %s", ", ".join(m.config.name for m in models),
-             ", ".join(",".join(m.folds) for m in models), dev)
+    log.info(
+        "predicting with %s (folds %s) on %s",
+        ", ".join(m.config.name for m in models),
+        ", ".join(",".join(m.folds) for m in models),
+        dev,
+    )
     amp = amp_dtype_for(precision, dev) if backend == "torch" else None
-    predictor = Predictor(models, device=dev, amp_dtype=amp,
-                          step=step, tta=tta, postprocessing=pp)
+    predictor = Predictor(models, device=dev, amp_dtype=amp, step=step, tta=tta, postprocessing=pp)
     if pp:
         log.info("post-processing: %s", pp)
-    return predict_path(source, out_dir, predictor, overwrite=overwrite,
-                        save_probabilities=save_probabilities)
+    return predict_path(
+        source, out_dir, predictor, overwrite=overwrite, save_probabilities=save_probabilities
+    )
 
 
-def find_best(dataset: str, workspace: Workspace, *, configurations: list[str] | None,
-              workers: int) -> dict:
+def find_best(dataset: str, workspace: Workspace, *, configurations: list[str] | None, workers: int) -> dict:
     """Choose the configuration or ensemble with the best cross-validation Dice, and its
     post-processing (see :mod:`autoseg.inference.find_best`)."""
     from autoseg.inference.find_best import find_best as _find_best
@@ -230,8 +287,16 @@ def find_best(dataset: str, workspace: Workspace, *, configurations: list[str] |
     return _find_best(workspace.dataset_dir(name), configurations=configurations, workers=workers)
 
 
-def export(dataset: str, configuration: str, workspace: Workspace, *, fmt: str,
-           folds: list[str] | None, out: Path | None, fp16: bool = False) -> list[Path]:
+def export(
+    dataset: str,
+    configuration: str,
+    workspace: Workspace,
+    *,
+    fmt: str,
+    folds: list[str] | None,
+    out: Path | None,
+    fp16: bool = False,
+) -> list[Path]:
     """Export a trained configuration (see :mod:`autoseg.export`)."""
     name, _ = workspace.resolve(dataset)
     model_dir = workspace.dataset_dir(name) / "models" / configuration

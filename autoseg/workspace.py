@@ -43,8 +43,9 @@ class Workspace:
 
     def remember_source(self, name: str, source: Path) -> None:
         """Record the dataset folder so that later commands can take the name alone."""
-        write_json_atomic(self.dataset_dir(name) / "source.json",
-                          {"dataset_folder": str(Path(source).resolve())})
+        write_json_atomic(
+            self.dataset_dir(name) / "source.json", {"dataset_folder": str(Path(source).resolve())}
+        )
 
     def resolve(self, dataset: str) -> tuple[str, Path]:
         """Turn a DATASET argument (a folder path, or a name planned before) into (name, folder).
@@ -62,6 +63,8 @@ class Workspace:
         if p.is_dir():
             msg = f"{p}: no dataset.json in this folder; point at a dataset folder"
         else:
-            msg = (f"{dataset}: neither a dataset folder nor a dataset planned in {self.root}; "
-                   "run `autoseg plan PATH/TO/DATASET` first or pass --work-dir")
+            msg = (
+                f"{dataset}: neither a dataset folder nor a dataset planned in {self.root}; "
+                "run `autoseg plan PATH/TO/DATASET` first or pass --work-dir"
+            )
         raise DatasetError(msg)

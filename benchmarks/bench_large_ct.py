@@ -35,8 +35,17 @@ log = logging.getLogger("bench")
 def make_input(src: Path, dest: Path, spacing: float = 0.8) -> tuple[int, ...]:
     img = sitk.ReadImage(str(src))
     size = [round(n * s / spacing) for n, s in zip(img.GetSize(), img.GetSpacing(), strict=True)]
-    out = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(),
-                        (spacing,) * 3, img.GetDirection(), -1024.0, sitk.sitkInt16)
+    out = sitk.Resample(
+        img,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        img.GetOrigin(),
+        (spacing,) * 3,
+        img.GetDirection(),
+        -1024.0,
+        sitk.sitkInt16,
+    )
     sitk.WriteImage(out, str(dest), useCompression=True)
     return tuple(size)
 
@@ -46,12 +55,31 @@ def train_model(work: Path, tmp: Path) -> None:
     from autoseg.io.samples import DATA_DIR, make_single_case_dataset
 
     ct = DATA_DIR / "fixtures" / "ct_sample"
-    ds = make_single_case_dataset(ct / "example_ct_sm.nii.gz", ct / "example_seg.nii.gz",
-                                  tmp / "ct_sample")
+    ds = make_single_case_dataset(ct / "example_ct_sm.nii.gz", ct / "example_seg.nii.gz", tmp / "ct_sample")
     common = ["--work-dir", str(work), "-q"]
     assert main(["plan", str(ds), "--workers", "1", *common]) == 0
-    assert main(["train", "ct_sample", "3d_fullres", "all", "--epochs", "1", "--iters-per-epoch",
-                 "2", "--val-iters", "1", "--device", "cpu", "--workers", "0", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "ct_sample",
+                "3d_fullres",
+                "all",
+                "--epochs",
+                "1",
+                "--iters-per-epoch",
+                "2",
+                "--val-iters",
+                "1",
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                *common,
+            ]
+        )
+        == 0
+    )
 
 
 def in_process(work: Path, big: Path) -> dict[str, float]:
@@ -72,8 +100,9 @@ def in_process(work: Path, big: Path) -> dict[str, float]:
     loaded = load_case(case, _dataset_for(model.plan, big.parent, [case]), with_label=False)
     t["read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pre = preprocess_arrays(loaded.data, None, loaded.geometry.spacing, model.plan, model.config,
-                            case_id="big")
+    pre = preprocess_arrays(
+        loaded.data, None, loaded.geometry.spacing, model.plan, model.config, case_id="big"
+    )
     t["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     logits = pred._logits(model, torch.from_numpy(pre.data))
@@ -86,8 +115,7 @@ def in_process(work: Path, big: Path) -> dict[str, float]:
     dense = resize_channels(logits.float(), props["shape_after_crop"], z_axis=props.get("z_axis"))
     full = to_source_grid(dense.argmax(0).to(torch.uint8).numpy(), props, model.plan)
     del dense
-    t["export without the memory savings (all 42 classes resized, then argmax)"] = \
-        time.perf_counter() - t0
+    t["export without the memory savings (all 42 classes resized, then argmax)"] = time.perf_counter() - t0
     t["differing voxels (count)"] = float(np.count_nonzero(walked != full))
     t["differing voxels %"] = 100.0 * float(np.mean(walked != full))
     t["classes in output"] = float(len(np.unique(walked)))
@@ -106,21 +134,46 @@ def main() -> int:
         (tmp / "in").mkdir()
         big = tmp / "in" / "big_ct.nii.gz"
         size = make_input(args.data / "example_ct.nii.gz", big)
-        cmd = [AUTOSEG, "predict", "-i", str(big), "-o", str(tmp / "out"), "--work-dir",
-               str(work), "-d", "ct_sample", "-c", "3d_fullres", "--no-tta", "--device", "cpu",
-               "--precision", "fp32", "-q"]
+        cmd = [
+            AUTOSEG,
+            "predict",
+            "-i",
+            str(big),
+            "-o",
+            str(tmp / "out"),
+            "--work-dir",
+            str(work),
+            "-d",
+            "ct_sample",
+            "-c",
+            "3d_fullres",
+            "--no-tta",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "-q",
+        ]
         r = run_measured(cmd, env=dict(os.environ, OMP_NUM_THREADS="2"))
         phases = in_process(work, big)
     ref_s, ref_gib = 201.0, 12.9
     gib = r.peak_mib / 1024
-    lines = [f"## predict: one CT at 0.8 mm ({size[0]}x{size[1]}x{size[2]} = "
-             f"{np.prod(size) / 1e6:.1f} M voxels), 42-class 3d_fullres (3 mm plan), TTA off, CPU",
-             "", "| tool | wall s | peak RSS GiB |", "|---|---:|---:|",
-             f"| nnU-Net v2.8.1 (reference, ../shared/reference/nnunet_large_ct.md) | {ref_s:.0f} | "
-             f"{ref_gib:.1f} |",
-             f"| autoseg predict (whole command) | {r.wall_s:.1f} | {gib:.2f} |", "",
-             f"time ratio {r.wall_s / ref_s:.3f} (target <= 0.2), memory ratio {gib / ref_gib:.3f} "
-             "(target <= 0.33)", "", "in-process phases (s) and label-map check:", ""]
+    lines = [
+        f"## predict: one CT at 0.8 mm ({size[0]}x{size[1]}x{size[2]} = "
+        f"{np.prod(size) / 1e6:.1f} M voxels), 42-class 3d_fullres (3 mm plan), TTA off, CPU",
+        "",
+        "| tool | wall s | peak RSS GiB |",
+        "|---|---:|---:|",
+        f"| nnU-Net v2.8.1 (reference, ../shared/reference/nnunet_large_ct.md) | {ref_s:.0f} | "
+        f"{ref_gib:.1f} |",
+        f"| autoseg predict (whole command) | {r.wall_s:.1f} | {gib:.2f} |",
+        "",
+        f"time ratio {r.wall_s / ref_s:.3f} (target <= 0.2), memory ratio {gib / ref_gib:.3f} "
+        "(target <= 0.33)",
+        "",
+        "in-process phases (s) and label-map check:",
+        "",
+    ]
     lines += [f"- {k}: {v:.2f}" for k, v in phases.items()]
     write_result("predict_large_ct_cpu.md", "\n".join(lines) + "\n")
     return 0

@@ -116,8 +116,14 @@ def _build(case: Case, args: argparse.Namespace):
         deep_supervision=True,
         deep_supr_num=net_cfg.n_stages - 2,
     )
-    base = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=config.batch_dice,
-                      smooth_nr=1e-5, smooth_dr=1e-5)
+    base = DiceCELoss(
+        include_background=False,
+        to_onehot_y=True,
+        softmax=True,
+        batch=config.batch_dice,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+    )
     loss = DeepSupervisionLoss(base, weights=list(deep_supervision_weights(n_outputs)))
     return plan, config, net, lambda out, y: loss(list(torch.unbind(out, dim=1)), y)
 
@@ -215,18 +221,25 @@ def _table(results: list[Result], args: argparse.Namespace) -> str:
     lines += [head, "| --- | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if cuda else "")]
     by_name = {c.name: c for c in CASES}
     for r in results:
-        row = (f"| {r.case} | {_describe(by_name[r.case], args.device)} | "
-               f"{min(r.step_s):.2f} ({statistics.median(r.step_s):.2f}) | "
-               f"{statistics.median(r.cpu_s):.2f} | "
-               f"{r.rss_before_mib:.0f} | "
-               f"{r.peak_rss_mib:.0f} |")
+        row = (
+            f"| {r.case} | {_describe(by_name[r.case], args.device)} | "
+            f"{min(r.step_s):.2f} ({statistics.median(r.step_s):.2f}) | "
+            f"{statistics.median(r.cpu_s):.2f} | "
+            f"{r.rss_before_mib:.0f} | "
+            f"{r.peak_rss_mib:.0f} |"
+        )
         if cuda:
             row += f" {r.peak_gpu_mib:.0f} |"
         lines.append(row)
     base = {r.case: min(r.step_s) for r in results}
     if "stock_fp32" in base:
-        lines += ["", "Speed-up over stock float32 (min s/step): " + ", ".join(
-            f"{name} {base['stock_fp32'] / t:.2f}x" for name, t in base.items() if name != "stock_fp32")]
+        lines += [
+            "",
+            "Speed-up over stock float32 (min s/step): "
+            + ", ".join(
+                f"{name} {base['stock_fp32'] / t:.2f}x" for name, t in base.items() if name != "stock_fp32"
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -258,8 +271,14 @@ def _heads_and_loss(args: argparse.Namespace, repeats: int = 10) -> str:
         heads.append(torch.randn(batch, n_classes, *size, device=device, requires_grad=True))
     y = torch.randint(0, n_classes, (batch, 1, *full), device=device)
     ours = make_loss("dice_ce", n_outputs=n_outputs, batch_dice=config.batch_dice)
-    base = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=config.batch_dice,
-                      smooth_nr=1e-5, smooth_dr=1e-5)
+    base = DiceCELoss(
+        include_background=False,
+        to_onehot_y=True,
+        softmax=True,
+        batch=config.batch_dice,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+    )
     stock = DeepSupervisionLoss(base, weights=list(deep_supervision_weights(n_outputs)))
 
     def stock_step() -> None:
@@ -270,8 +289,10 @@ def _heads_and_loss(args: argparse.Namespace, repeats: int = 10) -> str:
         ours(heads, y).backward()
 
     rows = []
-    for name, fn in (("stock: upsample + stack + DeepSupervisionLoss", stock_step),
-                     ("autoseg: native-res heads + make_loss", ours_step)):
+    for name, fn in (
+        ("stock: upsample + stack + DeepSupervisionLoss", stock_step),
+        ("autoseg: native-res heads + make_loss", ours_step),
+    ):
         for _ in range(2):
             fn()
         if device.type == "cuda":
@@ -282,10 +303,18 @@ def _heads_and_loss(args: argparse.Namespace, repeats: int = 10) -> str:
         if device.type == "cuda":
             torch.cuda.synchronize()
         rows.append(f"| {name} | {1000 * (time.perf_counter() - start) / repeats:.1f} |")
-    return "\n".join([
-        "", f"### heads + loss only (forward + backward, float32, batch {batch}, {n_outputs} outputs, "
-        f"{n_classes} classes; mean of {repeats})", "", "| part | ms |", "| --- | ---: |", *rows, "",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"### heads + loss only (forward + backward, float32, batch {batch}, {n_outputs} outputs, "
+            f"{n_classes} classes; mean of {repeats})",
+            "",
+            "| part | ms |",
+            "| --- | ---: |",
+            *rows,
+            "",
+        ]
+    )
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -297,11 +326,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds over all cases (round-robin); the timed steps of all rounds are pooled")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds over all cases (round-robin); the timed steps of all rounds are pooled",
+    )
     parser.add_argument("--only", nargs="*", choices=[c.name for c in CASES], help="run only these cases")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default: benchmarks/results/network_<device>.md")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/network_<device>.md"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     return parser.parse_args(argv)
 
@@ -324,8 +358,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(proc.stderr, file=sys.stderr)
                 return proc.returncode
             result = Result(**json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(f"  {statistics.median(result.step_s):.2f} s/step, peak RSS {result.peak_rss_mib:.0f} MiB, "
-                  f"loss {result.loss:.3f}", file=sys.stderr, flush=True)
+            print(
+                f"  {statistics.median(result.step_s):.2f} s/step, peak RSS {result.peak_rss_mib:.0f} MiB, "
+                f"loss {result.loss:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
             pooled[case.name] = _merge(pooled.get(case.name), result)
     results = list(pooled.values())
     table = _table(results, args) + _heads_and_loss(args)
@@ -341,8 +379,15 @@ def _merge(a: Result | None, b: Result) -> Result:
     if a is None:
         return b
     gpu = None if a.peak_gpu_mib is None else max(a.peak_gpu_mib, b.peak_gpu_mib or 0.0)
-    return Result(a.case, a.step_s + b.step_s, a.cpu_s + b.cpu_s, max(a.rss_before_mib, b.rss_before_mib),
-                  max(a.peak_rss_mib, b.peak_rss_mib), gpu, b.loss)
+    return Result(
+        a.case,
+        a.step_s + b.step_s,
+        a.cpu_s + b.cpu_s,
+        max(a.rss_before_mib, b.rss_before_mib),
+        max(a.peak_rss_mib, b.peak_rss_mib),
+        gpu,
+        b.loss,
+    )
 
 
 def _strip_only(argv: list[str]) -> list[str]:

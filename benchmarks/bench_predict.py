@@ -42,35 +42,84 @@ def _dice(pred: Path, ref: Path, out: Path) -> float:
 def _startup_seconds(work: Path, one_case: Path, tmp: Path) -> float:
     """Whole `autoseg predict` of one case without TTA: start-up (imports, model load) dominates."""
     t0 = time.perf_counter()
-    subprocess.run([AUTOSEG, "predict", "-i", str(one_case), "-o", str(tmp / "startup"),
-                    "--work-dir", str(work), "-d", "hippocampus", "-c", "3d_fullres", "-f", "0",
-                    "--device", "cpu", "--no-tta", "-q"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            AUTOSEG,
+            "predict",
+            "-i",
+            str(one_case),
+            "-o",
+            str(tmp / "startup"),
+            "--work-dir",
+            str(work),
+            "-d",
+            "hippocampus",
+            "-c",
+            "3d_fullres",
+            "-f",
+            "0",
+            "--device",
+            "cpu",
+            "--no-tta",
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
-def autoseg_rows(work: Path, cases: list[str], tmp: Path, variants: list[str]
-                 ) -> list[dict[str, object]]:
+def autoseg_rows(work: Path, cases: list[str], tmp: Path, variants: list[str]) -> list[dict[str, object]]:
     """``variants``: torch precisions (auto, fp32, bf16) and/or ``onnx`` (onnxruntime, fp32)."""
     inp, ref = tmp / "in", tmp / "ref"
     if "onnx" in variants:
-        subprocess.run([AUTOSEG, "export", "hippocampus", "3d_fullres", "-f", "0", "--work-dir",
-                        str(work), "-q"], check=True)
+        subprocess.run(
+            [AUTOSEG, "export", "hippocampus", "3d_fullres", "-f", "0", "--work-dir", str(work), "-q"],
+            check=True,
+        )
     rows = []
     for variant in variants:
         backend, prec = ("onnx", "fp32") if variant == "onnx" else ("torch", variant)
         for tta in (True, False):
             out = tmp / f"out_{variant}_{tta}"
-            cmd = [AUTOSEG, "predict", "-i", str(inp), "-o", str(out), "--work-dir", str(work),
-                   "-d", "hippocampus", "-c", "3d_fullres", "-f", "0", "--device", "cpu",
-                   "--precision", prec, "--backend", backend, "-q"] + ([] if tta else ["--no-tta"])
+            cmd = [
+                AUTOSEG,
+                "predict",
+                "-i",
+                str(inp),
+                "-o",
+                str(out),
+                "--work-dir",
+                str(work),
+                "-d",
+                "hippocampus",
+                "-c",
+                "3d_fullres",
+                "-f",
+                "0",
+                "--device",
+                "cpu",
+                "--precision",
+                prec,
+                "--backend",
+                backend,
+                "-q",
+            ] + ([] if tta else ["--no-tta"])
             r = run_measured(cmd, env=dict(os.environ, OMP_NUM_THREADS="2"))
-            rows.append({"tool": f"autoseg {backend} ({prec})", "tta": tta, "wall_s": r.wall_s,
-                         "s_per_case": r.wall_s / len(cases), "peak_mib": r.peak_mib,
-                         "dice": _dice(out, ref, out)})
+            rows.append(
+                {
+                    "tool": f"autoseg {backend} ({prec})",
+                    "tta": tta,
+                    "wall_s": r.wall_s,
+                    "s_per_case": r.wall_s / len(cases),
+                    "peak_mib": r.peak_mib,
+                    "dice": _dice(out, ref, out),
+                }
+            )
     return rows
 
 
-_TRAINER = '''
+_TRAINER = """
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -84,7 +133,7 @@ class nnUNetTrainer_oneIter(nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities=False):
         pass  # a 1-iteration model: its validation is not what is measured
-'''
+"""
 
 
 def nnunet_rows(data: Path, cases: list[str], tmp: Path) -> list[dict[str, object]]:
@@ -93,39 +142,81 @@ def nnunet_rows(data: Path, cases: list[str], tmp: Path) -> list[dict[str, objec
     site = next((venv / "lib").glob("python3*/site-packages/nnunetv2/training/nnUNetTrainer"))
     (site / "nnUNetTrainer_oneIter.py").write_text(_TRAINER)
     nn = tmp / "nnunet"
-    env = dict(os.environ, nnUNet_raw=str(nn / "raw"), nnUNet_preprocessed=str(nn / "pre"),
-               nnUNet_results=str(nn / "res"), nnUNet_compile="f", nnUNet_n_proc_DA="2")
+    env = dict(
+        os.environ,
+        nnUNet_raw=str(nn / "raw"),
+        nnUNet_preprocessed=str(nn / "pre"),
+        nnUNet_results=str(nn / "res"),
+        nnUNet_compile="f",
+        nnUNet_n_proc_DA="2",
+    )
     msd = nn / "Task04_Hippocampus"
     msd.mkdir(parents=True)
     for sub in ("imagesTr", "labelsTr"):
         (msd / sub).symlink_to(data / sub)
     (msd / "imagesTs").mkdir()
     shutil.copy(data / "dataset.json", msd / "dataset.json")
-    subprocess.run([str(b / "nnUNetv2_convert_MSD_dataset"), "-i", str(msd), "-overwrite_id", "4"],
-                   env=env, check=True, capture_output=True)
-    subprocess.run([str(b / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres",
-                    "-np", "2"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [str(b / "nnUNetv2_convert_MSD_dataset"), "-i", str(msd), "-overwrite_id", "4"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [str(b / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "2"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     (nn / "pre" / "Dataset004_Hippocampus" / "splits_final.json").write_text(
-        (SHARED / "reference" / "nnunet_cpu_run" / "splits_final.json").read_text())
-    subprocess.run([str(b / "nnUNetv2_train"), "4", "3d_fullres", "0", "-tr",
-                    "nnUNetTrainer_oneIter", "-device", "cpu"], env=env, check=True,
-                   capture_output=True)
+        (SHARED / "reference" / "nnunet_cpu_run" / "splits_final.json").read_text()
+    )
+    subprocess.run(
+        [str(b / "nnUNetv2_train"), "4", "3d_fullres", "0", "-tr", "nnUNetTrainer_oneIter", "-device", "cpu"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     inp = nn / "in"
     inp.mkdir()
     for c in cases:
         shutil.copy(data / "imagesTr" / f"{c}.nii.gz", inp / f"{c}_0000.nii.gz")
-    ref_summary = json.loads((SHARED / "reference" / "nnunet_cpu_run" /
-                              "fold0_validation_summary.json").read_text())
+    ref_summary = json.loads(
+        (SHARED / "reference" / "nnunet_cpu_run" / "fold0_validation_summary.json").read_text()
+    )
     rows = []
     for tta in (True, False):
         out = nn / f"out_{tta}"
-        cmd = [str(b / "nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", "4", "-c",
-               "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_oneIter", "-device", "cpu",
-               "-chk", "checkpoint_final.pth"] + ([] if tta else ["--disable_tta"])
+        cmd = [
+            str(b / "nnUNetv2_predict"),
+            "-i",
+            str(inp),
+            "-o",
+            str(out),
+            "-d",
+            "4",
+            "-c",
+            "3d_fullres",
+            "-f",
+            "0",
+            "-tr",
+            "nnUNetTrainer_oneIter",
+            "-device",
+            "cpu",
+            "-chk",
+            "checkpoint_final.pth",
+        ] + ([] if tta else ["--disable_tta"])
         r = run_measured(cmd, env=env)
-        rows.append({"tool": "nnU-Net v2.8.1", "tta": tta, "wall_s": r.wall_s,
-                     "s_per_case": r.wall_s / len(cases), "peak_mib": r.peak_mib,
-                     "dice": ref_summary["foreground_mean"]["Dice"] if tta else float("nan")})
+        rows.append(
+            {
+                "tool": "nnU-Net v2.8.1",
+                "tta": tta,
+                "wall_s": r.wall_s,
+                "s_per_case": r.wall_s / len(cases),
+                "peak_mib": r.peak_mib,
+                "dice": ref_summary["foreground_mean"]["Dice"] if tta else float("nan"),
+            }
+        )
     return rows
 
 
@@ -133,8 +224,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="autoseg work folder with the model")
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
-    ap.add_argument("--variants", nargs="*", default=["auto", "fp32", "onnx"],
-                    help="torch precisions (auto, fp32, bf16) and/or onnx")
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=["auto", "fp32", "onnx"],
+        help="torch precisions (auto, fp32, bf16) and/or onnx",
+    )
     ap.add_argument("--nnunet", action="store_true", help="also time nnUNetv2_predict")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -155,18 +250,26 @@ def main() -> int:
                 rows += nnunet_rows(args.data.resolve(), cases, tmp)
             except (subprocess.CalledProcessError, RuntimeError) as e:
                 log.error("nnU-Net side failed: %s\n%s", e, getattr(e, "stderr", "")[-3000:])
-    lines = [f"## predict: {len(cases)} hippocampus fold-0 validation cases, CPU ({os.cpu_count()} "
-             "cores), one fold, whole command", "",
-             "| tool | TTA | wall s | s / case | peak RSS MiB | Dice (fg mean) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"## predict: {len(cases)} hippocampus fold-0 validation cases, CPU ({os.cpu_count()} "
+        "cores), one fold, whole command",
+        "",
+        "| tool | TTA | wall s | s / case | peak RSS MiB | Dice (fg mean) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['tool']} | {'on' if r['tta'] else 'off'} | {r['wall_s']:.1f} | "
-                     f"{r['s_per_case']:.2f} | {r['peak_mib']:.0f} | {r['dice']:.4f} |")
-    lines += ["", f"CLI start-up: `autoseg predict` of one case without TTA takes {start:.2f} s "
-              "in all (interpreter, imports, model load, one case)",
-              "nnU-Net Dice: its fold-0 validation at the equal training budget "
-              "(../shared/reference/nnunet_cpu_run); its timing model is trained for 1 iteration "
-              "(same network size)."]
+        lines.append(
+            f"| {r['tool']} | {'on' if r['tta'] else 'off'} | {r['wall_s']:.1f} | "
+            f"{r['s_per_case']:.2f} | {r['peak_mib']:.0f} | {r['dice']:.4f} |"
+        )
+    lines += [
+        "",
+        f"CLI start-up: `autoseg predict` of one case without TTA takes {start:.2f} s "
+        "in all (interpreter, imports, model load, one case)",
+        "nnU-Net Dice: its fold-0 validation at the equal training budget "
+        "(../shared/reference/nnunet_cpu_run); its timing model is trained for 1 iteration "
+        "(same network size).",
+    ]
     write_result("predict_hippocampus_cpu.md", "\n".join(lines) + "\n")
     return 0
 

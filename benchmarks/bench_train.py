@@ -67,46 +67,87 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
     same = all(sorted(r["val"]) == s["val"] for r, s in zip(ref_splits, splits, strict=True))
     if not same:
         sys.exit("autoseg's fold 0 differs from nnU-Net's: the comparison would not be fair")
-    wall = _run([exe, "train", data.name, "3d_fullres", "0", "--work-dir", str(work),
-                 "--device", "cpu", "--epochs", str(args.epochs), "--iters-per-epoch",
-                 str(args.iters), "--val-iters", str(args.val_iters), "--workers", str(args.workers),
-                 "--precision", args.precision, "--seed", str(seed)])
+    wall = _run(
+        [
+            exe,
+            "train",
+            data.name,
+            "3d_fullres",
+            "0",
+            "--work-dir",
+            str(work),
+            "--device",
+            "cpu",
+            "--epochs",
+            str(args.epochs),
+            "--iters-per-epoch",
+            str(args.iters),
+            "--val-iters",
+            str(args.val_iters),
+            "--workers",
+            str(args.workers),
+            "--precision",
+            args.precision,
+            "--seed",
+            str(seed),
+        ]
+    )
     fold = work / data.name / "models" / "3d_fullres" / "fold_0"
     recs = [json.loads(line) for line in (fold / "progress.jsonl").read_text().splitlines()]
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     return {
-        "tool": "autoseg", "run": f"{args.precision}, seed {seed}", "date": _today(),
-        "epoch_s": [r["seconds"] for r in recs], "iters": args.iters, "total_min": wall / 60,
+        "tool": "autoseg",
+        "run": f"{args.precision}, seed {seed}",
+        "date": _today(),
+        "epoch_s": [r["seconds"] for r in recs],
+        "iters": args.iters,
+        "total_min": wall / 60,
         "pseudo_dice": [round(r["pseudo_dice_mean"], 3) for r in recs],
-        "dice": [summary["mean"]["1"], summary["mean"]["2"]], "dice_mean": summary["foreground_mean"],
+        "dice": [summary["mean"]["1"], summary["mean"]["2"]],
+        "dice_mean": summary["foreground_mean"],
     }
 
 
 def reference_nnunet() -> dict[str, object]:
     """The reference run of ../shared/reference/nnunet_cpu_run (its README gives the times)."""
     s = json.loads((REFERENCE / "fold0_validation_summary.json").read_text())
-    return {"tool": "nnU-Net v2.8.1", "run": "reference run (../shared/reference)", "date": "",
-            "epoch_s": None, "s_per_iter": 7.0, "iters": 45, "total_min": 44.4,
-            "pseudo_dice": "see progress.png: 0.0, ~0.33, ~0.73, ~0.79, ~0.81, ~0.83, ~0.83, ~0.84",
-            "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
-            "dice_mean": s["foreground_mean"]["Dice"]}
+    return {
+        "tool": "nnU-Net v2.8.1",
+        "run": "reference run (../shared/reference)",
+        "date": "",
+        "epoch_s": None,
+        "s_per_iter": 7.0,
+        "iters": 45,
+        "total_min": 44.4,
+        "pseudo_dice": "see progress.png: 0.0, ~0.33, ~0.73, ~0.79, ~0.81, ~0.83, ~0.83, ~0.84",
+        "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
+        "dice_mean": s["foreground_mean"]["Dice"],
+    }
 
 
 def collect_nnunet(fold: Path, iters: int, total_min: float | None = None) -> dict[str, object]:
     """A result row from a finished nnU-Net fold folder (its training log and validation)."""
     text = "\n".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
     epoch_s = [float(x) for x in re.findall(r"Epoch time: ([\d.]+) s", text)]
-    dice = [[float(v) for v in re.findall(r"(?<![\w.])(\d+\.\d+(?:e-?\d+)?)", m)]
-            for m in re.findall(r"Pseudo dice \[(.*)\]", text)]
+    dice = [
+        [float(v) for v in re.findall(r"(?<![\w.])(\d+\.\d+(?:e-?\d+)?)", m)]
+        for m in re.findall(r"Pseudo dice \[(.*)\]", text)
+    ]
     s = json.loads((fold / "validation" / "summary.json").read_text())
-    return {"tool": "nnU-Net v2.8.1", "run": "this benchmark", "date": _today(), "epoch_s": epoch_s,
-            "iters": iters, "total_min": total_min,
-            "pseudo_dice": [round(statistics.mean(d), 3) for d in dice],
-            "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
-            "dice_mean": s["foreground_mean"]["Dice"]}
+    return {
+        "tool": "nnU-Net v2.8.1",
+        "run": "this benchmark",
+        "date": _today(),
+        "epoch_s": epoch_s,
+        "iters": iters,
+        "total_min": total_min,
+        "pseudo_dice": [round(statistics.mean(d), 3) for d in dice],
+        "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
+        "dice_mean": s["foreground_mean"]["Dice"],
+    }
 
 
-_NNUNET_TRAINER = '''
+_NNUNET_TRAINER = """
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -117,7 +158,7 @@ class nnUNetTrainer_benchCPU(nnUNetTrainer):
         self.num_epochs = {epochs}
         self.num_iterations_per_epoch = {iters}
         self.num_val_iterations_per_epoch = {val}
-'''
+"""
 
 
 def run_nnunet(data: Path, work: Path, n_runs: int, args: argparse.Namespace) -> list[dict[str, object]]:
@@ -126,11 +167,17 @@ def run_nnunet(data: Path, work: Path, n_runs: int, args: argparse.Namespace) ->
     if not (venv / "bin" / "nnUNetv2_train").exists():
         sys.exit("run benchmarks/setup_peer.sh first")
     site = next((venv / "lib").glob("python3*/site-packages/nnunetv2/training/nnUNetTrainer"))
-    (site / "nnUNetTrainer_benchCPU.py").write_text(_NNUNET_TRAINER.format(
-        epochs=args.epochs, iters=args.iters, val=args.val_iters))
-    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
-               nnUNet_results=str(work / "res"), nnUNet_n_proc_DA=str(args.workers),
-               nnUNet_compile="f")
+    (site / "nnUNetTrainer_benchCPU.py").write_text(
+        _NNUNET_TRAINER.format(epochs=args.epochs, iters=args.iters, val=args.val_iters)
+    )
+    env = dict(
+        os.environ,
+        nnUNet_raw=str(work / "raw"),
+        nnUNet_preprocessed=str(work / "pre"),
+        nnUNet_results=str(work / "res"),
+        nnUNet_n_proc_DA=str(args.workers),
+        nnUNet_compile="f",
+    )
     b = venv / "bin"
     msd = work / "Task04_Hippocampus"
     msd.mkdir(parents=True)
@@ -145,8 +192,19 @@ def run_nnunet(data: Path, work: Path, n_runs: int, args: argparse.Namespace) ->
     rows = []
     for i in range(n_runs):
         env["nnUNet_results"] = str(work / f"res{i}")
-        wall = _run([str(b / "nnUNetv2_train"), "4", "3d_fullres", "0", "-tr",
-                     "nnUNetTrainer_benchCPU", "-device", "cpu"], env)
+        wall = _run(
+            [
+                str(b / "nnUNetv2_train"),
+                "4",
+                "3d_fullres",
+                "0",
+                "-tr",
+                "nnUNetTrainer_benchCPU",
+                "-device",
+                "cpu",
+            ],
+            env,
+        )
         fold = next((work / f"res{i}").glob("Dataset004_Hippocampus/*/fold_0"))
         rows.append(collect_nnunet(fold, args.iters, wall / 60))
     return rows
@@ -175,26 +233,39 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
-        pd = r["pseudo_dice"] if isinstance(r["pseudo_dice"], str) else \
-            ", ".join(f"{d:.2f}" for d in r["pseudo_dice"])
+        pd = (
+            r["pseudo_dice"]
+            if isinstance(r["pseudo_dice"], str)
+            else ", ".join(f"{d:.2f}" for d in r["pseudo_dice"])
+        )
         total = "" if r.get("total_min") is None else f"{r['total_min']:.1f}"
-        lines.append(f"| {r['tool']} | {r['run']} | {r['date']} | {_s_per_iter(r):.2f} | {total} | {pd} | "
-                     f"{r['dice'][0]:.4f} | {r['dice'][1]:.4f} | {r['dice_mean']:.4f} |")
+        lines.append(
+            f"| {r['tool']} | {r['run']} | {r['date']} | {_s_per_iter(r):.2f} | {total} | {pd} | "
+            f"{r['dice'][0]:.4f} | {r['dice'][1]:.4f} | {r['dice_mean']:.4f} |"
+        )
     by_tool: dict[str, list[dict]] = {}
     for r in rows:
         by_tool.setdefault(r["tool"], []).append(r)
-    lines += ["", "| tool | runs | Dice mean (mean of runs) | min | max | best s / it |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| tool | runs | Dice mean (mean of runs) | min | max | best s / it |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     stats = {}
     for tool, rs in by_tool.items():
         d = [r["dice_mean"] for r in rs]
         stats[tool] = (statistics.mean(d), min(_s_per_iter(r) for r in rs))
-        lines.append(f"| {tool} | {len(rs)} | {statistics.mean(d):.4f} | {min(d):.4f} | {max(d):.4f} | "
-                     f"{stats[tool][1]:.2f} |")
+        lines.append(
+            f"| {tool} | {len(rs)} | {statistics.mean(d):.4f} | {min(d):.4f} | {max(d):.4f} | "
+            f"{stats[tool][1]:.2f} |"
+        )
     if "autoseg" in stats and "nnU-Net v2.8.1" in stats:
         (ours, ours_s), (ref, ref_s) = stats["autoseg"], stats["nnU-Net v2.8.1"]
-        lines += ["", f"s/iteration autoseg / nnU-Net: {ours_s / ref_s:.2f} (target <= 0.8).",
-                  f"Dice, mean of runs, autoseg - nnU-Net: {ours - ref:+.4f} (target >= 0)."]
+        lines += [
+            "",
+            f"s/iteration autoseg / nnU-Net: {ours_s / ref_s:.2f} (target <= 0.8).",
+            f"Dice, mean of runs, autoseg - nnU-Net: {ours - ref:+.4f} (target >= 0).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -208,8 +279,13 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--seeds", type=int, nargs="*", default=[], help="autoseg runs, one per seed")
     ap.add_argument("--nnunet-runs", type=int, default=0, help="nnU-Net runs (about 45 min each)")
-    ap.add_argument("--collect-nnunet", type=Path, nargs="*", default=[],
-                    help="finished nnU-Net fold_0 folders (same budget) to add as runs")
+    ap.add_argument(
+        "--collect-nnunet",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="finished nnU-Net fold_0 folders (same budget) to add as runs",
+    )
     ap.add_argument("--table", action="store_true", help="only rewrite the table from the kept runs")
     ap.add_argument("--fresh", action="store_true", help="forget the kept runs first")
     args = ap.parse_args()

@@ -48,9 +48,14 @@ def main() -> int:
         t2 = time.perf_counter()
         g = Geometry.from_sitk(ref)
         equal = np.array_equal(ours.array, sitk.GetArrayFromImage(ref))
-        diff = max(np.abs(np.subtract(a, b)).max() for a, b in (
-            (ours.geometry.spacing, g.spacing), (ours.geometry.origin, g.origin),
-            (ours.geometry.direction, g.direction)))
+        diff = max(
+            np.abs(np.subtract(a, b)).max()
+            for a, b in (
+                (ours.geometry.spacing, g.spacing),
+                (ours.geometry.origin, g.origin),
+                (ours.geometry.direction, g.direction),
+            )
+        )
         bad += (not equal) or diff > 1e-4
         sp = "x".join(f"{s:.4g}" for s in ours.spacing)
         print(f"| {rel} | {ours.array.shape} | {sp} | {equal} | {diff:.1e} | {t1 - t0:.3f} | {t2 - t1:.3f} |")

@@ -103,7 +103,8 @@ def main() -> int:
         # DynUNet lists every module twice in its state dict (also under ``skip_layers.``, the
         # same tensors), so load by the primary names and check that nothing else is missing.
         missing, unexpected = net.load_state_dict(
-            nnunet_to_autoseg(ck["network_weights"], config.network.n_stages), strict=False)
+            nnunet_to_autoseg(ck["network_weights"], config.network.n_stages), strict=False
+        )
         missing = [k for k in missing if not k.startswith("skip_layers.")]
         if missing or unexpected:
             sys.exit(f"weights do not map: missing {missing}, unexpected {unexpected}")
@@ -111,6 +112,7 @@ def main() -> int:
         images.mkdir()
         for c in cases:
             (images / f"{c}.nii.gz").symlink_to(args.data / "imagesTr" / f"{c}.nii.gz")
+
         def read(path: Path) -> np.ndarray:
             return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
@@ -131,12 +133,15 @@ def main() -> int:
             diff = [float(np.mean(mine[c] != theirs[c])) for c in cases]
             d_ours = float(np.mean([mean_dice(mine[c], refs[c]) for c in cases]))
             rows[precision] = (float(np.mean(diff)) * 100, float(np.max(diff)) * 100, d_ours, d_nn)
-    lines = [f"## same model: nnU-Net's fold-0 weights ({args.fold.parent.name}) run by autoseg's predictor",
-             "", f"{len(cases)} fold-0 validation cases, mirror TTA, step 0.5; nnU-Net's label maps are "
-             "those its own validation wrote.", "",
-             "| autoseg precision | voxels differing % (mean) | max % (one case) | Dice autoseg "
-             "| Dice nnU-Net |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"## same model: nnU-Net's fold-0 weights ({args.fold.parent.name}) run by autoseg's predictor",
+        "",
+        f"{len(cases)} fold-0 validation cases, mirror TTA, step 0.5; nnU-Net's label maps are "
+        "those its own validation wrote.",
+        "",
+        "| autoseg precision | voxels differing % (mean) | max % (one case) | Dice autoseg | Dice nnU-Net |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for precision, (mean_d, max_d, d_a, d_n) in rows.items():
         lines.append(f"| {precision} | {mean_d:.4f} | {max_d:.4f} | {d_a:.4f} | {d_n:.4f} |")
     write_result("same_model_hippocampus_cpu.md", "\n".join(lines) + "\n")

@@ -31,31 +31,68 @@ def time_training(work: Path, dataset: str, iters: int) -> dict[str, float]:
     from autoseg.planning.plan import Plan
     from autoseg.preprocessing.store import PreprocessedStore
 
-    assert cli(["train", dataset, "3d_fullres", "all", "--epochs", "2", "--iters-per-epoch",
-                str(iters), "--val-iters", "2", "--device", "cuda", "--workers", "4",
-                "--work-dir", str(work), "-q"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                dataset,
+                "3d_fullres",
+                "all",
+                "--epochs",
+                "2",
+                "--iters-per-epoch",
+                str(iters),
+                "--val-iters",
+                "2",
+                "--device",
+                "cuda",
+                "--workers",
+                "4",
+                "--work-dir",
+                str(work),
+                "-q",
+            ]
+        )
+        == 0
+    )
     fold = work / dataset / "models" / "3d_fullres" / "fold_all"
     recs = [json.loads(x) for x in (fold / "progress.jsonl").read_text().splitlines()]
     plan = Plan.load(work / dataset / "plans.json")
     cfg = plan.configuration("3d_fullres")
     store = PreprocessedStore.for_config(work / dataset, plan, cfg)
     ids = sorted(p.stem for p in store.folder.glob("*.json") if p.stem != "plan_part")
-    with make_loader(store, ids, cfg, batch_size=cfg.batch_size, workers=4, seed=0,
-                     augment=True) as loader:
+    with make_loader(store, ids, cfg, batch_size=cfg.batch_size, workers=4, seed=0, augment=True) as loader:
         next(loader)
         t0 = time.perf_counter()
         for _ in range(iters):
             next(loader)
         loader_s = (time.perf_counter() - t0) / iters
     step_s = recs[-1]["seconds"] / (iters + 2)
-    return {"s_per_iter": step_s, "loader_s_per_batch": loader_s,
-            "loader_keeps_up": float(loader_s < step_s)}
+    return {"s_per_iter": step_s, "loader_s_per_batch": loader_s, "loader_keeps_up": float(loader_s < step_s)}
 
 
 def time_predict(work: Path, dataset: str, backend: str, src: Path, out: Path) -> float:
     t0 = time.perf_counter()
-    code = cli(["predict", "-i", str(src), "-o", str(out), "-d", dataset, "-c", "3d_fullres",
-                "--device", "cuda", "--backend", backend, "--work-dir", str(work), "-q"])
+    code = cli(
+        [
+            "predict",
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "-d",
+            dataset,
+            "-c",
+            "3d_fullres",
+            "--device",
+            "cuda",
+            "--backend",
+            backend,
+            "--work-dir",
+            str(work),
+            "-q",
+        ]
+    )
     if code != 0:
         return float("nan")
     return (time.perf_counter() - t0) / len(list(src.glob("*.nii.gz")))
@@ -71,24 +108,40 @@ def main() -> int:
         tmp = Path(t)
         work = tmp / "work"
         ct = DATA_DIR / "fixtures" / "ct_sample"
-        ct_ds = make_single_case_dataset(ct / "example_ct_sm.nii.gz", ct / "example_seg.nii.gz",
-                                         tmp / "ct_sample")
+        ct_ds = make_single_case_dataset(
+            ct / "example_ct_sm.nii.gz", ct / "example_seg.nii.gz", tmp / "ct_sample"
+        )
         for ds in (sample_dataset_dir(), ct_ds):
             assert cli(["plan", str(ds), "--work-dir", str(work), "-q"]) == 0
         for name, iters in (("hippocampus_sample", 50), ("ct_sample", 20)):
             r = time_training(work, name, iters)
-            rows.append(f"| train 3d_fullres AMP | {name} | {r['s_per_iter']:.3f} s/iter | "
-                        f"loader {r['loader_s_per_batch']:.3f} s/batch "
-                        f"({'keeps up' if r['loader_keeps_up'] else 'GPU waits'}) |")
+            rows.append(
+                f"| train 3d_fullres AMP | {name} | {r['s_per_iter']:.3f} s/iter | "
+                f"loader {r['loader_s_per_batch']:.3f} s/batch "
+                f"({'keeps up' if r['loader_keeps_up'] else 'GPU waits'}) |"
+            )
         src = sample_dataset_dir() / "imagesTs"
-        assert cli(["export", "hippocampus_sample", "3d_fullres", "--work-dir", str(work),
-                    "-q"]) == 0
+        assert cli(["export", "hippocampus_sample", "3d_fullres", "--work-dir", str(work), "-q"]) == 0
         backends = ["torch", "onnx"]
         try:
             import tensorrt  # noqa: F401
 
-            if cli(["export", "hippocampus_sample", "3d_fullres", "--format", "tensorrt",
-                    "--fp16", "--work-dir", str(work), "-q"]) == 0:
+            if (
+                cli(
+                    [
+                        "export",
+                        "hippocampus_sample",
+                        "3d_fullres",
+                        "--format",
+                        "tensorrt",
+                        "--fp16",
+                        "--work-dir",
+                        str(work),
+                        "-q",
+                    ]
+                )
+                == 0
+            ):
                 backends.append("tensorrt")
         except ImportError:
             rows.append("| predict | tensorrt | not installed | |")

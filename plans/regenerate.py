@@ -24,8 +24,7 @@ log = logging.getLogger("regenerate")
 
 def _ct_dataset(tmp: Path) -> Path:
     ct = DATA_DIR / "fixtures" / "ct_sample"
-    return make_single_case_dataset(ct / "example_ct_sm.nii.gz", ct / "example_seg.nii.gz",
-                                    tmp / "ct_sample")
+    return make_single_case_dataset(ct / "example_ct_sm.nii.gz", ct / "example_seg.nii.gz", tmp / "ct_sample")
 
 
 def main() -> None:

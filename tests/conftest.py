@@ -21,9 +21,30 @@ def trained_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     common = ["--work-dir", str(work), "-q"]
     assert main(["plan", str(ds), "--workers", "1", *common]) == 0
     for config in ("3d_fullres", "2d"):
-        assert main(["train", "hippo", config, "all", "--epochs", "1", "--iters-per-epoch", "2",
-                     "--val-iters", "1", "--batch-size", "2", "--device", "cpu",
-                     "--workers", "0", *common]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "hippo",
+                    config,
+                    "all",
+                    "--epochs",
+                    "1",
+                    "--iters-per-epoch",
+                    "2",
+                    "--val-iters",
+                    "1",
+                    "--batch-size",
+                    "2",
+                    "--device",
+                    "cpu",
+                    "--workers",
+                    "0",
+                    *common,
+                ]
+            )
+            == 0
+        )
     return work
 
 

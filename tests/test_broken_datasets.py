@@ -28,6 +28,7 @@ NII = ".nii.gz"
 
 # --- building the datasets -----------------------------------------------------------------
 
+
 def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)  # not copy2: the sample files are read-only
@@ -49,8 +50,7 @@ def msd(tmp_path: Path) -> Path:
         for sub in ("imagesTr", "labelsTr"):
             _copy(SAMPLE / sub / f"{cid}{NII}", root / sub / f"{cid}{NII}")
     meta = _read_json(SAMPLE / "dataset.json")
-    meta["training"] = [{"image": f"./imagesTr/{c}{NII}", "label": f"./labelsTr/{c}{NII}"}
-                        for c in CASES]
+    meta["training"] = [{"image": f"./imagesTr/{c}{NII}", "label": f"./labelsTr/{c}{NII}"} for c in CASES]
     meta["numTraining"] = len(CASES)
     meta.pop("test", None)
     _write_json(root / "dataset.json", meta)
@@ -66,12 +66,15 @@ def nnunet(tmp_path: Path) -> Path:
         arr, ref = _read(SAMPLE / "imagesTr" / f"{cid}{NII}")
         _write(arr * 0.5 + 10, root / "imagesTr" / f"{cid}_0001{NII}", ref)
         _copy(SAMPLE / "labelsTr" / f"{cid}{NII}", root / "labelsTr" / f"{cid}{NII}")
-    _write_json(root / "dataset.json", {
-        "channel_names": {"0": "MRI", "1": "MRI_rescaled"},
-        "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
-        "numTraining": 3,
-        "file_ending": NII,
-    })
+    _write_json(
+        root / "dataset.json",
+        {
+            "channel_names": {"0": "MRI", "1": "MRI_rescaled"},
+            "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+            "numTraining": 3,
+            "file_ending": NII,
+        },
+    )
     return root
 
 
@@ -80,8 +83,14 @@ def _read(path: Path) -> tuple[np.ndarray, sitk.Image]:
     return sitk.GetArrayFromImage(img), img
 
 
-def _write(arr: np.ndarray, path: Path, ref: sitk.Image, *, spacing: tuple[float, ...] | None = None,
-           origin: tuple[float, ...] | None = None) -> None:
+def _write(
+    arr: np.ndarray,
+    path: Path,
+    ref: sitk.Image,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    origin: tuple[float, ...] | None = None,
+) -> None:
     """Write ``arr`` with ``ref``'s geometry (where the dimensions agree), some of it replaced."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
     if img.GetDimension() == ref.GetDimension():
@@ -266,13 +275,15 @@ def duplicate_entry(root: Path) -> tuple[str, ...]:
 
 
 def label_value_not_integer(root: Path) -> tuple[str, ...]:
-    return _edit_json(root, lambda m: m.update(labels={"0": "background", "1.5": "Anterior",
-                                                       "2": "Posterior"}))
+    return _edit_json(
+        root, lambda m: m.update(labels={"0": "background", "1.5": "Anterior", "2": "Posterior"})
+    )
 
 
 def label_negative_declared(root: Path) -> tuple[str, ...]:
-    return _edit_json(root, lambda m: m.update(labels={"0": "background", "-1": "Anterior",
-                                                       "2": "Posterior"}))
+    return _edit_json(
+        root, lambda m: m.update(labels={"0": "background", "-1": "Anterior", "2": "Posterior"})
+    )
 
 
 def modalities_without_4d(root: Path) -> tuple[str, ...]:
@@ -287,6 +298,7 @@ def no_dataset_json(root: Path) -> tuple[str, ...]:
 
 
 # nnU-Net v2 layout
+
 
 def _chan(root: Path, c: int, cid: str = VICTIM) -> Path:
     return root / "imagesTr" / f"{cid}_{c:04d}{NII}"
@@ -324,13 +336,13 @@ def nn_num_training(root: Path) -> tuple[str, ...]:
 
 
 def nn_label_region(root: Path) -> tuple[str, ...]:
-    return _edit_json(root, lambda m: m.update(labels={"background": 0, "Anterior": 1,
-                                                       "Posterior": 2, "whole": [1, 2]}))
+    return _edit_json(
+        root, lambda m: m.update(labels={"background": 0, "Anterior": 1, "Posterior": 2, "whole": [1, 2]})
+    )
 
 
 def nn_label_float_value(root: Path) -> tuple[str, ...]:
-    return _edit_json(root, lambda m: m.update(labels={"background": 0, "Anterior": 1.5,
-                                                       "Posterior": 2}))
+    return _edit_json(root, lambda m: m.update(labels={"background": 0, "Anterior": 1.5, "Posterior": 2}))
 
 
 def nn_no_file_ending(root: Path) -> tuple[str, ...]:
@@ -381,6 +393,7 @@ FAULTS = [
 
 # --- running the CLI ---------------------------------------------------------------------
 
+
 def _run(command: str, root: Path, work: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """``autoseg COMMAND ROOT`` in-process; returns the exit code and what it logged to stderr.
 
@@ -395,8 +408,9 @@ def _run(command: str, root: Path, work: Path, capsys: pytest.CaptureFixture[str
     return rc, capsys.readouterr().err
 
 
-def _assert_rejected(root: Path, work: Path, expected: tuple[str, ...],
-                     capsys: pytest.CaptureFixture[str]) -> None:
+def _assert_rejected(
+    root: Path, work: Path, expected: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
     for command in ("verify", "plan"):
         rc, err = _run(command, root, work, capsys)
         assert rc == 2, f"autoseg {command} exited {rc}:\n{err}"
@@ -407,23 +421,27 @@ def _assert_rejected(root: Path, work: Path, expected: tuple[str, ...],
 
 
 @pytest.mark.parametrize(("layout", "fault"), FAULTS)
-def test_broken_dataset_is_rejected(layout: str, fault: Fault, tmp_path: Path,
-                                    request: pytest.FixtureRequest,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_dataset_is_rejected(
+    layout: str,
+    fault: Fault,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     root = request.getfixturevalue(layout)
     expected = fault(root)
     _assert_rejected(root, tmp_path / "work", expected, capsys)
 
 
-def test_all_broken_cases_reported_in_one_run(msd: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_broken_cases_reported_in_one_run(
+    msd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _image(msd, CASES[0]).unlink()
     arr, ref = _read(_image(msd, CASES[1]))
     _write(_set(arr.astype(np.float32), np.nan), _image(msd, CASES[1]), ref)
     arr, ref = _read(_label(msd, CASES[2]))
     _write(_set(arr, 7), _label(msd, CASES[2]), ref)
-    expected = (_rel(_image(msd, CASES[0])), _rel(_image(msd, CASES[1])),
-                _rel(_label(msd, CASES[2])))
+    expected = (_rel(_image(msd, CASES[0])), _rel(_image(msd, CASES[1])), _rel(_label(msd, CASES[2])))
     _assert_rejected(msd, tmp_path / "work", expected, capsys)
     _, err = _run("verify", msd, tmp_path / "work", capsys)
     assert "3 problem(s) in 4 cases" in err
@@ -431,9 +449,11 @@ def test_all_broken_cases_reported_in_one_run(msd: Path, tmp_path: Path,
 
 # --- what is accepted ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", ["msd", "nnunet"])
-def test_intact_copy_passes(layout: str, tmp_path: Path, request: pytest.FixtureRequest,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_intact_copy_passes(
+    layout: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = request.getfixturevalue(layout)
     work = tmp_path / "work"
     rc, err = _run("verify", root, work, capsys)
@@ -445,8 +465,9 @@ def test_intact_copy_passes(layout: str, tmp_path: Path, request: pytest.Fixture
     assert (work / root.name / "fingerprint.json").is_file()
 
 
-def test_float32_label_holding_integers_is_accepted(msd: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_float32_label_holding_integers_is_accepted(
+    msd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     arr, ref = _read(_label(msd))
     _write(arr.astype(np.float32), _label(msd), ref)
     assert sitk.ReadImage(str(_label(msd))).GetPixelID() == sitk.sitkFloat32
@@ -491,8 +512,9 @@ MISALIGNED = {
 
 
 @pytest.mark.parametrize("change", list(MISALIGNED.values()), ids=list(MISALIGNED))
-def test_label_on_another_grid_is_refused(msd: Path, tmp_path: Path, change,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_label_on_another_grid_is_refused(
+    msd: Path, tmp_path: Path, change, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A label that does not lie on its image's grid would be trained on misaligned: refused,
     naming both files."""
     fn, amount = change
@@ -503,9 +525,9 @@ def test_label_on_another_grid_is_refused(msd: Path, tmp_path: Path, change,
 
 @pytest.mark.parametrize("orientation", ["LPS", "RAI", "SAR", "PIL", "ASR"])
 @pytest.mark.parametrize("what", ["label", "channel"])
-def test_flipped_or_permuted_file_is_reoriented_exactly(nnunet: Path, tmp_path: Path, what: str,
-                                                        orientation: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_flipped_or_permuted_file_is_reoriented_exactly(
+    nnunet: Path, tmp_path: Path, what: str, orientation: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The same grid stored in another axis order or direction: reoriented without interpolation,
     so the fingerprint and the preprocessed label equal those of the intact dataset."""
     from autoseg.io.case import load_case
@@ -513,12 +535,16 @@ def test_flipped_or_permuted_file_is_reoriented_exactly(nnunet: Path, tmp_path: 
 
     intact = load_dataset(nnunet)
     before = {c.case_id: load_case(c, intact) for c in intact.cases}
-    path = (nnunet / "labelsTr" / f"{VICTIM}{NII}" if what == "label"
-            else nnunet / "imagesTr" / f"{VICTIM}_0001{NII}")
+    path = (
+        nnunet / "labelsTr" / f"{VICTIM}{NII}"
+        if what == "label"
+        else nnunet / "imagesTr" / f"{VICTIM}_0001{NII}"
+    )
     img = sitk.ReadImage(str(path))
     turned = sitk.DICOMOrient(img, orientation)
     assert sitk.GetArrayFromImage(turned).shape != sitk.GetArrayFromImage(img).shape or (
-        turned.GetDirection() != img.GetDirection())
+        turned.GetDirection() != img.GetDirection()
+    )
     sitk.WriteImage(turned, str(path), useCompression=True)
     work = tmp_path / "work"
     rc, err = _run("verify", nnunet, work, capsys)
@@ -531,8 +557,7 @@ def test_flipped_or_permuted_file_is_reoriented_exactly(nnunet: Path, tmp_path: 
     assert after.geometry == before[VICTIM].geometry
 
 
-def test_empty_label_is_a_warning(msd: Path, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_label_is_a_warning(msd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arr, ref = _read(_label(msd))
     _write(np.zeros_like(arr), _label(msd), ref)
     work = tmp_path / "work"
@@ -545,8 +570,9 @@ def test_empty_label_is_a_warning(msd: Path, tmp_path: Path,
     assert (work / msd.name / "plans.json").is_file()
 
 
-def test_large_declared_label_value_does_not_crash(msd: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_large_declared_label_value_does_not_crash(
+    msd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Label counts are taken up to the largest value present, not declared (was a 8 GB bincount)."""
     _edit_json(msd, lambda m: m["labels"].update({"1000000000": "far"}))
     rc, err = _run("verify", msd, tmp_path / "work", capsys)

@@ -22,11 +22,48 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not cuda_available(), reason=
 
 def test_train_and_predict_on_cuda(trained_work: Path, tmp_path: Path) -> None:
     common = ["--work-dir", str(trained_work), "-q"]
-    assert main(["train", "hippo", "3d_fullres", "all", "--epochs", "1", "--iters-per-epoch", "3",
-                 "--val-iters", "1", "--device", "cuda", "--workers", "1", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "hippo",
+                "3d_fullres",
+                "all",
+                "--epochs",
+                "1",
+                "--iters-per-epoch",
+                "3",
+                "--val-iters",
+                "1",
+                "--device",
+                "cuda",
+                "--workers",
+                "1",
+                *common,
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
-    assert main(["predict", "-i", str(sample_dataset_dir() / "imagesTs"), "-o", str(out), "-d",
-                 "hippo", "-c", "3d_fullres", "--device", "cuda", *common]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "-i",
+                str(sample_dataset_dir() / "imagesTs"),
+                "-o",
+                str(out),
+                "-d",
+                "hippo",
+                "-c",
+                "3d_fullres",
+                "--device",
+                "cuda",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert len(list(out.glob("*.nii.gz"))) == 8
 
 
@@ -67,8 +104,9 @@ def test_ensemble_of_folds_and_configurations_on_cuda(trained_work: Path) -> Non
     case = LoadedCase("case", img.array[None].astype(np.float32), None, img.geometry)
     outputs = {}
     for device in ("cpu", "cuda"):
-        models = [load_model(trained_work / "hippo" / "models" / c, device=device)
-                  for c in ("3d_fullres", "2d")]
+        models = [
+            load_model(trained_work / "hippo" / "models" / c, device=device) for c in ("3d_fullres", "2d")
+        ]
         models[0] = replace(models[0], networks=models[0].networks * 3)
         p = Predictor(models, device=torch.device(device), amp_dtype=None)
         outputs[device] = p.predict(case, with_probabilities=True)

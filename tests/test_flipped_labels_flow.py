@@ -20,9 +20,30 @@ pytestmark = pytest.mark.slow
 def _train_and_choose(ds: Path, work: Path) -> tuple[dict, dict]:
     common = ["--work-dir", str(work), "-q"]
     assert main(["plan", str(ds), "--workers", "1", *common]) == 0
-    assert main(["train", ds.name, "3d_fullres", "0", "--epochs", "1", "--iters-per-epoch", "2",
-                 "--val-iters", "1", "--batch-size", "2", "--device", "cpu", "--workers", "0",
-                 *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                ds.name,
+                "3d_fullres",
+                "0",
+                "--epochs",
+                "1",
+                "--iters-per-epoch",
+                "2",
+                "--val-iters",
+                "1",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                *common,
+            ]
+        )
+        == 0
+    )
     fold = work / ds.name / "models" / "3d_fullres" / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert main(["find-best", ds.name, "--workers", "1", *common]) == 0

@@ -46,9 +46,30 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert main(["plan", str(ds), "--workers", "1", *common]) == 0
     for config in CONFIGS:
         for fold in FOLDS:
-            assert main(["train", "hippo", config, fold, "--epochs", "1", "--iters-per-epoch", "2",
-                         "--val-iters", "1", "--batch-size", "2", "--device", "cpu",
-                         "--workers", "0", *common]) == 0
+            assert (
+                main(
+                    [
+                        "train",
+                        "hippo",
+                        config,
+                        fold,
+                        "--epochs",
+                        "1",
+                        "--iters-per-epoch",
+                        "2",
+                        "--val-iters",
+                        "1",
+                        "--batch-size",
+                        "2",
+                        "--device",
+                        "cpu",
+                        "--workers",
+                        "0",
+                        *common,
+                    ]
+                )
+                == 0
+            )
     assert main(["find-best", "hippo", "--workers", "1", *common]) == 0
     scans = root / "scans"
     scans.mkdir()
@@ -58,16 +79,21 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for config in CONFIGS:
         for fold in FOLDS:
             out = root / "members" / f"{config}_{fold}"
-            assert _predict(work, scans, out, "-c", config, "-f", fold, "--save-probabilities",
-                            *FAST) == 0
+            assert _predict(work, scans, out, "-c", config, "-f", fold, "--save-probabilities", *FAST) == 0
             members[config, fold] = _probabilities(out)
-    return {"work": work, "scans": scans, "members": members,
-            "ds_dir": work / "hippo", "labels": ds / "labelsTr"}
+    return {
+        "work": work,
+        "scans": scans,
+        "members": members,
+        "ds_dir": work / "hippo",
+        "labels": ds / "labelsTr",
+    }
 
 
 def _predict(work: Path, src: Path, out: Path, *extra: str) -> int:
-    return main(["predict", "-i", str(src), "-o", str(out), "--work-dir", str(work),
-                 "--device", "cpu", "-q", *extra])
+    return main(
+        ["predict", "-i", str(src), "-o", str(out), "--work-dir", str(work), "--device", "cpu", "-q", *extra]
+    )
 
 
 def _probabilities(out: Path) -> dict[str, np.ndarray]:
@@ -79,8 +105,9 @@ def _probabilities(out: Path) -> dict[str, np.ndarray]:
     return probs
 
 
-def _independent_ensemble(members: dict, chosen: dict[str, list[str]], case: str
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def _independent_ensemble(
+    members: dict, chosen: dict[str, list[str]], case: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Class map and top-two margin of the ensemble of ``chosen`` (configuration -> folds),
     from the members' saved probabilities alone."""
     per_config = []
@@ -93,8 +120,15 @@ def _independent_ensemble(members: dict, chosen: dict[str, list[str]], case: str
     return mean.argmax(0), top2[1] - top2[0]
 
 
-def _check_ensemble(flow: dict, out: Path, args: tuple[str, ...], chosen: dict[str, list[str]],
-                    pp: Postprocessing | None, *, work: Path | None = None) -> None:
+def _check_ensemble(
+    flow: dict,
+    out: Path,
+    args: tuple[str, ...],
+    chosen: dict[str, list[str]],
+    pp: Postprocessing | None,
+    *,
+    work: Path | None = None,
+) -> None:
     """``predict *args`` into ``out`` equals the independent ensemble of ``chosen`` followed by
     ``pp``: its raw label maps (``--no-postprocessing``) equal the independent ensemble wherever
     that is clear of float16 rounding, and its output is exactly ``pp`` applied to them."""
@@ -158,26 +192,34 @@ def test_default_predict_with_an_ensemble_choice(flow: dict, tmp_path: Path) -> 
     """find-best's choice is whatever the tiny models scored best; here the choice is made the
     pairwise ensemble with both post-processing steps, as find-best writes it for an ensemble."""
     info = _inference(flow)
-    info.update(best="2d__3d_fullres", configurations=list(CONFIGS),
-                folds={c: list(FOLDS) for c in CONFIGS},
-                postprocessing={"foreground_largest_only": True, "largest_only_labels": [1, 2]})
+    info.update(
+        best="2d__3d_fullres",
+        configurations=list(CONFIGS),
+        folds={c: list(FOLDS) for c in CONFIGS},
+        postprocessing={"foreground_largest_only": True, "largest_only_labels": [1, 2]},
+    )
     work = tmp_path / "work"
     shutil.copytree(flow["work"], work)
     (work / "hippo" / "inference.json").write_text(json.dumps(info))
-    _check_ensemble(flow, tmp_path / "out", FAST, _chosen(info), Postprocessing(True, (1, 2)),
-                    work=work)
+    _check_ensemble(flow, tmp_path / "out", FAST, _chosen(info), Postprocessing(True, (1, 2)), work=work)
 
 
 def test_folds_without_configurations_override_find_best(flow: dict, tmp_path: Path) -> None:
     info = _inference(flow)
-    _check_ensemble(flow, tmp_path / "out", ("-f", "0", "1", *FAST), _chosen(info, ("0", "1")),
-                    Postprocessing.from_dict(info["postprocessing"]))
+    _check_ensemble(
+        flow,
+        tmp_path / "out",
+        ("-f", "0", "1", *FAST),
+        _chosen(info, ("0", "1")),
+        Postprocessing.from_dict(info["postprocessing"]),
+    )
 
 
 @pytest.mark.parametrize("folds", [("0", "1"), FOLDS], ids=["2folds", "5folds"])
 def test_two_configurations_several_folds(flow: dict, tmp_path: Path, folds: tuple[str, ...]) -> None:
-    _check_ensemble(flow, tmp_path / "out", ("-c", *CONFIGS, "-f", *folds, *FAST),
-                    {c: list(folds) for c in CONFIGS}, None)
+    _check_ensemble(
+        flow, tmp_path / "out", ("-c", *CONFIGS, "-f", *folds, *FAST), {c: list(folds) for c in CONFIGS}, None
+    )
 
 
 def _model_postprocessing(flow: dict, config: str) -> Postprocessing | None:
@@ -190,9 +232,14 @@ def test_onnx_backend_several_folds(flow: dict, tmp_path: Path) -> None:
     work = tmp_path / "work"
     shutil.copytree(flow["work"], work)
     assert main(["export", "hippo", "3d_fullres", "-f", "0", "1", "--work-dir", str(work), "-q"]) == 0
-    _check_ensemble(flow, tmp_path / "out",
-                    ("--backend", "onnx", "-c", "3d_fullres", "-f", "0", "1", "--no-tta"),
-                    {"3d_fullres": ["0", "1"]}, _model_postprocessing(flow, "3d_fullres"), work=work)
+    _check_ensemble(
+        flow,
+        tmp_path / "out",
+        ("--backend", "onnx", "-c", "3d_fullres", "-f", "0", "1", "--no-tta"),
+        {"3d_fullres": ["0", "1"]},
+        _model_postprocessing(flow, "3d_fullres"),
+        work=work,
+    )
 
 
 def test_probabilities_are_written_where_label_maps_exist(flow: dict, tmp_path: Path) -> None:

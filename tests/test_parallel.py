@@ -10,13 +10,15 @@ from pathlib import Path
 
 
 def test_pool_after_torch_threads_does_not_hang(tmp_path: Path) -> None:
-    (tmp_path / "work_fn.py").write_text(textwrap.dedent("""
+    (tmp_path / "work_fn.py").write_text(
+        textwrap.dedent("""
         import torch
 
         def work(n):
             x = torch.ones(64, 64, 64)
             return float((x @ x).sum()) + n
-    """))
+    """)
+    )
     script = textwrap.dedent("""
         import torch
         from autoseg._parallel import parallel_map
@@ -28,7 +30,8 @@ def test_pool_after_torch_threads_does_not_hang(tmp_path: Path) -> None:
             print(parallel_map(work, [0, 1, 2, 3], workers=2, desc="t"))
     """)
     (tmp_path / "main.py").write_text(script)
-    run = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, check=False)
+    run = subprocess.run(
+        [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str([64.0**4 + n for n in range(4)])

@@ -71,23 +71,34 @@ def training_transforms(config: Configuration, *, tensors: bool = True) -> Compo
     spatial: list[AbstractTransform] = [_spatial_transform(sp)]
     if sp.dummy_2d:
         spatial = [_FoldAxis0IntoChannels(), *spatial, _UnfoldAxis0FromChannels()]
-    return Compose([
-        *spatial,
-        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
-        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2,
-                              p_per_channel=0.5),
-        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
-        ContrastAugmentationTransform(contrast_range=(0.75, 1.25), p_per_sample=0.15),
-        SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5,
-                                       order_downsample=0, order_upsample=3, p_per_sample=0.25,
-                                       ignore_axes=(0,) if sp.dummy_2d else None),
-        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True,
-                       p_per_sample=0.1),
-        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True,
-                       p_per_sample=0.3),
-        MirrorTransform(sp.mirror_axes),
-        *_finish(tensors),
-    ])
+    return Compose(
+        [
+            *spatial,
+            GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
+            GaussianBlurTransform(
+                (0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5
+            ),
+            BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+            ContrastAugmentationTransform(contrast_range=(0.75, 1.25), p_per_sample=0.15),
+            SimulateLowResolutionTransform(
+                zoom_range=(0.5, 1),
+                per_channel=True,
+                p_per_channel=0.5,
+                order_downsample=0,
+                order_upsample=3,
+                p_per_sample=0.25,
+                ignore_axes=(0,) if sp.dummy_2d else None,
+            ),
+            GammaTransform(
+                (0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1
+            ),
+            GammaTransform(
+                (0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3
+            ),
+            MirrorTransform(sp.mirror_axes),
+            *_finish(tensors),
+        ]
+    )
 
 
 def validation_transforms(config: Configuration, *, tensors: bool = True) -> Compose:
@@ -132,12 +143,24 @@ def _spatial_transform(sp: SpatialParams) -> SpatialTransform:
         patch = sp.patch_size
         angles = {"angle_x": (-angle, angle), "angle_y": (-angle, angle), "angle_z": (-angle, angle)}
     return SpatialTransform(
-        patch, patch_center_dist_from_border=None, random_crop=False,
-        do_elastic_deform=False, p_el_per_sample=0,
-        do_rotation=True, p_rot_per_sample=P_ROTATION, p_rot_per_axis=1, **angles,
-        do_scale=True, scale=sp.scale_range, p_scale_per_sample=P_SCALE,
-        border_mode_data="constant", border_cval_data=0, order_data=3,
-        border_mode_seg="constant", border_cval_seg=0, order_seg=1,
+        patch,
+        patch_center_dist_from_border=None,
+        random_crop=False,
+        do_elastic_deform=False,
+        p_el_per_sample=0,
+        do_rotation=True,
+        p_rot_per_sample=P_ROTATION,
+        p_rot_per_axis=1,
+        **angles,
+        do_scale=True,
+        scale=sp.scale_range,
+        p_scale_per_sample=P_SCALE,
+        border_mode_data="constant",
+        border_cval_data=0,
+        order_data=3,
+        border_mode_seg="constant",
+        border_cval_seg=0,
+        order_seg=1,
     )
 
 

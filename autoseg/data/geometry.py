@@ -68,8 +68,13 @@ def spatial_params(config: Configuration) -> SpatialParams:
     return SpatialParams(rotation, dummy_2d, SCALE_RANGE, tuple(range(len(patch))), patch, initial)
 
 
-def initial_patch_size(patch_size: Sequence[int], rotation_deg: float,
-                       scale_range: Sequence[float], *, in_plane_only: bool = False) -> tuple[int, ...]:
+def initial_patch_size(
+    patch_size: Sequence[int],
+    rotation_deg: float,
+    scale_range: Sequence[float],
+    *,
+    in_plane_only: bool = False,
+) -> tuple[int, ...]:
     """The smallest patch that contains the final patch after any allowed rotation and scaling.
 
     The spatial transform samples the input at ``s * R @ x`` for every position ``x`` of the final

@@ -79,8 +79,17 @@ class PatchDataset(SlimDataLoaderBase):
         augment: training augmentation (True) or the validation centre crop (False).
     """
 
-    def __init__(self, folder: Path, case_ids: Sequence[str], config: Configuration, *,
-                 batch_size: int, oversample: float, seed: int, augment: bool) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        case_ids: Sequence[str],
+        config: Configuration,
+        *,
+        batch_size: int,
+        oversample: float,
+        seed: int,
+        augment: bool,
+    ) -> None:
         super().__init__(None, batch_size)
         self.folder = Path(folder)
         self.case_ids = tuple(case_ids)
@@ -88,10 +97,12 @@ class PatchDataset(SlimDataLoaderBase):
         self.forced = forced_foreground(batch_size, oversample)
         self.seed = seed
         self.augment = augment
-        self.patch_size = (spatial_params(config).initial_patch if augment
-                           else tuple(config.patch_size))
-        self.transform: Compose = (training_transforms(config, tensors=False) if augment
-                                   else validation_transforms(config, tensors=False))
+        self.patch_size = spatial_params(config).initial_patch if augment else tuple(config.patch_size)
+        self.transform: Compose = (
+            training_transforms(config, tensors=False)
+            if augment
+            else validation_transforms(config, tensors=False)
+        )
         self._cases: dict[str, PreprocessedCase] = {}
         self._rng: np.random.Generator | None = None
 
@@ -125,12 +136,15 @@ class PatchDataset(SlimDataLoaderBase):
         rng = self.rng
         picks = rng.integers(len(self.case_ids), size=self.batch_size)
         ids = [self.case_ids[i] for i in picks]
-        patches = [sample_patch(self.case(cid), self.config, force_fg=force, rng=rng,
-                                patch_size=self.patch_size)
-                   for cid, force in zip(ids, self.forced, strict=True)]
-        batch = {"data": np.stack([d for d, _ in patches]),
-                 "seg": np.stack([s for _, s in patches]),
-                 "case_ids": ids}
+        patches = [
+            sample_patch(self.case(cid), self.config, force_fg=force, rng=rng, patch_size=self.patch_size)
+            for cid, force in zip(ids, self.forced, strict=True)
+        ]
+        batch = {
+            "data": np.stack([d for d, _ in patches]),
+            "seg": np.stack([s for _, s in patches]),
+            "case_ids": ids,
+        }
         with seeded_global_rng(rng):
             return self.transform(**batch)
 
@@ -148,14 +162,15 @@ class BatchLoader:
         self.workers = workers
         self._closed = False
         if workers == 0:
-            self._augmenter: SingleThreadedAugmenter | MultiThreadedAugmenter = \
-                SingleThreadedAugmenter(dataset, None)
+            self._augmenter: SingleThreadedAugmenter | MultiThreadedAugmenter = SingleThreadedAugmenter(
+                dataset, None
+            )
             self._finalizer = None
         else:
-            seeds = [int(s.generate_state(1)[0])
-                     for s in np.random.SeedSequence(dataset.seed).spawn(workers)]
-            mta = MultiThreadedAugmenter(dataset, None, workers, num_cached_per_queue=2,
-                                         seeds=seeds, pin_memory=False)
+            seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(dataset.seed).spawn(workers)]
+            mta = MultiThreadedAugmenter(
+                dataset, None, workers, num_cached_per_queue=2, seeds=seeds, pin_memory=False
+            )
             self._augmenter = mta
             mta.restart()  # start now, so batches are ready when training starts
             self._finalizer = weakref.finalize(self, mta._finish)
@@ -178,14 +193,23 @@ class BatchLoader:
     def __enter__(self) -> BatchLoader:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
-def make_loader(store: PreprocessedStore | Path, case_ids: Sequence[str], config: Configuration, *,
-                batch_size: int, oversample: float = OVERSAMPLE_FOREGROUND, workers: int,
-                seed: int, augment: bool) -> BatchLoader:
+def make_loader(
+    store: PreprocessedStore | Path,
+    case_ids: Sequence[str],
+    config: Configuration,
+    *,
+    batch_size: int,
+    oversample: float = OVERSAMPLE_FOREGROUND,
+    workers: int,
+    seed: int,
+    augment: bool,
+) -> BatchLoader:
     """Endless batches of patches from ``case_ids`` of a preprocessed store.
 
     Args:
@@ -209,15 +233,24 @@ def make_loader(store: PreprocessedStore | Path, case_ids: Sequence[str], config
         DatasetError: no case ids, or cases missing from the store or lacking a segmentation.
     """
     if batch_size < 1 or workers < 0 or not 0 <= oversample <= 1:
-        msg = (f"need batch_size >= 1, workers >= 0 and 0 <= oversample <= 1; got "
-               f"batch_size={batch_size}, workers={workers}, oversample={oversample}")
+        msg = (
+            f"need batch_size >= 1, workers >= 0 and 0 <= oversample <= 1; got "
+            f"batch_size={batch_size}, workers={workers}, oversample={oversample}"
+        )
         raise ValueError(msg)
     folder = store.folder if isinstance(store, PreprocessedStore) else Path(store)
     _check_cases(folder, case_ids)
-    dataset = PatchDataset(folder, case_ids, config, batch_size=batch_size, oversample=oversample,
-                           seed=seed, augment=augment)
-    log.debug("loader: %d cases, batch %d, patch %s cut at %s, %d workers", len(case_ids),
-              batch_size, config.patch_size, dataset.patch_size, workers)
+    dataset = PatchDataset(
+        folder, case_ids, config, batch_size=batch_size, oversample=oversample, seed=seed, augment=augment
+    )
+    log.debug(
+        "loader: %d cases, batch %d, patch %s cut at %s, %d workers",
+        len(case_ids),
+        batch_size,
+        config.patch_size,
+        dataset.patch_size,
+        workers,
+    )
     return BatchLoader(dataset, workers=workers)
 
 

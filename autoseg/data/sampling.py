@@ -33,9 +33,14 @@ from autoseg.preprocessing.case import PreprocessedCase
 __all__ = ["choose_location", "crop_padded", "initial_patch_size", "place_patch", "sample_patch"]
 
 
-def sample_patch(case: PreprocessedCase, config: Configuration, *, force_fg: bool,
-                 rng: np.random.Generator,
-                 patch_size: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sample_patch(
+    case: PreprocessedCase,
+    config: Configuration,
+    *,
+    force_fg: bool,
+    rng: np.random.Generator,
+    patch_size: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut one (enlarged) training patch and its segmentation from ``case``.
 
     Args:
@@ -67,8 +72,10 @@ def sample_patch(case: PreprocessedCase, config: Configuration, *, force_fg: boo
     final = tuple(config.patch_size)
     n_spatial = 3 if config.kind == "3d" else 2
     if len(size) != n_spatial or len(final) != n_spatial:
-        msg = (f"a {config.kind} patch needs {n_spatial} sizes, got patch_size={size} "
-               f"and config.patch_size={final}")
+        msg = (
+            f"a {config.kind} patch needs {n_spatial} sizes, got patch_size={size} "
+            f"and config.patch_size={final}"
+        )
         raise ValueError(msg)
     location = choose_location(case.locations, rng) if force_fg else None
     if config.kind == "3d":
@@ -109,8 +116,14 @@ def choose_location(locations: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return np.asarray(locations[rows[rng.integers(len(rows))]])
 
 
-def place_patch(shape: Sequence[int], size: Sequence[int], final: Sequence[int],
-                rng: np.random.Generator, *, point: Sequence[int] | None = None) -> np.ndarray:
+def place_patch(
+    shape: Sequence[int],
+    size: Sequence[int],
+    final: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    point: Sequence[int] | None = None,
+) -> np.ndarray:
     """Start corner of a patch of ``size`` in an image of ``shape`` (see the module docstring).
 
     Args:

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 Splits = list[dict[str, list[str]]]
 
 
-def make_splits(case_ids: Sequence[str], *, n_folds: int = 5, seed: int = 12345,
-                groups: Mapping[str, str] | None = None) -> Splits:
+def make_splits(
+    case_ids: Sequence[str], *, n_folds: int = 5, seed: int = 12345, groups: Mapping[str, str] | None = None
+) -> Splits:
     """Split cases into ``n_folds`` folds; every case is validated in exactly one.
 
     Without ``groups`` the sorted ids are permuted by ``numpy.random.RandomState(seed)`` and cut
@@ -77,8 +78,9 @@ def make_splits(case_ids: Sequence[str], *, n_folds: int = 5, seed: int = 12345,
     return [{"train": sorted(set(ids) - set(val)), "val": sorted(val)} for val in val_sets]
 
 
-def _group_folds(ids: list[str], groups: Mapping[str, str], n_folds: int,
-                 rs: np.random.RandomState) -> list[list[str]]:
+def _group_folds(
+    ids: list[str], groups: Mapping[str, str], n_folds: int, rs: np.random.RandomState
+) -> list[list[str]]:
     missing = [c for c in ids if c not in groups]
     if missing:
         raise DatasetError([f"case {c} has no patient group" for c in missing])
@@ -86,8 +88,10 @@ def _group_folds(ids: list[str], groups: Mapping[str, str], n_folds: int,
     for c in ids:
         members.setdefault(str(groups[c]), []).append(c)
     if len(members) < n_folds:
-        msg = (f"{len(members)} patients cannot make {n_folds} folds without a patient "
-               "in both training and validation; use fewer folds")
+        msg = (
+            f"{len(members)} patients cannot make {n_folds} folds without a patient "
+            "in both training and validation; use fewer folds"
+        )
         raise DatasetError(msg)
     patients = sorted(members)
     rs.shuffle(patients)
@@ -122,9 +126,14 @@ def groups_from_regex(case_ids: Sequence[str], pattern: str | re.Pattern[str]) -
     return out
 
 
-def load_or_create_splits(path: Path, case_ids: Sequence[str], *,
-                          groups: Mapping[str, str] | None = None, n_folds: int = 5,
-                          seed: int = 12345) -> Splits:
+def load_or_create_splits(
+    path: Path,
+    case_ids: Sequence[str],
+    *,
+    groups: Mapping[str, str] | None = None,
+    n_folds: int = 5,
+    seed: int = 12345,
+) -> Splits:
     """Read the splits at ``path``, or make them with :func:`make_splits` and write them there.
 
     A stored file wins: users may edit it by hand. If it does not cover exactly ``case_ids`` a
@@ -153,12 +162,19 @@ def load_or_create_splits(path: Path, case_ids: Sequence[str], *,
     splits = _read_splits(path)
     stored = {c for fold in splits for key in ("train", "val") for c in fold[key]}
     if stored != set(case_ids):
-        log.warning("%s does not cover exactly the dataset's cases (%d only in the file, %d only in "
-                    "the dataset); using it as it is", path, len(stored - set(case_ids)),
-                    len(set(case_ids) - stored))
+        log.warning(
+            "%s does not cover exactly the dataset's cases (%d only in the file, %d only in "
+            "the dataset); using it as it is",
+            path,
+            len(stored - set(case_ids)),
+            len(set(case_ids) - stored),
+        )
     if groups is not None:
-        leaks = [f"{path}: fold {i} has patient {p} in both train and val"
-                 for i, fold in enumerate(splits) for p in _leaked_patients(fold, groups)]
+        leaks = [
+            f"{path}: fold {i} has patient {p} in both train and val"
+            for i, fold in enumerate(splits)
+            for p in _leaked_patients(fold, groups)
+        ]
         if leaks:
             raise DatasetError(leaks)
     return splits
@@ -196,9 +212,11 @@ def _read_splits(path: Path) -> Splits:
         msg = f"{path}: cannot read splits ({e}); fix or delete the file"
         raise DatasetError(msg) from e
     ok = isinstance(data, list) and all(
-        isinstance(f, dict) and {"train", "val"} <= set(f)
+        isinstance(f, dict)
+        and {"train", "val"} <= set(f)
         and all(isinstance(f[k], list) and all(isinstance(c, str) for c in f[k]) for k in ("train", "val"))
-        for f in data)
+        for f in data
+    )
     if not ok:
         msg = f'{path}: expected a list of {{"train": [ids], "val": [ids]}}; fix or delete the file'
         raise DatasetError(msg)

@@ -47,8 +47,16 @@ from autoseg.workspace import write_json_atomic
 SPACING_ATOL_MM = 1e-3
 
 
-def evaluate_folders(pred_dir: Path, ref_dir: Path, out_json: Path, *, labels: list[int] | None = None,
-                     tolerance_mm: float = 1.0, workers: int = 1, plot: bool = False) -> dict[str, Any]:
+def evaluate_folders(
+    pred_dir: Path,
+    ref_dir: Path,
+    out_json: Path,
+    *,
+    labels: list[int] | None = None,
+    tolerance_mm: float = 1.0,
+    workers: int = 1,
+    plot: bool = False,
+) -> dict[str, Any]:
     """Score every reference in ``ref_dir`` against the prediction of the same case name.
 
     Args:
@@ -97,26 +105,34 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_json: Path, *, labels: l
 
     per_case = []
     for (case, pred, ref), r in zip(pairs, results, strict=True):
-        scores = {str(lab): r["metrics"][lab] if lab in r["metrics"]
-                  else absent_label_metrics(r["n_voxels"]) for lab in fixed}
-        per_case.append({"case": case, "prediction": str(pred), "reference": str(ref),
-                         "metrics": scores})
-    per_label = {str(lab): {m: nanmean([c["metrics"][str(lab)][m] for c in per_case])
-                            for m in METRICS} for lab in fixed}
+        scores = {
+            str(lab): r["metrics"][lab] if lab in r["metrics"] else absent_label_metrics(r["n_voxels"])
+            for lab in fixed
+        }
+        per_case.append({"case": case, "prediction": str(pred), "reference": str(ref), "metrics": scores})
+    per_label = {
+        str(lab): {m: nanmean([c["metrics"][str(lab)][m] for c in per_case]) for m in METRICS}
+        for lab in fixed
+    }
     summary = {
         "per_case": per_case,
         "per_label": per_label,
         "mean": {m: nanmean([per_label[str(lab)][m] for lab in fixed]) for m in METRICS},
-        "settings": {"pred_dir": str(pred_dir), "ref_dir": str(ref_dir), "labels": list(fixed),
-                     "tolerance_mm": float(tolerance_mm), "hd_percentile": HD_PERCENTILE,
-                     "n_cases": len(per_case), "metrics": list(METRICS)},
+        "settings": {
+            "pred_dir": str(pred_dir),
+            "ref_dir": str(ref_dir),
+            "labels": list(fixed),
+            "tolerance_mm": float(tolerance_mm),
+            "hd_percentile": HD_PERCENTILE,
+            "n_cases": len(per_case),
+            "metrics": list(METRICS),
+        },
     }
     _write_csv(out_json.with_name(out_json.stem + ".csv"), per_case)
     if plot:
         from autoseg.evaluation.plot import save_boxplot
 
-        save_boxplot(per_case, out_json.with_name(out_json.stem + "_boxplot.png"),
-                     tolerance_mm=tolerance_mm)
+        save_boxplot(per_case, out_json.with_name(out_json.stem + "_boxplot.png"), tolerance_mm=tolerance_mm)
     write_json_atomic(out_json, nan_to_none(summary))
     return summary
 
@@ -138,8 +154,11 @@ def _case_files(folder: Path, role: str) -> tuple[dict[str, Path], list[str]]:
 
 def _pair_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     """``(case, prediction, reference)`` for every reference, or DatasetError listing all problems."""
-    missing_dirs = [f"{role} folder {d} not found" for role, d in
-                    (("prediction", pred_dir), ("reference", ref_dir)) if not d.is_dir()]
+    missing_dirs = [
+        f"{role} folder {d} not found"
+        for role, d in (("prediction", pred_dir), ("reference", ref_dir))
+        if not d.is_dir()
+    ]
     if missing_dirs:
         raise DatasetError(missing_dirs)
     preds, problems = _case_files(pred_dir, "predictions")
@@ -149,14 +168,19 @@ def _pair_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
         problems.append(f"{ref_dir} holds no reference label map (.nii.gz, .nrrd, .mha, …)")
     missing = [c for c in refs if c not in preds]
     if missing:
-        problems.append(f"{pred_dir} lacks the prediction of {len(missing)} reference case(s): "
-                        f"{', '.join(missing)}; predict them or remove their references")
+        problems.append(
+            f"{pred_dir} lacks the prediction of {len(missing)} reference case(s): "
+            f"{', '.join(missing)}; predict them or remove their references"
+        )
     if problems:
         raise DatasetError(problems)
     extra = [c for c in preds if c not in refs]
     if extra:
-        warnings.warn(f"{len(extra)} prediction(s) in {pred_dir} have no reference in {ref_dir} "
-                      f"and are ignored: {', '.join(extra)}", stacklevel=3)
+        warnings.warn(
+            f"{len(extra)} prediction(s) in {pred_dir} have no reference in {ref_dir} "
+            f"and are ignored: {', '.join(extra)}",
+            stacklevel=3,
+        )
     return [(c, preds[c], refs[c]) for c in refs]
 
 
@@ -165,8 +189,7 @@ def _header(path: Path) -> tuple[tuple[int, ...], Geometry]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    geometry = Geometry(tuple(reversed(reader.GetSpacing())), reader.GetOrigin(),
-                        reader.GetDirection())
+    geometry = Geometry(tuple(reversed(reader.GetSpacing())), reader.GetOrigin(), reader.GetDirection())
     return tuple(reversed(reader.GetSize())), geometry
 
 
@@ -189,16 +212,22 @@ def _check_pair(pred: Path, ref: Path) -> list[str]:
     if len(r_shape) == 3 and find_reorientation(p_geo, p_shape, r_geo, r_shape) is not None:
         return []
     if p_shape != r_shape:
-        return [f"{pred} has shape {p_shape} (z, y, x) but its reference {ref} has {r_shape}; "
-                "write the prediction on the reference grid"]
+        return [
+            f"{pred} has shape {p_shape} (z, y, x) but its reference {ref} has {r_shape}; "
+            "write the prediction on the reference grid"
+        ]
     if not np.allclose(p_geo.spacing, r_geo.spacing, rtol=0, atol=SPACING_ATOL_MM):
         p_txt, r_txt = (tuple(round(s, 6) for s in g.spacing) for g in (p_geo, r_geo))
-        return [f"{pred} has spacing {p_txt} mm (z, y, x) but its reference {ref} has {r_txt}; "
-                "write the prediction on the reference grid"]
+        return [
+            f"{pred} has spacing {p_txt} mm (z, y, x) but its reference {ref} has {r_txt}; "
+            "write the prediction on the reference grid"
+        ]
     if len(r_shape) == 3:
-        return [f"{pred}: origin/direction differ from its reference {ref} by more than a flip or "
-                "axis permutation, so the two do not overlay; write the prediction on the "
-                "reference grid"]
+        return [
+            f"{pred}: origin/direction differ from its reference {ref} by more than a flip or "
+            "axis permutation, so the two do not overlay; write the prediction on the "
+            "reference grid"
+        ]
     return []
 
 
@@ -239,6 +268,7 @@ def _write_csv(path: Path, per_case: list[dict[str, Any]]) -> None:
     writer.writerow(["case", "label", *METRICS])
     for c in per_case:
         for lab, scores in c["metrics"].items():
-            writer.writerow([c["case"], lab, *("" if math.isnan(scores[m]) else repr(scores[m])
-                                                for m in METRICS)])
+            writer.writerow(
+                [c["case"], lab, *("" if math.isnan(scores[m]) else repr(scores[m]) for m in METRICS)]
+            )
     write_atomic(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8"))

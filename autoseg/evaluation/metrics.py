@@ -36,8 +36,17 @@ import numpy as np
 
 #: Keys of the per-label dict :func:`case_metrics` returns, in a fixed order (CSV columns).
 METRICS: tuple[str, ...] = (
-    "dice", "iou", "sensitivity", "specificity", "precision", "volume_pred_ml", "volume_ref_ml",
-    "volume_diff_ml", "volume_diff_rel", "hd95_mm", "nsd",
+    "dice",
+    "iou",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "volume_pred_ml",
+    "volume_ref_ml",
+    "volume_diff_ml",
+    "volume_diff_rel",
+    "hd95_mm",
+    "nsd",
 )
 
 #: Percentile of the symmetric surface distance reported as ``hd95_mm``.
@@ -90,8 +99,9 @@ def absent_label_metrics(n_voxels: int) -> dict[str, float]:
     return _overlap(0, 0, 0, n_voxels, voxel_ml=1.0) | {"hd95_mm": math.nan, "nsd": math.nan}
 
 
-def surface_metrics(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float],
-                    tolerance_mm: float = 1.0) -> tuple[float, float]:
+def surface_metrics(
+    pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], tolerance_mm: float = 1.0
+) -> tuple[float, float]:
     """HD95 and normalised surface Dice of two boolean masks.
 
     Both come from the distances between the masks' edge voxels (voxels with a 6-neighbour
@@ -132,15 +142,19 @@ def surface_metrics(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[floa
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
         from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
-        hd = compute_hausdorff_distance(p, r, include_background=True, percentile=HD_PERCENTILE,
-                                        spacing=sp)
-        nsd = compute_surface_dice(p, r, [float(tolerance_mm)], include_background=True,
-                                   spacing=sp)
+        hd = compute_hausdorff_distance(p, r, include_background=True, percentile=HD_PERCENTILE, spacing=sp)
+        nsd = compute_surface_dice(p, r, [float(tolerance_mm)], include_background=True, spacing=sp)
     return float(hd[0, 0]), float(nsd[0, 0])
 
 
-def case_metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], *,
-                 spacing: Sequence[float], tolerance_mm: float = 1.0) -> dict[int, dict[str, float]]:
+def case_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    labels: Sequence[int],
+    *,
+    spacing: Sequence[float],
+    tolerance_mm: float = 1.0,
+) -> dict[int, dict[str, float]]:
     """Every metric of :data:`METRICS` for each label of one case.
 
     Args:
@@ -208,8 +222,7 @@ def _union_box(mask: np.ndarray, *, margin: int) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
-                  tolerance_mm: float) -> None:
+def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> None:
     if pred.shape != ref.shape:
         msg = f"prediction and reference must have the same shape, got {pred.shape} and {ref.shape}"
         raise ValueError(msg)
@@ -217,8 +230,7 @@ def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         msg = f"label maps must be 2D or 3D, got {pred.ndim} dimensions (shape {pred.shape})"
         raise ValueError(msg)
     if len(spacing) != pred.ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-        msg = (f"spacing must hold {pred.ndim} positive values (mm, array order), "
-               f"got {tuple(spacing)}")
+        msg = f"spacing must hold {pred.ndim} positive values (mm, array order), got {tuple(spacing)}"
         raise ValueError(msg)
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         msg = f"tolerance_mm must be a finite value >= 0, got {tolerance_mm}"

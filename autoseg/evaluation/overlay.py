@@ -19,8 +19,7 @@ def _best_slice(ref: np.ndarray, pred: np.ndarray) -> int:
     return int(np.argmax(counts))
 
 
-def save_overlay(image: Image, ref: np.ndarray, pred: np.ndarray, path: Path, *,
-                 title: str = "") -> Path:
+def save_overlay(image: Image, ref: np.ndarray, pred: np.ndarray, path: Path, *, title: str = "") -> Path:
     """Write a PNG of the most informative slice with both outlines (per label, thin contours)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -58,6 +57,5 @@ def save_overlays(images_dir: Path, ref_dir: Path, pred_dir: Path, out_dir: Path
             continue
         pred = read_image(pred_path).array
         ref = np.rint(read_image(refs[0]).array).astype(pred.dtype)
-        written.append(save_overlay(read_image(scans[0]), ref, pred, out_dir / f"{cid}.png",
-                                    title=cid))
+        written.append(save_overlay(read_image(scans[0]), ref, pred, out_dir / f"{cid}.png", title=cid))
     return written

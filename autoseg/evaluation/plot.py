@@ -19,8 +19,13 @@ from autoseg._atomic import write_atomic
 _TITLES = {"dice": "Dice", "nsd": "NSD", "iou": "IoU", "hd95_mm": "HD95 (mm)"}
 
 
-def save_boxplot(per_case: list[dict[str, Any]], path: Path, *,
-                 metrics: Sequence[str] = ("dice", "nsd"), tolerance_mm: float | None = None) -> Path:
+def save_boxplot(
+    per_case: list[dict[str, Any]],
+    path: Path,
+    *,
+    metrics: Sequence[str] = ("dice", "nsd"),
+    tolerance_mm: float | None = None,
+) -> Path:
     """Save one panel per metric: a box per label over the cases, each case a point.
 
     Args:
@@ -40,15 +45,18 @@ def save_boxplot(per_case: list[dict[str, Any]], path: Path, *,
     axes = fig.subplots(len(metrics), 1, squeeze=False)[:, 0]
     rng = np.random.default_rng(0)  # jitter of the points only; fixed so reruns draw the same
     for ax, metric in zip(axes, metrics, strict=True):
-        values = [[v for c in per_case if not math.isnan(v := c["metrics"][lab][metric])]
-                  for lab in labels]
+        values = [[v for c in per_case if not math.isnan(v := c["metrics"][lab][metric])] for lab in labels]
         means = [float(np.mean(v)) if v else math.nan for v in values]
         ax.boxplot(values, showfliers=False, widths=0.5)
         for i, v in enumerate(values, start=1):
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=14, alpha=0.7, zorder=3)
-        ax.set_xticks(range(1, len(labels) + 1),
-                      [f"label {lab}\nmean {m:.3f} (n={len(v)})" for lab, m, v in
-                       zip(labels, means, values, strict=True)])
+        ax.set_xticks(
+            range(1, len(labels) + 1),
+            [
+                f"label {lab}\nmean {m:.3f} (n={len(v)})"
+                for lab, m, v in zip(labels, means, values, strict=True)
+            ],
+        )
         valid = [m for m in means if not math.isnan(m)]
         overall = f"{np.mean(valid):.3f}" if valid else "n/a"
         name = _TITLES.get(metric, metric)

@@ -43,8 +43,7 @@ def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
         "output_name": "logits",
         "channel_names": list(plan.channel_names),
         "labels": dict(plan.labels),
-        "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None}
-                          for n in plan.normalization],
+        "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None} for n in plan.normalization],
         "spacing": list(cfg.spacing),
         "transpose_forward": list(plan.transpose_forward),
         "postprocessing": model.postprocessing,
@@ -53,8 +52,9 @@ def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
     }
 
 
-def export_onnx(model_dir: Path, *, folds: list[str] | None = None, copy_to: Path | None = None
-                ) -> list[Path]:
+def export_onnx(
+    model_dir: Path, *, folds: list[str] | None = None, copy_to: Path | None = None
+) -> list[Path]:
     """Export every (or the given) fold of a configuration to ONNX, dynamic batch size.
 
     Args:
@@ -81,9 +81,16 @@ def export_onnx(model_dir: Path, *, folds: list[str] | None = None, copy_to: Pat
                 # TorchScript exporter is the legacy one (the torch.export one needs onnxscript,
                 # not a dependency).
                 warnings.simplefilter("ignore")
-                torch.onnx.export(net, (dummy,), str(tmp), input_names=["input"],
-                                  output_names=["logits"], opset_version=OPSET, dynamo=False,
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                torch.onnx.export(
+                    net,
+                    (dummy,),
+                    str(tmp),
+                    input_names=["input"],
+                    output_names=["logits"],
+                    opset_version=OPSET,
+                    dynamo=False,
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                )
             onnx.checker.check_model(str(tmp))
 
         dest = write_atomic(model_dir / f"fold_{fold}" / "model.onnx", write)

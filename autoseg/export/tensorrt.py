@@ -18,8 +18,15 @@ from autoseg.workspace import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: tuple[int, ...],
-                 max_batch: int = 8, fp16: bool = False, workspace_gb: float = 4.0) -> Path:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    input_shape: tuple[int, ...],
+    max_batch: int = 8,
+    fp16: bool = False,
+    workspace_gb: float = 4.0,
+) -> Path:
     """Build and serialize one engine with a dynamic batch profile (1, max_batch/2, max_batch).
 
     Args:
@@ -44,8 +51,9 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: tuple[int, 
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1, *input_shape), (max(1, max_batch // 2), *input_shape),
-                      (max_batch, *input_shape))
+    profile.set_shape(
+        "input", (1, *input_shape), (max(1, max_batch // 2), *input_shape), (max_batch, *input_shape)
+    )
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -54,16 +62,18 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: tuple[int, 
     return write_atomic(engine_path, lambda tmp: tmp.write_bytes(bytes(serialized)))
 
 
-def export_tensorrt(model_dir: Path, *, folds: list[str] | None = None, fp16: bool = False,
-                    max_batch: int = 8) -> list[Path]:
+def export_tensorrt(
+    model_dir: Path, *, folds: list[str] | None = None, fp16: bool = False, max_batch: int = 8
+) -> list[Path]:
     """ONNX export (if needed), then one engine per fold: ``fold_k/model.engine``."""
     get_tensorrt()  # fail before any work when TensorRT is absent
     folds = folds or trained_folds(model_dir)
     onnx_files = export_onnx(model_dir, folds=folds)
     info = sidecar(model_dir, folds, "tensorrt")
     shape = (info["input_channels"], *info["patch_size"])
-    engines = [build_engine(p, p.with_name("model.engine"), input_shape=shape,
-                            max_batch=max_batch, fp16=fp16) for p in onnx_files]
-    write_json_atomic(model_dir / "export_tensorrt.json", info | {"fp16": fp16,
-                                                                  "max_batch": max_batch})
+    engines = [
+        build_engine(p, p.with_name("model.engine"), input_shape=shape, max_batch=max_batch, fp16=fp16)
+        for p in onnx_files
+    ]
+    write_json_atomic(model_dir / "export_tensorrt.json", info | {"fp16": fp16, "max_batch": max_batch})
     return engines

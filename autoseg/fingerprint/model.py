@@ -32,8 +32,16 @@ class IntensityStats:
         if v.size == 0:
             return cls(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
         p005, p50, p995 = np.percentile(v, [0.5, 50.0, 99.5])
-        return cls(float(v.mean()), float(v.std()), float(p50), float(v.min()), float(v.max()),
-                   float(p005), float(p995), int(v.size))
+        return cls(
+            float(v.mean()),
+            float(v.std()),
+            float(p50),
+            float(v.min()),
+            float(v.max()),
+            float(p005),
+            float(p995),
+            int(v.size),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,15 +111,20 @@ class Fingerprint:
             raise ValueError(msg)
         cases = tuple(
             CaseFingerprint(
-                case_id=c["case_id"], spacing=tuple(c["spacing"]), shape=tuple(c["shape"]),
+                case_id=c["case_id"],
+                spacing=tuple(c["spacing"]),
+                shape=tuple(c["shape"]),
                 shape_after_crop=tuple(c["shape_after_crop"]),
-                bbox=tuple(tuple(b) for b in c["bbox"]), label_voxels=tuple(c["label_voxels"]),
+                bbox=tuple(tuple(b) for b in c["bbox"]),
+                label_voxels=tuple(c["label_voxels"]),
             )
             for c in d["cases"]
         )
         return cls(
-            dataset_name=d["dataset_name"], channel_names=tuple(d["channel_names"]),
-            labels=dict(d["labels"]), cases=cases,
+            dataset_name=d["dataset_name"],
+            channel_names=tuple(d["channel_names"]),
+            labels=dict(d["labels"]),
+            cases=cases,
             foreground_intensity=tuple(IntensityStats(**s) for s in d["foreground_intensity"]),
             median_relative_size_after_crop=d["median_relative_size_after_crop"],
             schema_version=d["schema_version"],

@@ -68,8 +68,9 @@ class TensorRTNetwork:
         """Logits of a batch; input and output stay on the GPU (TensorRT 10 tensor API)."""
         x = x.to(self.device, torch.float32).contiguous()
         self.context.set_input_shape("input", tuple(x.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape("logits")), device=self.device,
-                          dtype=torch.float32)
+        out = torch.empty(
+            tuple(self.context.get_tensor_shape("logits")), device=self.device, dtype=torch.float32
+        )
         self.context.set_tensor_address("input", x.data_ptr())
         self.context.set_tensor_address("logits", out.data_ptr())
         stream = torch.cuda.current_stream(self.device)

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from autoseg.planning.plan import Plan
 
 
-def resize_channels(x: torch.Tensor, shape: Sequence[int], *, z_axis: int | None,
-                    mode: str = "linear") -> torch.Tensor:
+def resize_channels(
+    x: torch.Tensor, shape: Sequence[int], *, z_axis: int | None, mode: str = "linear"
+) -> torch.Tensor:
     """Resize ``(C, Z, Y, X)`` to ``shape``: trilinear, or bilinear in-plane + nearest along
     ``z_axis`` for anisotropic data. Voxel centres are aligned (``align_corners=False``).
     """
@@ -35,15 +36,15 @@ def resize_channels(x: torch.Tensor, shape: Sequence[int], *, z_axis: int | None
     xs = x.permute(0, *(p + 1 for p in perm))  # (C, Zs, A, B) with the z axis first
     inplane = tuple(shape[a] for a in perm[1:])
     if tuple(xs.shape[2:]) != inplane:
-        xs = F.interpolate(xs.transpose(0, 1), size=inplane, mode="bilinear",
-                           align_corners=False).transpose(0, 1)
+        xs = F.interpolate(xs.transpose(0, 1), size=inplane, mode="bilinear", align_corners=False).transpose(
+            0, 1
+        )
     zshape = (shape[perm[0]], *inplane)
     xs = F.interpolate(xs[None], size=zshape, mode="nearest-exact")[0]
     return xs.permute(0, *(i + 1 for i in inv))
 
 
-def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *,
-                     z_axis: int | None) -> torch.Tensor:
+def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *, z_axis: int | None) -> torch.Tensor:
     """Argmax over classes of the logits resized to ``shape`` (as :func:`resize_channels`),
     without ever holding all classes at the output size.
 
@@ -101,8 +102,7 @@ def _axis_first(axis: int) -> tuple[list[int], list[int]]:
     return perm, [perm.index(a) for a in range(3)]
 
 
-def _axis_sampling(n_in: int, n_out: int, *, linear: bool) -> tuple[torch.Tensor, torch.Tensor,
-                                                                       torch.Tensor]:
+def _axis_sampling(n_in: int, n_out: int, *, linear: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where each output index reads the input along one axis: ``(i0, i1, w)``, the value being
     ``(1 - w) * x[i0] + w * x[i1]``, by PyTorch's ``align_corners=False`` rules (linear: source
     ``(o + 0.5) * n_in / n_out - 0.5`` clamped at 0; nearest-exact: ``floor((o + 0.5) * n_in / n_out)``).
@@ -149,8 +149,7 @@ def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan) ->
     return to_source_grid(classes.cpu().numpy(), props, plan)
 
 
-def probabilities_on_source_grid(logits: torch.Tensor, props: dict[str, Any],
-                                 plan: Plan) -> np.ndarray:
+def probabilities_on_source_grid(logits: torch.Tensor, props: dict[str, Any], plan: Plan) -> np.ndarray:
     """Softmax probabilities ``(n_classes, Z, Y, X)`` float32 on the source grid (background
     1 outside the crop), for ``--save-probabilities``, validation and ensembling.
 

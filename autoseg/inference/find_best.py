@@ -95,25 +95,30 @@ def _discover(model_dir: Path) -> _Run | str:
     label_maps: dict[str, Path] = {}
     probabilities: dict[str, Path] = {}
     folds = []
-    fold_dirs = sorted((p for p in model_dir.glob("fold_*") if p.is_dir()),
-                       key=lambda p: _fold_key(p.name.removeprefix("fold_")))
+    fold_dirs = sorted(
+        (p for p in model_dir.glob("fold_*") if p.is_dir()),
+        key=lambda p: _fold_key(p.name.removeprefix("fold_")),
+    )
     for fold_dir in fold_dirs:
         val = fold_dir / "validation"
         if not val.is_dir():
             continue
         if not (val / "summary.json").is_file():
-            _warn(f"{val}: validation incomplete (no summary.json); fold left out, re-run it with "
-                  "`autoseg train --resume`")
+            _warn(
+                f"{val}: validation incomplete (no summary.json); fold left out, re-run it with "
+                "`autoseg train --resume`"
+            )
             continue
-        cases = sorted(p.name[: -len(_ENDING)] for p in val.glob(f"*{_ENDING}")
-                       if not p.name.startswith("."))
+        cases = sorted(p.name[: -len(_ENDING)] for p in val.glob(f"*{_ENDING}") if not p.name.startswith("."))
         if not cases:
             continue
         for cid in cases:
             if cid in label_maps:
-                msg = (f"{model_dir}: case {cid} is validated in {label_maps[cid].parent.parent.name} "
-                       f"and {fold_dir.name}; the folds come from different splits, retrain them "
-                       "with one split")
+                msg = (
+                    f"{model_dir}: case {cid} is validated in {label_maps[cid].parent.parent.name} "
+                    f"and {fold_dir.name}; the folds come from different splits, retrain them "
+                    "with one split"
+                )
                 raise CheckpointError(msg)
             label_maps[cid] = val / f"{cid}{_ENDING}"
             if (val / f"{cid}.npz").is_file():
@@ -129,8 +134,10 @@ def _references(dataset_dir: Path) -> dict[str, Path]:
     """Case id -> reference label file, from the dataset folder recorded in ``source.json``."""
     src = dataset_dir / "source.json"
     if not src.is_file():
-        msg = (f"{src}: missing, so the reference labels cannot be found; run "
-               "`autoseg plan PATH/TO/DATASET` with this work folder")
+        msg = (
+            f"{src}: missing, so the reference labels cannot be found; run "
+            "`autoseg plan PATH/TO/DATASET` with this work folder"
+        )
         raise DatasetError(msg)
     folder = Path(json.loads(src.read_text(encoding="utf-8"))["dataset_folder"])
     return {c.case_id: c.label for c in load_dataset(folder).cases if c.label is not None}
@@ -144,8 +151,10 @@ def _load_probabilities(path: Path, n_classes: int, shape: tuple[int, ...]) -> n
         msg = f"{path}: cannot read 'probabilities' ({e}); re-run the validation of this fold"
         raise CheckpointError(msg) from e
     if prob.shape != (n_classes, *shape):
-        msg = (f"{path}: probabilities of shape {prob.shape}, expected {(n_classes, *shape)} "
-               "(classes, then the label map's shape); re-run the validation of this fold")
+        msg = (
+            f"{path}: probabilities of shape {prob.shape}, expected {(n_classes, *shape)} "
+            "(classes, then the label map's shape); re-run the validation of this fold"
+        )
         raise CheckpointError(msg)
     return prob
 
@@ -187,18 +196,20 @@ def _score_case(job: _CaseJob) -> dict[str, Any]:
     try:
         # every prediction is on the scan's grid (the first one's); the reference joins it
         grid = read_image(job.label_maps[0][1])
-        ref = _as_labels(read_onto(job.reference, grid.geometry, grid.array.shape,
-                                   grid_of=str(grid.path)))
+        ref = _as_labels(read_onto(job.reference, grid.geometry, grid.array.shape, grid_of=str(grid.path)))
         single: dict[str, list[float]] = {}
         for name, path in job.label_maps:
             img = grid if path == grid.path else read_image(path)
             if img.array.shape != grid.array.shape or not img.geometry.same_grid(grid.geometry):
-                msg = (f"{path}: not on the grid of {grid.path} (another prediction of the same "
-                       "case); re-run the validation of this fold")
+                msg = (
+                    f"{path}: not on the grid of {grid.path} (another prediction of the same "
+                    "case); re-run the validation of this fold"
+                )
                 raise CheckpointError(msg)
             single[name] = list(dice_per_label(img.array, ref, fg).values())
-        probs = {name: _load_probabilities(p, len(job.label_values), ref.shape)
-                 for name, p in job.probabilities}
+        probs = {
+            name: _load_probabilities(p, len(job.label_values), ref.shape) for name, p in job.probabilities
+        }
         pairs: dict[str, list[float]] = {}
         for a, b in job.pairs:
             labels = ensemble_labels([probs[a], probs[b]], job.label_values)
@@ -210,8 +221,7 @@ def _score_case(job: _CaseJob) -> dict[str, Any]:
     return {"single": single, "pairs": pairs}
 
 
-def _usable_runs(models: Path, configurations: list[str] | None,
-                 skipped: dict[str, str]) -> list[_Run]:
+def _usable_runs(models: Path, configurations: list[str] | None, skipped: dict[str, str]) -> list[_Run]:
     if configurations is not None:
         names = list(configurations)
     else:
@@ -230,15 +240,19 @@ def _usable_runs(models: Path, configurations: list[str] | None,
 def _common_cases(runs: list[_Run], refs: dict[str, Path]) -> list[str]:
     missing = sorted({c for r in runs for c in r.label_maps if c not in refs})
     if missing:
-        msg = (f"validation cases {', '.join(missing[:10])} have no reference label in the dataset "
-               "folder named in source.json; was the model trained on another dataset?")
+        msg = (
+            f"validation cases {', '.join(missing[:10])} have no reference label in the dataset "
+            "folder named in source.json; was the model trained on another dataset?"
+        )
         raise DatasetError(msg)
     sets = [set(r.label_maps) for r in runs]
     common = sorted(set.intersection(*sets))
     if any(s != set(common) for s in sets):
         counts = ", ".join(f"{r.name}: {len(r.label_maps)}" for r in runs)
-        _warn(f"the configurations validated different cases ({counts}); they are compared on the "
-              f"{len(common)} cases they share. Train the same folds for all for a full comparison")
+        _warn(
+            f"the configurations validated different cases ({counts}); they are compared on the "
+            f"{len(common)} cases they share. Train the same folds for all for a full comparison"
+        )
     if not common:
         msg = "the configurations share no validated case; train the same folds for each"
         raise CheckpointError(msg)
@@ -250,8 +264,10 @@ def _pairs(runs: list[_Run], common: list[str], skipped: dict[str, str]) -> list
     for a, b in itertools.combinations(runs, 2):
         lacking = [r.name for r in (a, b) if any(c not in r.probabilities for c in common)]
         if lacking:
-            reason = (f"{', '.join(lacking)} kept no probabilities (CASE.npz) for some validation "
-                      "cases; retrain without --no-val-probabilities to ensemble")
+            reason = (
+                f"{', '.join(lacking)} kept no probabilities (CASE.npz) for some validation "
+                "cases; retrain without --no-val-probabilities to ensemble"
+            )
             skipped[pair_name(a.name, b.name)] = reason
             _warn(f"ensemble {pair_name(a.name, b.name)} skipped: {reason}")
         else:
@@ -259,8 +275,9 @@ def _pairs(runs: list[_Run], common: list[str], skipped: dict[str, str]) -> list
     return pairs
 
 
-def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
-              workers: int = 1) -> dict[str, Any]:
+def find_best(
+    dataset_dir: Path, *, configurations: list[str] | None = None, workers: int = 1
+) -> dict[str, Any]:
     """Score configurations and their pairwise ensembles by cross-validation Dice, pick the best,
     decide its post-processing, and write ``inference.json``.
 
@@ -297,8 +314,10 @@ def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
     skipped: dict[str, str] = {}
     runs = _usable_runs(models, configurations, skipped)
     if not runs:
-        msg = (f"{dataset_dir}: no configuration has validation predictions under "
-               f"{models}/<config>/fold_<k>/validation/; run `autoseg train` for at least one fold")
+        msg = (
+            f"{dataset_dir}: no configuration has validation predictions under "
+            f"{models}/<config>/fold_<k>/validation/; run `autoseg train` for at least one fold"
+        )
         raise CheckpointError(msg)
     label_values = runs[0].label_values
     if any(r.label_values != label_values for r in runs):
@@ -310,10 +329,18 @@ def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
     common = _common_cases(runs, refs)
     pairs = _pairs(runs, common, skipped)
     in_pairs = {n for p in pairs for n in p}
-    jobs = [_CaseJob(cid, refs[cid], tuple((r.name, r.label_maps[cid]) for r in runs),
-                     tuple((r.name, r.probabilities[cid]) for r in runs if r.name in in_pairs),
-                     tuple(pairs), label_values, dataset_dir / "ensembles")
-            for cid in common]
+    jobs = [
+        _CaseJob(
+            cid,
+            refs[cid],
+            tuple((r.name, r.label_maps[cid]) for r in runs),
+            tuple((r.name, r.probabilities[cid]) for r in runs if r.name in in_pairs),
+            tuple(pairs),
+            label_values,
+            dataset_dir / "ensembles",
+        )
+        for cid in common
+    ]
     scores = parallel_map(_score_case, jobs, workers=workers, desc="Scoring configurations")
     errors = [s["error"] for s in scores if "error" in s]
     if errors:
@@ -321,18 +348,15 @@ def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
 
     candidates: dict[str, dict[str, Any]] = {}
     for r in runs:
-        candidates[r.name] = {"configurations": [r.name],
-                              **_means([s["single"][r.name] for s in scores], fg)}
+        candidates[r.name] = {"configurations": [r.name], **_means([s["single"][r.name] for s in scores], fg)}
     for a, b in pairs:
         name = pair_name(a, b)
-        candidates[name] = {"configurations": [a, b],
-                            **_means([s["pairs"][name] for s in scores], fg)}
+        candidates[name] = {"configurations": [a, b], **_means([s["pairs"][name] for s in scores], fg)}
     order = list(candidates)
 
     def rank(name: str) -> tuple[float, int, int]:
         d = candidates[name]["foreground_mean"]
-        return (-math.inf if d is None else d, -len(candidates[name]["configurations"]),
-                -order.index(name))
+        return (-math.inf if d is None else d, -len(candidates[name]["configurations"]), -order.index(name))
 
     best = max(order, key=rank)
     chosen = candidates[best]["configurations"]
@@ -346,10 +370,13 @@ def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
         cases = common
         preds = [dataset_dir / "ensembles" / best / f"{c}{_ENDING}" for c in cases]
         ensemble_folder = f"ensembles/{best}"
-    log.info("best: %s (foreground Dice %s); deciding post-processing on %d cases", best,
-             candidates[best]["foreground_mean"], len(cases))
-    pp, pp_report = determine_postprocessing(preds, [refs[c] for c in cases], list(fg),
-                                             workers=workers)
+    log.info(
+        "best: %s (foreground Dice %s); deciding post-processing on %d cases",
+        best,
+        candidates[best]["foreground_mean"],
+        len(cases),
+    )
+    pp, pp_report = determine_postprocessing(preds, [refs[c] for c in cases], list(fg), workers=workers)
     info = {
         "schema_version": INFERENCE_VERSION,
         "best": best,
@@ -357,9 +384,15 @@ def find_best(dataset_dir: Path, *, configurations: list[str] | None = None,
         "folds": {c: list(by_name[c].folds) for c in chosen},
         "postprocessing": pp.to_dict(),
         "cv_dice": {n: candidates[n]["foreground_mean"] for n in order},
-        "report": {"labels": list(fg), "n_cases": len(common), "cases": common,
-                   "candidates": candidates, "skipped": skipped,
-                   "ensemble_folder": ensemble_folder, "postprocessing": pp_report},
+        "report": {
+            "labels": list(fg),
+            "n_cases": len(common),
+            "cases": common,
+            "candidates": candidates,
+            "skipped": skipped,
+            "ensemble_folder": ensemble_folder,
+            "postprocessing": pp_report,
+        },
     }
     if len(chosen) == 1:  # an ensemble's post-processing lives in inference.json only
         write_json_atomic(models / chosen[0] / "postprocessing.json", pp.to_dict())

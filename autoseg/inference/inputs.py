@@ -36,31 +36,35 @@ def find_cases(source: Path, *, n_channels: int) -> tuple[list[Case], list[str]]
         return _group_files([source], n_channels, siblings_of=source.parent)
     if is_dicom_folder(source):
         return [Case(source.name, (source,), None)], []
-    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and has_image_ending(p))
+    files = sorted(
+        p for p in source.iterdir() if p.is_file() and not p.name.startswith(".") and has_image_ending(p)
+    )
     cases, problems = _group_files(files, n_channels)
     for sub in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if is_dicom_folder(sub):
             if n_channels != 1:
-                problems.append(f"{sub}: a DICOM series is one channel but the model needs "
-                                f"{n_channels}; give NIfTI files named CASE_0000…")
+                problems.append(
+                    f"{sub}: a DICOM series is one channel but the model needs "
+                    f"{n_channels}; give NIfTI files named CASE_0000…"
+                )
                 continue
             cases.append(Case(sub.name, (sub,), None))
     if not cases and not problems:
-        msg = (f"{source}: no scans found (NIfTI/NRRD/MHA files or DICOM series folders); "
-               "check the path")
+        msg = f"{source}: no scans found (NIfTI/NRRD/MHA files or DICOM series folders); check the path"
         raise AutosegError(msg)
     ids = [c.case_id for c in cases]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
-        problems.append(f"{source}: case name(s) {dup} given twice (e.g. as a file and a DICOM "
-                        "folder); rename one")
+        problems.append(
+            f"{source}: case name(s) {dup} given twice (e.g. as a file and a DICOM folder); rename one"
+        )
         cases = [c for c in cases if c.case_id not in dup]
     return sorted(cases, key=lambda c: c.case_id), problems
 
 
-def _group_files(files: list[Path], n_channels: int, *, siblings_of: Path | None = None
-                 ) -> tuple[list[Case], list[str]]:
+def _group_files(
+    files: list[Path], n_channels: int, *, siblings_of: Path | None = None
+) -> tuple[list[Case], list[str]]:
     groups: dict[str, dict[int, Path]] = defaultdict(dict)
     for f in files:
         stem = strip_ending(f.name)
@@ -72,7 +76,7 @@ def _group_files(files: list[Path], n_channels: int, *, siblings_of: Path | None
     if siblings_of is not None:  # a single file named CASE_0000: pick up its other channels
         for cid, chans in groups.items():
             if 0 in chans and _CHANNEL_RE.match(strip_ending(chans[0].name)):
-                ending = chans[0].name[len(strip_ending(chans[0].name)):]
+                ending = chans[0].name[len(strip_ending(chans[0].name)) :]
                 for c in range(1, n_channels):
                     p = siblings_of / f"{cid}_{c:04d}{ending}"
                     if p.is_file():
@@ -83,10 +87,11 @@ def _group_files(files: list[Path], n_channels: int, *, siblings_of: Path | None
         extra = [c for c in chans if c >= n_channels]
         if missing or extra:
             found = ", ".join(p.name for _, p in sorted(chans.items()))
-            problems.append(f"case {cid} ({found}): the model needs {n_channels} channel(s) "
-                            f"_0000…_{n_channels - 1:04d}; "
-                            + (f"missing channel(s) {missing}" if missing else
-                               f"unexpected channel(s) {extra}"))
+            problems.append(
+                f"case {cid} ({found}): the model needs {n_channels} channel(s) "
+                f"_0000…_{n_channels - 1:04d}; "
+                + (f"missing channel(s) {missing}" if missing else f"unexpected channel(s) {extra}")
+            )
             continue
         cases.append(Case(cid, tuple(chans[c] for c in range(n_channels)), None))
     return cases, problems

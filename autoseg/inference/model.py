@@ -37,12 +37,19 @@ class TrainedModel:
 
 def trained_folds(model_dir: Path, checkpoint: str = "final") -> list[str]:
     """Fold names (``"0"``…``"4"``, ``"all"``) that have the given checkpoint."""
-    return sorted(p.parent.name.removeprefix("fold_")
-                  for p in model_dir.glob(f"fold_*/checkpoint_{checkpoint}.pt"))
+    return sorted(
+        p.parent.name.removeprefix("fold_") for p in model_dir.glob(f"fold_*/checkpoint_{checkpoint}.pt")
+    )
 
 
-def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: str = "final",
-               device: torch.device | str = "cpu", backend: str = "torch") -> TrainedModel:
+def load_model(
+    model_dir: Path,
+    *,
+    folds: list[str] | None = None,
+    checkpoint: str = "final",
+    device: torch.device | str = "cpu",
+    backend: str = "torch",
+) -> TrainedModel:
     """Load a configuration's fold networks in eval mode.
 
     Args:
@@ -66,8 +73,10 @@ def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: s
     folds = folds or available
     missing = [f for f in folds if f not in available]
     if not folds or missing:
-        msg = (f"{model_dir}: fold(s) {missing or 'any'} have no checkpoint_{checkpoint}.pt "
-               f"(trained: {available or 'none'}); train them or choose others with -f")
+        msg = (
+            f"{model_dir}: fold(s) {missing or 'any'} have no checkpoint_{checkpoint}.pt "
+            f"(trained: {available or 'none'}); train them or choose others with -f"
+        )
         raise CheckpointError(msg)
     device = torch.device(device)
     if backend != "torch":
@@ -75,9 +84,10 @@ def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: s
 
         networks: list[Any] = [
             OnnxNetwork(model_dir / f"fold_{f}" / "model.onnx", device=device)
-            if backend == "onnx" else
-            TensorRTNetwork(model_dir / f"fold_{f}" / "model.engine", device=device)
-            for f in folds]
+            if backend == "onnx"
+            else TensorRTNetwork(model_dir / f"fold_{f}" / "model.engine", device=device)
+            for f in folds
+        ]
     else:
         networks = [_load_torch(model_dir, f, checkpoint, config, plan, device) for f in folds]
     pp_path = model_dir / "postprocessing.json"
@@ -85,8 +95,9 @@ def load_model(model_dir: Path, *, folds: list[str] | None = None, checkpoint: s
     return TrainedModel(plan, config, networks, list(folds), model_dir, pp)
 
 
-def _load_torch(model_dir: Path, fold: str, checkpoint: str, config: Configuration, plan: Plan,
-                device: torch.device) -> torch.nn.Module:
+def _load_torch(
+    model_dir: Path, fold: str, checkpoint: str, config: Configuration, plan: Plan, device: torch.device
+) -> torch.nn.Module:
     """One fold's torch network from its checkpoint (weights only: no code runs from the file)."""
     path = model_dir / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
     try:
@@ -94,19 +105,19 @@ def _load_torch(model_dir: Path, fold: str, checkpoint: str, config: Configurati
     except Exception as e:
         msg = f"{path}: cannot be read as a checkpoint ({type(e).__name__}); retrain this fold"
         raise CheckpointError(msg) from e
-    net = build_inference_network(config, in_channels=len(plan.channel_names),
-                                  n_classes=plan.num_classes)
+    net = build_inference_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
     try:
         net.load_training_state(state["network"])
     except (KeyError, RuntimeError) as e:
-        msg = (f"{path}: its weights do not fit the network of {model_dir / 'plans.json'} "
-               f"({type(e).__name__}); retrain this fold with this plan")
+        msg = (
+            f"{path}: its weights do not fit the network of {model_dir / 'plans.json'} "
+            f"({type(e).__name__}); retrain this fold with this plan"
+        )
         raise CheckpointError(msg) from e
     return net.to(device).eval()
 
 
-def default_models(dataset_dir: Path
-                   ) -> tuple[list[tuple[str, list[str] | None]], dict[str, Any] | None]:
+def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]], dict[str, Any] | None]:
     """What ``predict`` uses without ``-c``: find-best's choice, else the only trained model.
 
     Returns:
@@ -127,6 +138,8 @@ def default_models(dataset_dir: Path
     if not models:
         msg = f"{dataset_dir}: no trained model; run `autoseg train` first"
     else:
-        msg = (f"{dataset_dir}: several trained models ({', '.join(models)}); choose one with -c "
-               "or run `autoseg find-best`")
+        msg = (
+            f"{dataset_dir}: several trained models ({', '.join(models)}); choose one with -c "
+            "or run `autoseg find-best`"
+        )
     raise CheckpointError(msg)

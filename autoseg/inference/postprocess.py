@@ -58,8 +58,10 @@ class Postprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the content of ``postprocessing.json``)."""
-        return {"foreground_largest_only": self.foreground_largest_only,
-                "largest_only_labels": [int(v) for v in self.largest_only_labels]}
+        return {
+            "foreground_largest_only": self.foreground_largest_only,
+            "largest_only_labels": [int(v) for v in self.largest_only_labels],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Postprocessing:
@@ -72,10 +74,16 @@ class Postprocessing:
         keys = set(d) if isinstance(d, dict) else set()
         fg = d.get("foreground_largest_only") if isinstance(d, dict) else None
         labels = d.get("largest_only_labels") if isinstance(d, dict) else None
-        if (keys != expected or not isinstance(fg, bool) or not isinstance(labels, list)
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)):
-            msg = (f"post-processing should be {{'foreground_largest_only': bool, "
-                   f"'largest_only_labels': [int, ...]}}, got {d!r}; re-run `autoseg find-best`")
+        if (
+            keys != expected
+            or not isinstance(fg, bool)
+            or not isinstance(labels, list)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
+        ):
+            msg = (
+                f"post-processing should be {{'foreground_largest_only': bool, "
+                f"'largest_only_labels': [int, ...]}}, got {d!r}; re-run `autoseg find-best`"
+            )
             raise CheckpointError(msg)
         return cls(fg, tuple(labels))
 
@@ -217,15 +225,20 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...]]) -> dict[str, Any]:
 def _means(per_case: list[list[float]], labels: Sequence[int]) -> dict[str, Any]:
     """Mean Dice per label over cases (NaN-aware) and their mean, as JSON (NaN -> null)."""
     mean = [nanmean([c[i] for c in per_case]) for i in range(len(labels))]
-    return {"mean": {str(v): nan_to_none(m) for v, m in zip(labels, mean, strict=True)},
-            "foreground_mean": nan_to_none(nanmean(mean))}
+    return {
+        "mean": {str(v): nan_to_none(m) for v, m in zip(labels, mean, strict=True)},
+        "foreground_mean": nan_to_none(nanmean(mean)),
+    }
 
 
 def _raise_collected(errors: list[tuple[str, str]]) -> None:
     """Raise every case's problem at once, as the error type of the first."""
     kind = getattr(errors_module, errors[0][0], AutosegError)
-    msg = errors[0][1] if len(errors) == 1 else (
-        f"{len(errors)} cases failed:\n  " + "\n  ".join(m for _, m in errors))
+    msg = (
+        errors[0][1]
+        if len(errors) == 1
+        else (f"{len(errors)} cases failed:\n  " + "\n  ".join(m for _, m in errors))
+    )
     raise kind(msg)
 
 
@@ -237,8 +250,9 @@ def _worse(after: float | None, before: float | None) -> bool:
     return before is not None and after is not None and after < before
 
 
-def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labels: list[int], *,
-                             workers: int = 1) -> tuple[Postprocessing, dict[str, Any]]:
+def determine_postprocessing(
+    pred_files: list[Path], ref_files: list[Path], labels: list[int], *, workers: int = 1
+) -> tuple[Postprocessing, dict[str, Any]]:
     """Decide post-processing from cross-validation predictions (nnU-Net's two tests).
 
     Mean Dice per label is taken over cases, leaving out cases where the label is absent from
@@ -269,8 +283,10 @@ def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labe
         DatasetError: a reference does not lie on its prediction's grid.
     """
     if len(pred_files) != len(ref_files) or not pred_files:
-        msg = (f"determine_postprocessing needs one reference per prediction and at least one "
-               f"case, got {len(pred_files)} predictions and {len(ref_files)} references")
+        msg = (
+            f"determine_postprocessing needs one reference per prediction and at least one "
+            f"case, got {len(pred_files)} predictions and {len(ref_files)} references"
+        )
         raise ValueError(msg)
     fg_labels = tuple(int(v) for v in labels if int(v) != 0)
     jobs = [(Path(p), Path(r), fg_labels) for p, r in zip(pred_files, ref_files, strict=True)]
@@ -282,7 +298,8 @@ def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labe
     baseline = _means([s["base"] for s in scores], fg_labels)
     fg_step = _means([s["fg"] for s in scores], fg_labels)
     fg_kept = _better(fg_step["foreground_mean"], baseline["foreground_mean"]) and not any(
-        _worse(fg_step["mean"][k], baseline["mean"][k]) for k in baseline["mean"])
+        _worse(fg_step["mean"][k], baseline["mean"][k]) for k in baseline["mean"]
+    )
     fg_step["kept"] = fg_kept
     current = fg_step if fg_kept else baseline
     key_on = "label_on_fg" if fg_kept else "label_on_base"
@@ -299,9 +316,19 @@ def determine_postprocessing(pred_files: list[Path], ref_files: list[Path], labe
             for c, s in zip(final_per_case, scores, strict=True):
                 c[i] = s[key_on][i]
     pp = Postprocessing(fg_kept, tuple(kept_labels))
-    report = {"labels": list(fg_labels), "n_cases": len(scores), "connectivity": CONNECTIVITY,
-              "baseline": baseline, "foreground_largest_only": fg_step, "per_label": per_label,
-              "final": _means(final_per_case, fg_labels)}
-    log.info("post-processing: %s (foreground Dice %s -> %s)", pp.to_dict(),
-             baseline["foreground_mean"], report["final"]["foreground_mean"])
+    report = {
+        "labels": list(fg_labels),
+        "n_cases": len(scores),
+        "connectivity": CONNECTIVITY,
+        "baseline": baseline,
+        "foreground_largest_only": fg_step,
+        "per_label": per_label,
+        "final": _means(final_per_case, fg_labels),
+    }
+    log.info(
+        "post-processing: %s (foreground Dice %s -> %s)",
+        pp.to_dict(),
+        baseline["foreground_mean"],
+        report["final"]["foreground_mean"],
+    )
     return pp, report

@@ -54,9 +54,16 @@ class Predictor:
         tta: mirror test-time augmentation.
     """
 
-    def __init__(self, models: list[TrainedModel], *, device: torch.device,
-                 amp_dtype: torch.dtype | None, step: float = 0.5, tta: bool = True,
-                 postprocessing: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        models: list[TrainedModel],
+        *,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        step: float = 0.5,
+        tta: bool = True,
+        postprocessing: dict[str, Any] | None = None,
+    ) -> None:
         if not models:
             msg = "no model to predict with; train a configuration first"
             raise CheckpointError(msg)
@@ -72,8 +79,13 @@ class Predictor:
         blending moves to the CPU and the fold is tried again."""
         total: torch.Tensor | None = None
         for net in model.networks:
-            kw = {"config": model.config, "step": self.step, "tta": self.tta,
-                  "device": self.device, "amp_dtype": self.amp_dtype}
+            kw = {
+                "config": model.config,
+                "step": self.step,
+                "tta": self.tta,
+                "device": self.device,
+                "amp_dtype": self.amp_dtype,
+            }
             try:
                 out = predict_logits(net, data, **kw)
             except torch.cuda.OutOfMemoryError:
@@ -92,8 +104,9 @@ class Predictor:
         return total.div_(len(model.networks))
 
     @torch.inference_mode()
-    def predict(self, case: LoadedCase, *, with_probabilities: bool = False
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(
+        self, case: LoadedCase, *, with_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Label map (label values, source grid) and, if asked, probabilities (float16).
 
         Folds are averaged as logits (as nnU-Net does), configurations as probabilities on the
@@ -121,17 +134,22 @@ class Predictor:
         labels = classes_to_values(probs.argmax(0), self.plan)
         return self._postprocess(labels), probs.astype(np.float16) if with_probabilities else None
 
-    def _network_logits(self, model: TrainedModel, case: LoadedCase
-                        ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _network_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, dict[str, Any]]:
         """``case`` preprocessed for ``model``'s configuration: its fold-mean logits and its
         preprocessing properties (crop, transpose: what the way back to the source grid needs)."""
         t0 = time.perf_counter()
-        pre = preprocess_arrays(case.data, None, case.geometry.spacing, model.plan,
-                                model.config, case_id=case.case_id)
+        pre = preprocess_arrays(
+            case.data, None, case.geometry.spacing, model.plan, model.config, case_id=case.case_id
+        )
         t1 = time.perf_counter()
         logits = self._logits(model, torch.from_numpy(pre.data))
-        log.debug("%s %s: preprocess %.2f s, network %.2f s", case.case_id, model.config.name,
-                  t1 - t0, time.perf_counter() - t1)
+        log.debug(
+            "%s %s: preprocess %.2f s, network %.2f s",
+            case.case_id,
+            model.config.name,
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
         return logits, pre.properties
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
@@ -145,13 +163,25 @@ class Predictor:
 
 def _dataset_for(plan: Plan, source: Path, cases: list[Case]) -> Dataset:
     """A minimal dataset so that :func:`load_case` checks new scans exactly like training cases."""
-    return Dataset(root=source, name=source.name, layout="nnunet",
-                   channel_names=tuple(plan.channel_names), labels=dict(plan.labels),
-                   file_ending="", cases=tuple(cases))
+    return Dataset(
+        root=source,
+        name=source.name,
+        layout="nnunet",
+        channel_names=tuple(plan.channel_names),
+        labels=dict(plan.labels),
+        file_ending="",
+        cases=tuple(cases),
+    )
 
 
-def predict_path(source: Path, out_dir: Path, predictor: Predictor, *, overwrite: bool = False,
-                 save_probabilities: bool = False) -> PredictReport:
+def predict_path(
+    source: Path,
+    out_dir: Path,
+    predictor: Predictor,
+    *,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+) -> PredictReport:
     """Predict every case under ``source`` into ``out_dir/CASE.nii.gz``.
 
     A case that cannot be read is reported and skipped; the others are still predicted.
@@ -182,8 +212,12 @@ def predict_path(source: Path, out_dir: Path, predictor: Predictor, *, overwrite
             log.warning(w)
         labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
         if probs is not None:
-            write_atomic(out_dir / f"{case.case_id}.npz", lambda tmp, p=probs: np.savez_compressed(
-                tmp, probabilities=p, label_values=np.asarray(plan.label_values)))
+            write_atomic(
+                out_dir / f"{case.case_id}.npz",
+                lambda tmp, p=probs: np.savez_compressed(
+                    tmp, probabilities=p, label_values=np.asarray(plan.label_values)
+                ),
+            )
         write_image(labels, loaded.geometry, dest)
         report.written.append(case.case_id)
     return report

@@ -63,8 +63,9 @@ def window_starts(size: int, window: int, step: float) -> list[int]:
     return [min(i * interval, size - window) for i in range(n)]
 
 
-def gaussian_weights(window: Sequence[int], sigma_scale: float = 0.125, *,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+def gaussian_weights(
+    window: Sequence[int], sigma_scale: float = 0.125, *, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Blending weights of one window: a separable Gaussian centred on the window.
 
     ``sigma = sigma_scale * size`` per axis, so that window borders (where the network sees the
@@ -78,9 +79,16 @@ def gaussian_weights(window: Sequence[int], sigma_scale: float = 0.125, *,
     return weights.clamp_(min=max(weights.min().item(), 1e-3))
 
 
-def sliding_window(x: torch.Tensor, window: Sequence[int], steps: Sequence[float],
-                   predictor: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int,
-                   device: torch.device | str, output_device: torch.device | str) -> torch.Tensor:
+def sliding_window(
+    x: torch.Tensor,
+    window: Sequence[int],
+    steps: Sequence[float],
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    output_device: torch.device | str,
+) -> torch.Tensor:
     """Gaussian-blended window predictions over a whole case.
 
     Args:
@@ -110,9 +118,12 @@ def sliding_window(x: torch.Tensor, window: Sequence[int], steps: Sequence[float
         pad = [p for d in reversed(short) for p in (d // 2, d - d // 2)]  # F.pad: last axis first
         x = F.pad(x, pad, mode="constant", value=0.0)
     size = x.shape[2:]
-    slices = [tuple(slice(s, s + w) for s, w in zip(starts, window, strict=True))
-              for starts in itertools.product(*(window_starts(n, w, st) for n, w, st
-                                               in zip(size, window, steps, strict=True)))]
+    slices = [
+        tuple(slice(s, s + w) for s, w in zip(starts, window, strict=True))
+        for starts in itertools.product(
+            *(window_starts(n, w, st) for n, w, st in zip(size, window, steps, strict=True))
+        )
+    ]
     weights = gaussian_weights(window, device=device)[None, None]
     weights_out = weights.to(output_device)
     count = torch.zeros((1, 1, *size), device=output_device)
@@ -120,7 +131,7 @@ def sliding_window(x: torch.Tensor, window: Sequence[int], steps: Sequence[float
         count[(slice(None), slice(None), *sl)] += weights_out
     out = None
     for first in range(0, len(slices), batch_size):
-        group = slices[first:first + batch_size]
+        group = slices[first : first + batch_size]
         windows = torch.cat([x[(slice(None), slice(None), *sl)] for sl in group]).to(device)
         pred = (predictor(windows) * weights).to(output_device)
         if out is None:
@@ -130,14 +141,24 @@ def sliding_window(x: torch.Tensor, window: Sequence[int], steps: Sequence[float
     assert out is not None
     out /= count
     if any(short):
-        out = out[(slice(None), slice(None),
-                   *(slice(d // 2, d // 2 + n) for d, n in zip(short, spatial, strict=True)))]
+        out = out[
+            (
+                slice(None),
+                slice(None),
+                *(slice(d // 2, d // 2 + n) for d, n in zip(short, spatial, strict=True)),
+            )
+        ]
     return out
 
 
-def make_predictor(network: torch.nn.Module, config: Configuration, *, tta: bool,
-                   amp_dtype: torch.dtype | None, max_batch: int = 2
-                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_predictor(
+    network: torch.nn.Module,
+    config: Configuration,
+    *,
+    tta: bool,
+    amp_dtype: torch.dtype | None,
+    max_batch: int = 2,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Window -> logits function.
 
     Runs the network (2D kinds on the squeezed slice) and, with ``tta``, averages the logits over
@@ -167,10 +188,18 @@ def make_predictor(network: torch.nn.Module, config: Configuration, *, tta: bool
 
 
 @torch.inference_mode()
-def predict_logits(network: torch.nn.Module, data: torch.Tensor, config: Configuration, *,
-                   step: float = 0.5, tta: bool = True, sw_batch_size: int | None = None,
-                   device: torch.device | str = "cpu", output_device: torch.device | str | None = None,
-                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def predict_logits(
+    network: torch.nn.Module,
+    data: torch.Tensor,
+    config: Configuration,
+    *,
+    step: float = 0.5,
+    tta: bool = True,
+    sw_batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    output_device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Logits of one preprocessed case.
 
     Args:
@@ -198,8 +227,20 @@ def predict_logits(network: torch.nn.Module, data: torch.Tensor, config: Configu
     if sw_batch_size is None:
         sw_batch_size = 2 if config.kind == "3d" else 32
     on_cpu = torch.device(device).type == "cpu"
-    predictor = make_predictor(network, config, tta=tta, amp_dtype=amp_dtype,
-                               max_batch=(2 if config.kind == "3d" else 16) if on_cpu else 4 * sw_batch_size)
-    out = sliding_window(x, window, steps, predictor, batch_size=sw_batch_size, device=device,
-                         output_device=output_device or device)
+    predictor = make_predictor(
+        network,
+        config,
+        tta=tta,
+        amp_dtype=amp_dtype,
+        max_batch=(2 if config.kind == "3d" else 16) if on_cpu else 4 * sw_batch_size,
+    )
+    out = sliding_window(
+        x,
+        window,
+        steps,
+        predictor,
+        batch_size=sw_batch_size,
+        device=device,
+        output_device=output_device or device,
+    )
     return out[0]

@@ -45,11 +45,15 @@ class Reorientation:
         z, y, x are its x, y, z)"``, or both."""
         parts = []
         if self.source_axes != (0, 1, 2):
-            parts.append("axes permuted (the reference's z, y, x are its "
-                         + ", ".join(_AXIS_NAMES[a] for a in self.source_axes) + ")")
+            parts.append(
+                "axes permuted (the reference's z, y, x are its "
+                + ", ".join(_AXIS_NAMES[a] for a in self.source_axes)
+                + ")"
+            )
         if any(self.flipped):
-            parts.append("flipped along " + ", ".join(n for n, f in zip(_AXIS_NAMES, self.flipped,
-                                                                          strict=True) if f))
+            parts.append(
+                "flipped along " + ", ".join(n for n, f in zip(_AXIS_NAMES, self.flipped, strict=True) if f)
+            )
         return " and ".join(parts) or "as the reference"
 
     def apply(self, array: np.ndarray) -> np.ndarray:
@@ -61,8 +65,9 @@ class Reorientation:
         return np.ascontiguousarray(out)
 
 
-def find_reorientation(geometry: Geometry, shape: Sequence[int], reference: Geometry,
-                       reference_shape: Sequence[int]) -> Reorientation | None:
+def find_reorientation(
+    geometry: Geometry, shape: Sequence[int], reference: Geometry, reference_shape: Sequence[int]
+) -> Reorientation | None:
     """The axis permutation and flips that put an image exactly onto a reference grid.
 
     Args:
@@ -123,8 +128,9 @@ def reoriented_geometry(geometry: Geometry, shape: Sequence[int], how: Reorienta
         direction[:, 2 - a_new] = sign * d[:, c]
         spacing[a_new] = geometry.spacing[a_old]
     origin = np.asarray(geometry.origin, float) + d @ (sp_sitk * first)
-    return Geometry(tuple(spacing), tuple(float(o) for o in origin),
-                    tuple(float(v) for v in direction.ravel()))
+    return Geometry(
+        tuple(spacing), tuple(float(o) for o in origin), tuple(float(v) for v in direction.ravel())
+    )
 
 
 def read_onto(path: Path, geometry: Geometry, shape: Sequence[int], *, grid_of: str) -> np.ndarray:
@@ -146,8 +152,10 @@ def read_onto(path: Path, geometry: Geometry, shape: Sequence[int], *, grid_of: 
     img = read_image(path)
     how = find_reorientation(img.geometry, img.array.shape, geometry, shape)
     if how is None:
-        msg = (f"{path}: does not lie on the grid of {grid_of} (shape {tuple(img.array.shape)} vs "
-               f"{tuple(shape)}, or origin/direction/spacing differ by more than a flip or axis "
-               "permutation); resample it onto that grid")
+        msg = (
+            f"{path}: does not lie on the grid of {grid_of} (shape {tuple(img.array.shape)} vs "
+            f"{tuple(shape)}, or origin/direction/spacing differ by more than a flip or axis "
+            "permutation); resample it onto that grid"
+        )
         raise DatasetError(msg)
     return how.apply(img.array)

@@ -43,8 +43,9 @@ def _split_4d(img: Image, n_channels: int, problems: list[str]) -> list[Image]:
     """An MSD multi-modal file: ``(C, Z, Y, X)`` array with a 4D geometry -> one Image per channel."""
     arr = img.array
     if arr.ndim != 4 or arr.shape[0] != n_channels:
-        problems.append(f"{img.path}: expected a 4D image with {n_channels} channels, "
-                        f"found shape {arr.shape}")
+        problems.append(
+            f"{img.path}: expected a 4D image with {n_channels} channels, found shape {arr.shape}"
+        )
         return []
     g = img.geometry
     d = np.asarray(g.direction).reshape(4, 4)[:3, :3].ravel()
@@ -57,8 +58,7 @@ def _read_channels(case: Case, dataset: Dataset, problems: list[str]) -> list[Im
     for c, path in enumerate(case.images):
         if not path.exists():  # a file, or a DICOM series folder
             what = f"channel {c} file" if dataset.num_channels > 1 else "image file"
-            problems.append(f"{path}: {what} of case {case.case_id} not found; add it or "
-                            "remove the case")
+            problems.append(f"{path}: {what} of case {case.case_id} not found; add it or remove the case")
             continue
         try:
             images.append(read_image(path))
@@ -68,13 +68,16 @@ def _read_channels(case: Case, dataset: Dataset, problems: list[str]) -> list[Im
         return _split_4d(images[0], dataset.num_channels, problems)
     for img in images:
         if img.array.ndim != 3:
-            problems.append(f"{img.path}: is {img.array.ndim}D (shape {img.array.shape}) but this "
-                            "dataset is 3D; give one 3D volume per channel file")
+            problems.append(
+                f"{img.path}: is {img.array.ndim}D (shape {img.array.shape}) but this "
+                "dataset is 3D; give one 3D volume per channel file"
+            )
     return [i for i in images if i.array.ndim == 3]
 
 
-def _onto_grid(ref: Image, other: Image, what: str, problems: list[str],
-               warnings: list[str]) -> np.ndarray | None:
+def _onto_grid(
+    ref: Image, other: Image, what: str, problems: list[str], warnings: list[str]
+) -> np.ndarray | None:
     """``other``'s array on ``ref``'s grid, or None (with a problem naming both files).
 
     Stored with axes flipped or permuted, but on the same physical grid: reoriented exactly
@@ -84,21 +87,28 @@ def _onto_grid(ref: Image, other: Image, what: str, problems: list[str],
     found = find_reorientation(other.geometry, other.array.shape, ref.geometry, ref.array.shape)
     if found is not None:
         if not found.is_identity:
-            warnings.append(f"{other.path}: {what} is stored {found.describe()} relative to "
-                            f"{ref.path}; reoriented exactly onto its grid")
+            warnings.append(
+                f"{other.path}: {what} is stored {found.describe()} relative to "
+                f"{ref.path}; reoriented exactly onto its grid"
+            )
         return found.apply(other.array)
     if other.array.shape != ref.array.shape:
-        problems.append(f"{other.path}: {what} shape {other.array.shape} differs from "
-                        f"{ref.path} {ref.array.shape}; resample one to the other's grid")
-    elif not np.allclose(other.geometry.spacing, ref.geometry.spacing, rtol=SPACING_RTOL,
-                         atol=GRID_ATOL):
-        problems.append(f"{other.path}: {what} spacing {_fmt(other.geometry.spacing)} differs from "
-                        f"{ref.path} {_fmt(ref.geometry.spacing)}; resample one to the other")
+        problems.append(
+            f"{other.path}: {what} shape {other.array.shape} differs from "
+            f"{ref.path} {ref.array.shape}; resample one to the other's grid"
+        )
+    elif not np.allclose(other.geometry.spacing, ref.geometry.spacing, rtol=SPACING_RTOL, atol=GRID_ATOL):
+        problems.append(
+            f"{other.path}: {what} spacing {_fmt(other.geometry.spacing)} differs from "
+            f"{ref.path} {_fmt(ref.geometry.spacing)}; resample one to the other"
+        )
     else:
-        problems.append(f"{other.path}: {what} origin/direction differ from {ref.path} by more than "
-                        "a flip or axis permutation (origin "
-                        f"{_fmt(other.geometry.origin)} vs {_fmt(ref.geometry.origin)}), so the two "
-                        "do not overlay; resample it onto the image's grid")
+        problems.append(
+            f"{other.path}: {what} origin/direction differ from {ref.path} by more than "
+            "a flip or axis permutation (origin "
+            f"{_fmt(other.geometry.origin)} vs {_fmt(ref.geometry.origin)}), so the two "
+            "do not overlay; resample it onto the image's grid"
+        )
     return None
 
 
@@ -106,8 +116,9 @@ def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:g}" for x in v) + ")"
 
 
-def _check_label(img: Image, allowed: set[int], problems: list[str],
-                 warnings: list[str]) -> np.ndarray | None:
+def _check_label(
+    img: Image, allowed: set[int], problems: list[str], warnings: list[str]
+) -> np.ndarray | None:
     arr = img.array
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
@@ -116,8 +127,10 @@ def _check_label(img: Image, allowed: set[int], problems: list[str],
         rounded = np.rint(arr)
         if not np.array_equal(rounded, arr):
             bad = arr[rounded != arr][:3]
-            problems.append(f"{img.path}: label map holds non-integer values "
-                            f"(e.g. {', '.join(f'{b:g}' for b in bad)}); labels must be integers")
+            problems.append(
+                f"{img.path}: label map holds non-integer values "
+                f"(e.g. {', '.join(f'{b:g}' for b in bad)}); labels must be integers"
+            )
             return None
         arr = rounded
     elif not np.issubdtype(arr.dtype, np.integer):
@@ -134,8 +147,10 @@ def _check_label(img: Image, allowed: set[int], problems: list[str],
         counts = np.bincount(arr.astype(np.int64, copy=False).ravel(), minlength=hi + 1)
         present = set(np.flatnonzero(counts).tolist())
     if undeclared := sorted(present - allowed):
-        problems.append(f"{img.path}: label value(s) {undeclared[:10]} not declared in "
-                        "dataset.json 'labels'; declare them or fix the label map")
+        problems.append(
+            f"{img.path}: label value(s) {undeclared[:10]} not declared in "
+            "dataset.json 'labels'; declare them or fix the label map"
+        )
         return None
     if present <= {0}:
         warnings.append(f"{img.path}: label map is empty (background only)")
@@ -163,21 +178,22 @@ def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> Loade
     if problems:
         raise DatasetError(problems)
     ref = images[0]
-    arrays = [ref.array] + [_onto_grid(ref, img, f"channel {c}", problems, warnings)
-                            for c, img in enumerate(images[1:], start=1)]
+    arrays = [ref.array] + [
+        _onto_grid(ref, img, f"channel {c}", problems, warnings) for c, img in enumerate(images[1:], start=1)
+    ]
     data = None
     if not problems:
         data = np.stack(arrays).astype(np.float32, copy=False)
         if not np.isfinite(data).all():
             for img, arr in zip(images, arrays, strict=True):
                 if not np.isfinite(arr.astype(np.float32, copy=False)).all():
-                    problems.append(f"{img.path}: image holds NaN or inf values; fix or remove "
-                                    "the case")
+                    problems.append(f"{img.path}: image holds NaN or inf values; fix or remove the case")
     label = None
     if with_label and case.label is not None:
         if not case.label.is_file():
-            problems.append(f"{case.label}: label file of case {case.case_id} not found; add it "
-                            "or remove the case")
+            problems.append(
+                f"{case.label}: label file of case {case.case_id} not found; add it or remove the case"
+            )
         else:
             try:
                 lab_img = read_image(case.label)
@@ -185,13 +201,19 @@ def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> Loade
                 problems.append(str(e))
             else:
                 if lab_img.array.ndim != 3:
-                    problems.append(f"{case.label}: label map is {lab_img.array.ndim}D "
-                                    f"(shape {lab_img.array.shape}); it must be 3D")
+                    problems.append(
+                        f"{case.label}: label map is {lab_img.array.ndim}D "
+                        f"(shape {lab_img.array.shape}); it must be 3D"
+                    )
                 else:
                     arr = _onto_grid(ref, lab_img, "label", problems, warnings)
                     if arr is not None:
-                        label = _check_label(Image(arr, ref.geometry, lab_img.path),
-                                             set(dataset.label_values), problems, warnings)
+                        label = _check_label(
+                            Image(arr, ref.geometry, lab_img.path),
+                            set(dataset.label_values),
+                            problems,
+                            warnings,
+                        )
     if problems or data is None:
         raise DatasetError(problems)
     return LoadedCase(case.case_id, data, label, ref.geometry, warnings)

@@ -102,19 +102,20 @@ def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path:
         problems.append(f"{where}: entry {rel!r} is not a valid path ({e})")
         return root / "dataset.json"
     if not p.is_relative_to(root.resolve()):
-        problems.append(f"{where}: entry {rel!r} points outside the dataset folder {root}; "
-                        "keep every file inside it")
+        problems.append(
+            f"{where}: entry {rel!r} points outside the dataset folder {root}; keep every file inside it"
+        )
     return p
 
 
 def _channel_names(raw: Any, key: str, json_path: Path, problems: list[str]) -> tuple[str, ...]:
     if not isinstance(raw, dict) or not raw:
-        problems.append(f"{json_path}: {key!r} must be a non-empty object like {{\"0\": \"CT\"}}")
+        problems.append(f'{json_path}: {key!r} must be a non-empty object like {{"0": "CT"}}')
         return ()
     try:
         items = sorted((int(k), str(v)) for k, v in raw.items())
     except ValueError:
-        problems.append(f"{json_path}: {key!r} keys must be channel indices \"0\", \"1\", …")
+        problems.append(f'{json_path}: {key!r} keys must be channel indices "0", "1", …')
         return ()
     if [i for i, _ in items] != list(range(len(items))):
         problems.append(f"{json_path}: {key!r} indices must be 0..{len(items) - 1} without gaps")
@@ -129,8 +130,10 @@ def _labels(raw: Any, layout: Layout, json_path: Path, problems: list[str]) -> d
     for k, v in raw.items():
         name, value = (v, k) if layout == "msd" else (k, v)
         if isinstance(value, list):
-            problems.append(f"{json_path}: label {name!r} maps to a list (region); region-based "
-                            "labels are not supported yet, give each label one integer")
+            problems.append(
+                f"{json_path}: label {name!r} maps to a list (region); region-based "
+                "labels are not supported yet, give each label one integer"
+            )
             continue
         try:
             ivalue = int(value)
@@ -138,8 +141,9 @@ def _labels(raw: Any, layout: Layout, json_path: Path, problems: list[str]) -> d
             problems.append(f"{json_path}: label {name!r} has value {value!r}; values must be integers")
             continue
         if (isinstance(value, float) and value != ivalue) or ivalue < 0:
-            problems.append(f"{json_path}: label {name!r} has value {value!r}; "
-                            "values must be non-negative integers")
+            problems.append(
+                f"{json_path}: label {name!r} has value {value!r}; values must be non-negative integers"
+            )
             continue
         if str(name).lower() == "ignore":
             problems.append(f"{json_path}: an 'ignore' label is not supported yet; remove it")
@@ -152,8 +156,9 @@ def _labels(raw: Any, layout: Layout, json_path: Path, problems: list[str]) -> d
     return dict(sorted(labels.items(), key=lambda kv: kv[1]))
 
 
-def _nnunet_cases(root: Path, data: dict[str, Any], n_channels: int, ending: str,
-                  problems: list[str]) -> list[Case]:
+def _nnunet_cases(
+    root: Path, data: dict[str, Any], n_channels: int, ending: str, problems: list[str]
+) -> list[Case]:
     json_path = root / "dataset.json"
     explicit = data.get("dataset")
     if isinstance(explicit, dict):
@@ -187,25 +192,29 @@ def _nnunet_cases(root: Path, data: dict[str, Any], n_channels: int, ending: str
         m = _CHANNEL_RE.match(stem)
         if m is None:
             what = "DICOM series folder" if f.is_dir() else "image"
-            problems.append(f"{f}: {what} name lacks the channel suffix; name it CASE_0000"
-                            f"{'' if f.is_dir() else ending}")
+            problems.append(
+                f"{f}: {what} name lacks the channel suffix; name it CASE_0000{'' if f.is_dir() else ending}"
+            )
             continue
         channels = found.setdefault(m["case"], {})
         ch = int(m["ch"])
         if ch in channels:
-            problems.append(f"{f}: channel {ch} of case {m['case']} is also {channels[ch]}; "
-                            "keep one of them")
+            problems.append(f"{f}: channel {ch} of case {m['case']} is also {channels[ch]}; keep one of them")
             continue
         channels[ch] = f
-    label_ids = {f.name[: -len(ending)] for f in labels_dir.iterdir()
-                 if f.name.endswith(ending) and not f.name.startswith(".")}
+    label_ids = {
+        f.name[: -len(ending)]
+        for f in labels_dir.iterdir()
+        if f.name.endswith(ending) and not f.name.startswith(".")
+    }
     patients = data.get("patients") if isinstance(data.get("patients"), dict) else {}
     cases = []
     for cid in sorted(found | dict.fromkeys(label_ids)):
         chans = found.get(cid, {})
         if extra := sorted(c for c in chans if c >= n_channels):
-            problems.append(f"{chans[extra[0]]}: channel {extra[0]} "
-                            f"but dataset.json declares {n_channels} channel(s)")
+            problems.append(
+                f"{chans[extra[0]]}: channel {extra[0]} but dataset.json declares {n_channels} channel(s)"
+            )
         imgs = tuple(chans.get(c, images_dir / f"{cid}_{c:04d}{ending}") for c in range(n_channels))
         cases.append(Case(cid, imgs, labels_dir / f"{cid}{ending}", patients.get(cid)))
     return cases
@@ -215,8 +224,9 @@ def _msd_cases(root: Path, data: dict[str, Any], problems: list[str]) -> list[Ca
     json_path = root / "dataset.json"
     training = data.get("training")
     if not isinstance(training, list) or not training:
-        problems.append(f"{json_path}: 'training' must be a non-empty list of "
-                        "{\"image\": …, \"label\": …} entries")
+        problems.append(
+            f'{json_path}: \'training\' must be a non-empty list of {{"image": …, "label": …}} entries'
+        )
         return []
     cases = []
     for i, entry in enumerate(training):
@@ -255,8 +265,10 @@ def load_dataset(root: str | Path) -> Dataset:
     problems: list[str] = []
     layout: Layout = "nnunet" if "channel_names" in data else "msd"
     if layout == "msd" and "modality" not in data:
-        msg = (f"{json_path}: needs 'channel_names' (nnU-Net v2) or 'modality' and 'training' "
-               "(Medical Segmentation Decathlon)")
+        msg = (
+            f"{json_path}: needs 'channel_names' (nnU-Net v2) or 'modality' and 'training' "
+            "(Medical Segmentation Decathlon)"
+        )
         raise DatasetError(msg)
     key = "channel_names" if layout == "nnunet" else "modality"
     channels = _channel_names(data.get(key), key, json_path, problems)
@@ -269,12 +281,13 @@ def load_dataset(root: str | Path) -> Dataset:
         cases = _nnunet_cases(root, data, len(channels), ending, problems) if channels else []
         n_training = data.get("numTraining")
         if isinstance(n_training, int) and cases and n_training != len(cases):
-            problems.append(f"{json_path}: numTraining is {n_training} but {len(cases)} cases "
-                            "were found; fix numTraining or add the missing cases")
+            problems.append(
+                f"{json_path}: numTraining is {n_training} but {len(cases)} cases "
+                "were found; fix numTraining or add the missing cases"
+            )
     else:
         cases = _msd_cases(root, data, problems)
-        ending = next((e for e in IMAGE_ENDINGS if cases and cases[0].images[0].name.endswith(e)),
-                      ".nii.gz")
+        ending = next((e for e in IMAGE_ENDINGS if cases and cases[0].images[0].name.endswith(e)), ".nii.gz")
     if not cases and not problems:
         problems.append(f"{root}: no training cases found")
     if problems:
@@ -288,6 +301,5 @@ def load_dataset(root: str | Path) -> Dataset:
         file_ending=ending,
         cases=tuple(cases),
         channels_in_one_file=layout == "msd" and len(channels) > 1,
-        description={k: data[k] for k in ("name", "description", "licence", "reference")
-                     if k in data},
+        description={k: data[k] for k in ("name", "description", "licence", "reference") if k in data},
     )

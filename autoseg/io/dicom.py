@@ -213,9 +213,11 @@ def _order_by_position(folder: Path, slices: list[_Slice]) -> list[_Slice]:
 def _to_image(folder: Path, read: Callable[[], sitk.Image]) -> Image:
     """Run a SimpleITK read; its errors and colour (RGB) volumes become ImageReadError."""
     return image_from_sitk(
-        folder, read,
+        folder,
+        read,
         unreadable="SimpleITK cannot read the DICOM files ({error}); check they are complete",
-        multi_component="DICOM has {n} components per voxel (colour); convert it to grayscale")
+        multi_component="DICOM has {n} components per voxel (colour); convert it to grayscale",
+    )
 
 
 def read_dicom_series(folder: str | os.PathLike[str]) -> Image:

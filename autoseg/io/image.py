@@ -47,8 +47,7 @@ class Geometry:
     origin: tuple[float, ...]
     direction: tuple[float, ...]
 
-    def same_grid(self, other: Geometry, *, rtol: float = SPACING_RTOL, atol: float = GRID_ATOL
-                  ) -> bool:
+    def same_grid(self, other: Geometry, *, rtol: float = SPACING_RTOL, atol: float = GRID_ATOL) -> bool:
         """Whether two geometries place voxels at the same physical points.
 
         Spacing may differ by ``rtol`` (relative) plus ``atol`` mm, origin by ``atol`` mm and the
@@ -137,7 +136,8 @@ def _is_dicom_file(path: Path) -> bool:
 def is_dicom_folder(folder: Path) -> bool:
     """Whether a folder directly holds DICOM files."""
     return folder.is_dir() and any(
-        _is_dicom_file(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        _is_dicom_file(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+    )
 
 
 def check_gzip_stream(path: Path) -> None:
@@ -218,12 +218,16 @@ def check_nifti_bytes(path: Path, chunks: Iterable[bytes]) -> None:
             rest = data[n:]
         size += len(chunk)
     if size < expected:
-        msg = (f"{path}: truncated: holds {size} bytes but its NIfTI header needs {expected}; "
-               "re-export or re-copy the file")
+        msg = (
+            f"{path}: truncated: holds {size} bytes but its NIfTI header needs {expected}; "
+            "re-export or re-copy the file"
+        )
         raise ImageReadError(msg)
     if n_bad:
-        msg = (f"{path}: holds {n_bad} NaN or inf voxel value(s) (they would be read as 0); "
-               "fix or remove the case")
+        msg = (
+            f"{path}: holds {n_bad} NaN or inf voxel value(s) (they would be read as 0); "
+            "fix or remove the case"
+        )
         raise ImageReadError(msg)
 
 
@@ -255,14 +259,16 @@ def read_image(path: str | os.PathLike[str], *, check_stream: bool = True) -> Im
         with open(p, "rb") as f:
             check_nifti_bytes(p, _chunks(f))
     return image_from_sitk(
-        p, lambda: sitk.ReadImage(str(p)),
+        p,
+        lambda: sitk.ReadImage(str(p)),
         unreadable="cannot be read as an image ({error}); check the file format",
-        multi_component="has {n} components per voxel; store each channel as its own file "
-                        "(_0000, _0001, …)")
+        multi_component="has {n} components per voxel; store each channel as its own file (_0000, _0001, …)",
+    )
 
 
-def image_from_sitk(source: Path, read: Callable[[], sitk.Image], *, unreadable: str,
-                    multi_component: str) -> Image:
+def image_from_sitk(
+    source: Path, read: Callable[[], sitk.Image], *, unreadable: str, multi_component: str
+) -> Image:
     """Run a SimpleITK read; its errors and multi-component volumes become one-line
     :class:`ImageReadError` messages naming ``source`` (``{error}`` and ``{n}`` are filled in)."""
     try:

@@ -44,8 +44,9 @@ def copy_sample_subset(dest: Path, n_cases: int) -> Path:
     return dest
 
 
-def make_single_case_dataset(image: Path, label: Path, dest: Path, *,
-                             channel_name: str = "CT", case_id: str = "case_000") -> Path:
+def make_single_case_dataset(
+    image: Path, label: Path, dest: Path, *, channel_name: str = "CT", case_id: str = "case_000"
+) -> Path:
     """Build an nnU-Net v2 raw dataset holding one labelled scan.
 
     Labels are declared for the values the label map holds (``label_<value>``), so a sparse
@@ -68,7 +69,11 @@ def make_single_case_dataset(image: Path, label: Path, dest: Path, *,
         shutil.copy(image, dest / "imagesTr" / f"{case_id}_0000.nii.gz")
     shutil.copy(label, dest / "labelsTr" / f"{case_id}.nii.gz")
     labels = {"background" if v == 0 else f"label_{v}": v for v in values}
-    meta = {"channel_names": {"0": channel_name}, "labels": labels, "numTraining": 1,
-            "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {"0": channel_name},
+        "labels": labels,
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
     (dest / "dataset.json").write_text(json.dumps(meta, indent=1))
     return dest

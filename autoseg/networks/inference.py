@@ -28,8 +28,10 @@ __all__ = ["InferenceUNet", "build_inference_network"]
 _TRAINING_ONLY = ("skip_layers.", "deep_supervision_heads.")
 _SLOPE = 0.01
 #: Convolution, transposed convolution and instance norm per number of spatial dimensions.
-_LAYERS = {3: (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d),
-           2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d)}
+_LAYERS = {
+    3: (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d),
+    2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d),
+}
 
 
 class _Wrapped(nn.Module):
@@ -46,15 +48,16 @@ class _Wrapped(nn.Module):
 class _Block(nn.Module):
     """Two (convolution, affine instance norm, leaky ReLU 0.01); the first one carries the stride."""
 
-    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]
-                 ) -> None:
+    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> None:
         super().__init__()
         conv, _, norm = _LAYERS[dims]
         ones = (1,) * dims
-        self.conv1 = _Wrapped(conv(cin, cout, tuple(kernel), tuple(stride),
-                                   padding=conv_padding(kernel, stride), bias=False))
-        self.conv2 = _Wrapped(conv(cout, cout, tuple(kernel), ones,
-                                   padding=conv_padding(kernel, ones), bias=False))
+        self.conv1 = _Wrapped(
+            conv(cin, cout, tuple(kernel), tuple(stride), padding=conv_padding(kernel, stride), bias=False)
+        )
+        self.conv2 = _Wrapped(
+            conv(cout, cout, tuple(kernel), ones, padding=conv_padding(kernel, ones), bias=False)
+        )
         self.norm1 = norm(cout, affine=True)
         self.norm2 = norm(cout, affine=True)
 
@@ -66,8 +69,7 @@ class _Block(nn.Module):
 class _Up(nn.Module):
     """Transposed convolution (kernel = stride, no bias), concatenation with the skip, a block."""
 
-    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]
-                 ) -> None:
+    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> None:
         super().__init__()
         conv_t = _LAYERS[dims][1]
         self.transp_conv = _Wrapped(conv_t(cin, cout, tuple(stride), tuple(stride), bias=False))
@@ -86,16 +88,25 @@ class InferenceUNet(nn.Module):
     convolution with bias gives the logits. Build it with :func:`build_inference_network`.
     """
 
-    def __init__(self, dims: int, in_channels: int, n_classes: int, features: Sequence[int],
-                 kernels: Sequence[Sequence[int]], strides: Sequence[Sequence[int]]) -> None:
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        n_classes: int,
+        features: Sequence[int],
+        kernels: Sequence[Sequence[int]],
+        strides: Sequence[Sequence[int]],
+    ) -> None:
         super().__init__()
         n = len(features)
         self.input_block = _Block(dims, in_channels, features[0], kernels[0], strides[0])
         self.downsamples = nn.ModuleList(
-            _Block(dims, features[i - 1], features[i], kernels[i], strides[i]) for i in range(1, n - 1))
+            _Block(dims, features[i - 1], features[i], kernels[i], strides[i]) for i in range(1, n - 1)
+        )
         self.bottleneck = _Block(dims, features[-2], features[-1], kernels[-1], strides[-1])
         self.upsamples = nn.ModuleList(
-            _Up(dims, features[i], features[i - 1], kernels[i], strides[i]) for i in range(n - 1, 0, -1))
+            _Up(dims, features[i], features[i - 1], kernels[i], strides[i]) for i in range(n - 1, 0, -1)
+        )
         conv = _LAYERS[dims][0]
         # DynUNet's UnetOutBlock wraps a Convolution: two levels of ``.conv``.
         self.output_block = _Wrapped(_Wrapped(conv(features[0], n_classes, 1, bias=True)))
@@ -119,8 +130,7 @@ class InferenceUNet(nn.Module):
         self.load_state_dict({k: v for k, v in state.items() if not k.startswith(_TRAINING_ONLY)})
 
 
-def build_inference_network(config: Configuration, *, in_channels: int, n_classes: int
-                            ) -> InferenceUNet:
+def build_inference_network(config: Configuration, *, in_channels: int, n_classes: int) -> InferenceUNet:
     """The prediction U-Net of one plan configuration (see :class:`InferenceUNet`).
 
     Args:
@@ -135,5 +145,11 @@ def build_inference_network(config: Configuration, *, in_channels: int, n_classe
     """
     check_network(config, in_channels=in_channels, n_classes=n_classes)
     net = config.network
-    return InferenceUNet(SPATIAL_DIMS[config.kind], input_channels(config, in_channels), n_classes,
-                         net.features_per_stage, net.kernel_sizes, net.strides)
+    return InferenceUNet(
+        SPATIAL_DIMS[config.kind],
+        input_channels(config, in_channels),
+        n_classes,
+        net.features_per_stage,
+        net.kernel_sizes,
+        net.strides,
+    )

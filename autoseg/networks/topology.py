@@ -69,15 +69,20 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
     if net.n_stages < 3:
         msg = f"{where}: the U-Net needs at least 3 stages, got n_stages={net.n_stages}"
         raise PlanError(msg)
-    lengths = {"features_per_stage": len(net.features_per_stage), "kernel_sizes": len(net.kernel_sizes),
-               "strides": len(net.strides)}
+    lengths = {
+        "features_per_stage": len(net.features_per_stage),
+        "kernel_sizes": len(net.kernel_sizes),
+        "strides": len(net.strides),
+    }
     if any(n != net.n_stages for n in lengths.values()):
         msg = f"{where}: n_stages is {net.n_stages} but the per-stage lists have lengths {lengths}"
         raise PlanError(msg)
     for name, per_stage in (("kernel_sizes", net.kernel_sizes), ("strides", net.strides)):
         if any(len(v) != dims for v in per_stage):
-            msg = (f"{where}: every entry of {name} needs {dims} values for kind {config.kind!r}, "
-                   f"got {per_stage}")
+            msg = (
+                f"{where}: every entry of {name} needs {dims} values for kind {config.kind!r}, "
+                f"got {per_stage}"
+            )
             raise PlanError(msg)
     if net.n_conv_per_stage != 2:
         msg = f"{where}: n_conv_per_stage must be 2 (DynUNet blocks), got {net.n_conv_per_stage}"
@@ -87,8 +92,10 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
         raise PlanError(msg)
     divisor = input_divisor(net.strides)
     if len(config.patch_size) != dims or any(p % d for p, d in zip(config.patch_size, divisor, strict=True)):
-        msg = (f"{where}: patch size {tuple(config.patch_size)} must have {dims} axes, each divisible by "
-               f"the product of the strides {divisor}; run `autoseg plan` again")
+        msg = (
+            f"{where}: patch size {tuple(config.patch_size)} must have {dims} axes, each divisible by "
+            f"the product of the strides {divisor}; run `autoseg plan` again"
+        )
         raise PlanError(msg)
 
 

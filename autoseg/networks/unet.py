@@ -130,4 +130,3 @@ def build_network(config: Configuration, *, in_channels: int, n_classes: int) ->
         deep_supr_num=max(net.n_stages - 2, 1),
         res_block=False,
     )
-

@@ -153,8 +153,10 @@ class Plan:
             PlanError: the plan has no such configuration (the message lists those it has).
         """
         if name not in self.configurations:
-            msg = (f"configuration {name!r} is not in the plan of {self.dataset_name}; "
-                   f"the plan has: {', '.join(self.configurations)}")
+            msg = (
+                f"configuration {name!r} is not in the plan of {self.dataset_name}; "
+                f"the plan has: {', '.join(self.configurations)}"
+            )
             raise PlanError(msg)
         return self.configurations[name]
 
@@ -177,8 +179,10 @@ class Plan:
         """
         if not isinstance(d, dict) or d.get("schema_version") != PLAN_VERSION:
             found = d.get("schema_version") if isinstance(d, dict) else None
-            msg = (f"plan schema_version is {found!r}, this autoseg reads {PLAN_VERSION}; "
-                   "run `autoseg plan` again")
+            msg = (
+                f"plan schema_version is {found!r}, this autoseg reads {PLAN_VERSION}; "
+                "run `autoseg plan` again"
+            )
             raise PlanError(msg)
         return _build(cls, d, "plan")
 

@@ -42,9 +42,16 @@ def _median_shape(fp: Fingerprint, spacing: Sequence[float], forward: Sequence[i
     return np.median(np.round(shapes * sp / np.asarray(spacing)), axis=0)
 
 
-def _plan_patch(spacing: Sequence[float], median_shape: Sequence[float], *, n_classes: int,
-                budget: float, ref_batch: int, cap: int, edge_voxels: int
-                ) -> tuple[rules.Topology, tuple[int, ...], int]:
+def _plan_patch(
+    spacing: Sequence[float],
+    median_shape: Sequence[float],
+    *,
+    n_classes: int,
+    budget: float,
+    ref_batch: int,
+    cap: int,
+    edge_voxels: int,
+) -> tuple[rules.Topology, tuple[int, ...], int]:
     """Largest topology/patch whose batch of 2 fits ``budget``: returns (topology, features, est)."""
     patch = list(rules.initial_patch_size(spacing, median_shape, edge_voxels=edge_voxels))
     # Plan again on the padded patch: padding can make room for one more downsampling step.
@@ -60,7 +67,7 @@ def _plan_patch(spacing: Sequence[float], median_shape: Sequence[float], *, n_cl
         patch = list(topo.patch_size)
         # Step by the divisor of the *smaller* patch (nnU-Net does the same): stepping by the
         # current one would skip valid sizes, e.g. 256 (divisor 64) -> 192 instead of 224.
-        smaller = [*patch[:axis], patch[axis] - topo.divisor[axis], *patch[axis + 1:]]
+        smaller = [*patch[:axis], patch[axis] - topo.divisor[axis], *patch[axis + 1 :]]
         if smaller[axis] < 1:
             break
         patch[axis] -= rules.topology(spacing, smaller).divisor[axis]
@@ -70,10 +77,18 @@ def _plan_patch(spacing: Sequence[float], median_shape: Sequence[float], *, n_cl
     return topo, feats, est
 
 
-def plan_configuration(name: str, kind: ConfigKind, spacing: Sequence[float],
-                       median_shape: Sequence[float], *, n_cases: int, n_classes: int,
-                       gpu_memory_gb: float, in_slices: int = 1,
-                       batch_dice: bool = False) -> Configuration:
+def plan_configuration(
+    name: str,
+    kind: ConfigKind,
+    spacing: Sequence[float],
+    median_shape: Sequence[float],
+    *,
+    n_cases: int,
+    n_classes: int,
+    gpu_memory_gb: float,
+    in_slices: int = 1,
+    batch_dice: bool = False,
+) -> Configuration:
     """Plan one configuration at a given spacing.
 
     Args:
@@ -92,11 +107,21 @@ def plan_configuration(name: str, kind: ConfigKind, spacing: Sequence[float],
     budget = ref_elements * gpu_memory_gb / 8.0
     plan_sp = list(spacing) if is_3d else list(spacing[1:])
     plan_shape = list(median_shape) if is_3d else list(median_shape[1:])
-    topo, feats, est = _plan_patch(plan_sp, plan_shape, n_classes=n_classes, budget=budget,
-                                   ref_batch=ref_batch, cap=320 if is_3d else 512,
-                                   edge_voxels=256 if is_3d else 2048)
-    bs = rules.batch_size(est, budget=budget * ref_batch, patch_voxels=int(np.prod(topo.patch_size)),
-                          dataset_voxels=float(np.prod(median_shape)) * n_cases)
+    topo, feats, est = _plan_patch(
+        plan_sp,
+        plan_shape,
+        n_classes=n_classes,
+        budget=budget,
+        ref_batch=ref_batch,
+        cap=320 if is_3d else 512,
+        edge_voxels=256 if is_3d else 2048,
+    )
+    bs = rules.batch_size(
+        est,
+        budget=budget * ref_batch,
+        patch_voxels=int(np.prod(topo.patch_size)),
+        dataset_voxels=float(np.prod(median_shape)) * n_cases,
+    )
     return Configuration(
         name=name,
         kind=kind,
@@ -117,34 +142,48 @@ def plan_configuration(name: str, kind: ConfigKind, spacing: Sequence[float],
     )
 
 
-def _lowres(fp: Fingerprint, fullres: Configuration, forward: Sequence[int], *,
-            n_classes: int, gpu_memory_gb: float) -> tuple[Configuration | None, str]:
+def _lowres(
+    fp: Fingerprint, fullres: Configuration, forward: Sequence[int], *, n_classes: int, gpu_memory_gb: float
+) -> tuple[Configuration | None, str]:
     """A coarser 3D stage whose patch covers at least a quarter of the median image, or None;
     and the plan note that says why (each of the two rules can decide)."""
     full_voxels = float(np.prod(fullres.median_shape))
     coverage = float(np.prod(fullres.patch_size) / full_voxels)
     if coverage >= LOWRES_COVERAGE:
-        return None, (f"no 3d_lowres: the full-resolution patch covers {min(coverage, 1):.0%} of "
-                      f"the median image (>= {LOWRES_COVERAGE:.0%})")
+        return None, (
+            f"no 3d_lowres: the full-resolution patch covers {min(coverage, 1):.0%} of "
+            f"the median image (>= {LOWRES_COVERAGE:.0%})"
+        )
     spacing = np.asarray(fullres.spacing, dtype=np.float64)
     for _ in range(200):
         coarsest = spacing.max()
         grow = spacing < coarsest / 2
         spacing = spacing * np.where(grow, LOWRES_STEP, 1.0) if grow.any() else spacing * LOWRES_STEP
         shape = _median_shape(fp, spacing, forward)
-        cfg = plan_configuration("3d_lowres", "3d", spacing, shape, n_cases=len(fp.cases),
-                                 n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        cfg = plan_configuration(
+            "3d_lowres",
+            "3d",
+            spacing,
+            shape,
+            n_cases=len(fp.cases),
+            n_classes=n_classes,
+            gpu_memory_gb=gpu_memory_gb,
+        )
         if np.prod(cfg.patch_size) / np.prod(shape) >= LOWRES_COVERAGE:
             break
     reduction = full_voxels / float(np.prod(cfg.median_shape))
     if reduction < LOWRES_MIN_REDUCTION:
-        return None, (f"no 3d_lowres: the full-resolution patch covers only {coverage:.0%} of the "
-                      f"median image, but a stage coarse enough for its patch to cover "
-                      f"{LOWRES_COVERAGE:.0%} would have only {reduction:.2f}x fewer voxels "
-                      f"(< {LOWRES_MIN_REDUCTION:g}x): too close to full resolution to help")
-    return cfg, (f"3d_lowres + cascade: the full-resolution patch covers {coverage:.0%} of the "
-                 f"median image (< {LOWRES_COVERAGE:.0%}); the low-resolution stage has "
-                 f"{reduction:.1f}x fewer voxels")
+        return None, (
+            f"no 3d_lowres: the full-resolution patch covers only {coverage:.0%} of the "
+            f"median image, but a stage coarse enough for its patch to cover "
+            f"{LOWRES_COVERAGE:.0%} would have only {reduction:.2f}x fewer voxels "
+            f"(< {LOWRES_MIN_REDUCTION:g}x): too close to full resolution to help"
+        )
+    return cfg, (
+        f"3d_lowres + cascade: the full-resolution patch covers {coverage:.0%} of the "
+        f"median image (< {LOWRES_COVERAGE:.0%}); the low-resolution stage has "
+        f"{reduction:.1f}x fewer voxels"
+    )
 
 
 def _normalization(fp: Fingerprint) -> tuple[Normalization, ...]:
@@ -152,8 +191,15 @@ def _normalization(fp: Fingerprint) -> tuple[Normalization, ...]:
     for name, stats in zip(fp.channel_names, fp.foreground_intensity, strict=True):
         scheme, mask = rules.normalization_scheme(name, fp.median_relative_size_after_crop)
         if scheme == "ct":
-            out.append(Normalization("ct", False, (stats.percentile_00_5, stats.percentile_99_5),
-                                     stats.mean, max(stats.std, 1e-8)))
+            out.append(
+                Normalization(
+                    "ct",
+                    False,
+                    (stats.percentile_00_5, stats.percentile_99_5),
+                    stats.mean,
+                    max(stats.std, 1e-8),
+                )
+            )
         else:
             out.append(Normalization(scheme, mask))
     return tuple(out)
@@ -172,8 +218,7 @@ def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = F
     """
     n_classes = len(fp.labels)
     spacing_raw = rules.target_spacing(fp.spacings, fp.shapes_after_crop)
-    forward, backward = rules.transpose_order(spacing_raw,
-                                              np.median(fp.shapes_after_crop, axis=0))
+    forward, backward = rules.transpose_order(spacing_raw, np.median(fp.shapes_after_crop, axis=0))
     spacing = tuple(spacing_raw[a] for a in forward)
     median_spacing = tuple(float(v) for v in np.median(fp.spacings, axis=0)[list(forward)])
     median_shape_orig = tuple(int(v) for v in np.median(fp.shapes_after_crop, axis=0)[list(forward)])
@@ -184,33 +229,55 @@ def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = F
 
     is_2d_data = shape[0] <= 1
     if not is_2d_data:
-        full = plan_configuration("3d_fullres", "3d", spacing, shape, n_cases=n,
-                                  n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        full = plan_configuration(
+            "3d_fullres", "3d", spacing, shape, n_cases=n, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb
+        )
         low, note = _lowres(fp, full, forward, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
         notes.append(note)
         if low is not None:
             full = _replace(full, batch_dice=True, previous_stage=None)
             configs["3d_fullres"] = full
             configs["3d_lowres"] = _replace(low, next_stage="3d_cascade_fullres")
-            configs["3d_cascade_fullres"] = _replace(full, name="3d_cascade_fullres",
-                                                     previous_stage="3d_lowres")
+            configs["3d_cascade_fullres"] = _replace(
+                full, name="3d_cascade_fullres", previous_stage="3d_lowres"
+            )
         else:
             configs["3d_fullres"] = full
-    configs["2d"] = plan_configuration("2d", "2d", spacing, shape, n_cases=n,
-                                       n_classes=n_classes, gpu_memory_gb=gpu_memory_gb,
-                                       batch_dice=True)
+    configs["2d"] = plan_configuration(
+        "2d",
+        "2d",
+        spacing,
+        shape,
+        n_cases=n,
+        n_classes=n_classes,
+        gpu_memory_gb=gpu_memory_gb,
+        batch_dice=True,
+    )
     thick = rules.offers_2p5d(spacing)
     if not is_2d_data and (thick or add_2p5d):
         k = rules.slices_for_2p5d(spacing[0])
-        configs["2.5d"] = plan_configuration("2.5d", "2.5d", spacing, shape, n_cases=n,
-                                             n_classes=n_classes, gpu_memory_gb=gpu_memory_gb,
-                                             in_slices=k, batch_dice=True)
-        why = (f"slices are {spacing[0] / min(spacing[1:]):.1f}x thicker than the in-plane "
-               "spacing" if thick else "asked for with --add-2.5d")
+        configs["2.5d"] = plan_configuration(
+            "2.5d",
+            "2.5d",
+            spacing,
+            shape,
+            n_cases=n,
+            n_classes=n_classes,
+            gpu_memory_gb=gpu_memory_gb,
+            in_slices=k,
+            batch_dice=True,
+        )
+        why = (
+            f"slices are {spacing[0] / min(spacing[1:]):.1f}x thicker than the in-plane spacing"
+            if thick
+            else "asked for with --add-2.5d"
+        )
         notes.append(f"2.5d offered with K={k} slices ({k * spacing[0]:g} mm): {why}")
     else:
-        notes.append(f"no 2.5d: slice/in-plane spacing ratio "
-                     f"{spacing[0] / min(spacing[1:]):.1f} < {rules.ANISOTROPY_THRESHOLD:g}")
+        notes.append(
+            f"no 2.5d: slice/in-plane spacing ratio "
+            f"{spacing[0] / min(spacing[1:]):.1f} < {rules.ANISOTROPY_THRESHOLD:g}"
+        )
     return Plan(
         dataset_name=fp.dataset_name,
         channel_names=tuple(fp.channel_names),

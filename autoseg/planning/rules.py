@@ -48,8 +48,9 @@ class Topology(NamedTuple):
         return tuple(int(np.prod([s[a] for s in self.strides])) for a in range(len(self.patch_size)))
 
 
-def target_spacing(spacings: np.ndarray, shapes: np.ndarray, *,
-                   anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> tuple[float, ...]:
+def target_spacing(
+    spacings: np.ndarray, shapes: np.ndarray, *, anisotropy_threshold: float = ANISOTROPY_THRESHOLD
+) -> tuple[float, ...]:
     """Spacing every case is resampled to: the median, except on a strongly anisotropic axis.
 
     If the coarsest axis is more than ``anisotropy_threshold`` times coarser than the others *and*
@@ -80,8 +81,9 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray, *,
     return tuple(round(float(t), 6) for t in target)
 
 
-def transpose_order(spacing: Sequence[float], shape: Sequence[float] | None = None
-                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def transpose_order(
+    spacing: Sequence[float], shape: Sequence[float] | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Axis order that puts the coarsest axis first (2D slices are then taken across it).
 
     An axis of size 1 (2D images stored as 3D) counts as the coarsest whatever its spacing, so
@@ -111,8 +113,9 @@ def transpose_order(spacing: Sequence[float], shape: Sequence[float] | None = No
 NormScheme = Literal["ct", "zscore", "none"]
 
 
-def normalization_scheme(channel_name: str, median_relative_size_after_crop: float
-                         ) -> tuple[NormScheme, bool]:
+def normalization_scheme(
+    channel_name: str, median_relative_size_after_crop: float
+) -> tuple[NormScheme, bool]:
     """How a channel is normalised, from its name, and whether only the nonzero region counts.
 
     CT values are physical (Hounsfield units), so they are clipped to the dataset's foreground
@@ -136,8 +139,9 @@ def normalization_scheme(channel_name: str, median_relative_size_after_crop: flo
     return "zscore", median_relative_size_after_crop < 0.75
 
 
-def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float], *,
-                       edge_voxels: int) -> tuple[int, ...]:
+def initial_patch_size(
+    spacing: Sequence[float], median_shape: Sequence[float], *, edge_voxels: int
+) -> tuple[int, ...]:
     """A patch of ``edge_voxels**dim`` voxels shaped like a cube in mm, clipped to the image.
 
     Examples:
@@ -152,8 +156,13 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float], 
     return tuple(int(min(p, max(1, round(m)))) for p, m in zip(patch, median_shape, strict=True))
 
 
-def topology(spacing: Sequence[float], patch_size: Sequence[float], *,
-             min_edge: int = MIN_BOTTLENECK_EDGE, max_stages: int = 7) -> Topology:
+def topology(
+    spacing: Sequence[float],
+    patch_size: Sequence[float],
+    *,
+    min_edge: int = MIN_BOTTLENECK_EDGE,
+    max_stages: int = 7,
+) -> Topology:
     """Kernel sizes and strides for a patch, halving axes while they stay large and fine enough.
 
     An axis is downsampled at a stage while its current size is >= 2*min_edge and its current
@@ -214,8 +223,7 @@ def features_per_stage(n_stages: int, *, base: int = 32, cap: int = 320) -> tupl
     return tuple(min(base * 2**k, cap) for k in range(n_stages))
 
 
-def feature_map_elements(topo: Topology, features: Sequence[int], *, n_classes: int,
-                         n_conv: int = 2) -> int:
+def feature_map_elements(topo: Topology, features: Sequence[int], *, n_classes: int, n_conv: int = 2) -> int:
     """Elements of every conv output of one sample: the memory a U-Net's activations need.
 
     Encoder stage k: ``n_conv`` convs of ``features[k]`` channels at that stage's size. Decoder
@@ -233,14 +241,19 @@ def feature_map_elements(topo: Topology, features: Sequence[int], *, n_classes: 
         size = size / np.asarray(s)
         sizes.append(float(np.prod(size)))
     enc = sum(n_conv * f * v for f, v in zip(features, sizes, strict=True))
-    dec = sum((1 + n_conv) * f * v + n_classes * v
-              for f, v in zip(features[:-1], sizes[:-1], strict=True))
+    dec = sum((1 + n_conv) * f * v + n_classes * v for f, v in zip(features[:-1], sizes[:-1], strict=True))
     return int(enc + dec)
 
 
-def batch_size(estimate: float, *, budget: float, patch_voxels: int, dataset_voxels: float,
-               max_fraction: float = MAX_DATASET_FRACTION_PER_BATCH, minimum: int = MIN_BATCH
-               ) -> int:
+def batch_size(
+    estimate: float,
+    *,
+    budget: float,
+    patch_voxels: int,
+    dataset_voxels: float,
+    max_fraction: float = MAX_DATASET_FRACTION_PER_BATCH,
+    minimum: int = MIN_BATCH,
+) -> int:
     """Samples per batch: as many as the memory budget holds, but no batch may cover more than
     ``max_fraction`` of the whole dataset (small datasets would otherwise see every voxel in
     every step and overfit), and never fewer than ``minimum``.

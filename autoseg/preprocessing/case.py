@@ -80,9 +80,16 @@ def label_lut(label_values: Sequence[int]) -> np.ndarray:
     return lut
 
 
-def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing: Sequence[float],
-                      plan: Plan, config: Configuration, *, case_id: str,
-                      geometry: dict[str, Any] | None = None) -> PreprocessedCase:
+def preprocess_arrays(
+    data: np.ndarray,
+    seg: np.ndarray | None,
+    spacing: Sequence[float],
+    plan: Plan,
+    config: Configuration,
+    *,
+    case_id: str,
+    geometry: dict[str, Any] | None = None,
+) -> PreprocessedCase:
     """Preprocess arrays read from files.
 
     Args:
@@ -117,10 +124,10 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing: Sequenc
         lut = label_lut(plan.label_values)
         seg = lut[seg.astype(np.int64)]
         dtype = np.uint8 if plan.num_classes < 256 else np.int16
-        out_seg = resize_labels(seg.astype(dtype), shape, order=rs.seg_order, z_axis=z_axis,
-                                z_order=rs.z_order)
-        locations = class_locations(out_seg, plan.num_classes,
-                                    seed=zlib.crc32(case_id.encode()) ^ 1234)
+        out_seg = resize_labels(
+            seg.astype(dtype), shape, order=rs.seg_order, z_axis=z_axis, z_order=rs.z_order
+        )
+        locations = class_locations(out_seg, plan.num_classes, seed=zlib.crc32(case_id.encode()) ^ 1234)
     props = {
         "case_id": case_id,
         "spacing_transposed": list(sp),

@@ -9,8 +9,9 @@ import numpy as np
 from autoseg.planning.plan import Normalization
 
 
-def normalize(data: np.ndarray, schemes: Sequence[Normalization], *,
-              nonzero_mask: np.ndarray | None = None) -> np.ndarray:
+def normalize(
+    data: np.ndarray, schemes: Sequence[Normalization], *, nonzero_mask: np.ndarray | None = None
+) -> np.ndarray:
     """Normalise ``(C, Z, Y, X)`` channels; returns a new float32 array.
 
     Args:

@@ -14,8 +14,9 @@ import numpy as np
 from scipy import ndimage
 
 
-def needs_separate_z(spacing: Sequence[float], target: Sequence[float], *,
-                     anisotropy: float = 3.0) -> int | None:
+def needs_separate_z(
+    spacing: Sequence[float], target: Sequence[float], *, anisotropy: float = 3.0
+) -> int | None:
     """The axis to resample on its own, or None.
 
     Separate handling applies when the source or the target spacing is anisotropic beyond
@@ -46,8 +47,9 @@ def _zoom(a: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     return out
 
 
-def resize(a: np.ndarray, shape: Sequence[int], *, order: int, z_axis: int | None = None,
-           z_order: int = 0) -> np.ndarray:
+def resize(
+    a: np.ndarray, shape: Sequence[int], *, order: int, z_axis: int | None = None, z_order: int = 0
+) -> np.ndarray:
     """Resize a 3D float array; with ``z_axis``, in-plane at ``order`` then that axis at ``z_order``.
 
     Args:
@@ -65,16 +67,18 @@ def resize(a: np.ndarray, shape: Sequence[int], *, order: int, z_axis: int | Non
     return _zoom(_zoom(a, inplane, order), shape, z_order)
 
 
-def resize_data(data: np.ndarray, shape: Sequence[int], *, order: int = 3,
-                z_axis: int | None = None, z_order: int = 0) -> np.ndarray:
+def resize_data(
+    data: np.ndarray, shape: Sequence[int], *, order: int = 3, z_axis: int | None = None, z_order: int = 0
+) -> np.ndarray:
     """Resize every channel of ``(C, Z, Y, X)`` data to ``shape``; float32 out."""
     if tuple(data.shape[1:]) == tuple(shape):
         return data.astype(np.float32, copy=False)
     return np.stack([resize(c, shape, order=order, z_axis=z_axis, z_order=z_order) for c in data])
 
 
-def resize_labels(seg: np.ndarray, shape: Sequence[int], *, order: int = 1,
-                  z_axis: int | None = None, z_order: int = 0) -> np.ndarray:
+def resize_labels(
+    seg: np.ndarray, shape: Sequence[int], *, order: int = 1, z_axis: int | None = None, z_order: int = 0
+) -> np.ndarray:
     """Resize a label map: each label's indicator is interpolated, the strongest label wins.
 
     With ``order=0`` this is plain nearest neighbour. Labels absent from ``seg`` are skipped,
@@ -88,8 +92,7 @@ def resize_labels(seg: np.ndarray, shape: Sequence[int], *, order: int = 1,
     best = np.full(tuple(shape), -1.0, dtype=np.float32)
     out = np.zeros(tuple(shape), dtype=seg.dtype)
     for v in values:
-        r = resize((seg == v).astype(np.float32), shape, order=order, z_axis=z_axis,
-                   z_order=z_order)
+        r = resize((seg == v).astype(np.float32), shape, order=order, z_axis=z_axis, z_order=z_order)
         win = r > best
         out[win] = v
         best[win] = r[win]

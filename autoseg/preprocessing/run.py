@@ -22,14 +22,22 @@ def _one(args: tuple[Case, Dataset, Plan, Configuration, Path]) -> list[str]:
         loaded = load_case(case, dataset)
     except DatasetError as e:
         return e.problems
-    pre = preprocess_arrays(loaded.data, loaded.label, loaded.geometry.spacing, plan, config,
-                            case_id=case.case_id, geometry=loaded.geometry.to_dict())
+    pre = preprocess_arrays(
+        loaded.data,
+        loaded.label,
+        loaded.geometry.spacing,
+        plan,
+        config,
+        case_id=case.case_id,
+        geometry=loaded.geometry.to_dict(),
+    )
     PreprocessedStore(folder).save(pre)
     return []
 
 
-def preprocess_dataset(dataset: Dataset, plan: Plan, config: Configuration, dataset_dir: Path, *,
-                       workers: int) -> PreprocessedStore:
+def preprocess_dataset(
+    dataset: Dataset, plan: Plan, config: Configuration, dataset_dir: Path, *, workers: int
+) -> PreprocessedStore:
     """Preprocess every case of ``dataset`` for ``config`` under ``dataset_dir/preprocessed/``.
 
     Cases already stored for the same plan part are skipped; a changed plan gets a new store.
@@ -42,11 +50,11 @@ def preprocess_dataset(dataset: Dataset, plan: Plan, config: Configuration, data
     if not todo:
         log.info("preprocessed data for %s is up to date (%s)", config.name, store.folder)
         return store
-    log.info("preprocessing %d of %d cases for %s -> %s", len(todo), len(dataset.cases),
-             config.name, store.folder)
+    log.info(
+        "preprocessing %d of %d cases for %s -> %s", len(todo), len(dataset.cases), config.name, store.folder
+    )
     jobs = [(c, dataset, plan, config, store.folder) for c in todo]
-    problems = [p for ps in parallel_map(_one, jobs, workers=workers, desc="Preprocessing")
-                for p in ps]
+    problems = [p for ps in parallel_map(_one, jobs, workers=workers, desc="Preprocessing") for p in ps]
     if problems:
         raise DatasetError(problems)
     return store

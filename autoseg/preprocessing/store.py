@@ -32,8 +32,7 @@ def plan_part(plan: Plan, config: Configuration) -> dict[str, Any]:
         "channel_names": list(plan.channel_names),
         "label_values": list(plan.label_values),
         "transpose_forward": list(plan.transpose_forward),
-        "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None}
-                          for n in plan.normalization],
+        "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None} for n in plan.normalization],
         "resample_axis0": config.kind == "3d",
         "spacing": list(config.spacing) if config.kind == "3d" else list(config.spacing[1:]),
         "resampling": vars(config.resampling),

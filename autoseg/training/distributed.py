@@ -33,8 +33,7 @@ class World:
 def world() -> World:
     """The current world (a single process when not started by torchrun)."""
     if tdist.is_available() and tdist.is_initialized():
-        return World(tdist.get_rank(), tdist.get_world_size(),
-                     int(os.environ.get("LOCAL_RANK", "0")))
+        return World(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return World()
 
 

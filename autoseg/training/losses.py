@@ -83,10 +83,17 @@ class DiceFocalLoss(nn.Module):
 
     def __init__(self, *, batch_dice: bool, gamma: float = 2.0) -> None:
         super().__init__()
-        self.dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
-                             smooth_nr=SMOOTH, smooth_dr=SMOOTH)
-        self.focal = FocalLoss(include_background=True, to_onehot_y=True, use_softmax=True, gamma=gamma,
-                               reduction="none")
+        self.dice = DiceLoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            batch=batch_dice,
+            smooth_nr=SMOOTH,
+            smooth_dr=SMOOTH,
+        )
+        self.focal = FocalLoss(
+            include_background=True, to_onehot_y=True, use_softmax=True, gamma=gamma, reduction="none"
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of ``(B, C, *spatial)`` logits against a ``(B, 1, *spatial)`` label map."""
@@ -108,8 +115,9 @@ class DeepSupervisionLoss(nn.Module):
     resampled to each output's size with nearest-neighbour sampling.
     """
 
-    def __init__(self, base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 weights: Sequence[float]) -> None:
+    def __init__(
+        self, base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weights: Sequence[float]
+    ) -> None:
         super().__init__()
         if not weights or any(w < 0 for w in weights):
             msg = f"weights must be a non-empty sequence of values >= 0, got {list(weights)}"
@@ -123,8 +131,10 @@ class DeepSupervisionLoss(nn.Module):
             pairs: list[tuple[float, torch.Tensor]] = [(1.0, outputs)]
         else:
             if len(outputs) != len(self.weights):
-                msg = (f"the loss was made for {len(self.weights)} outputs, got {len(outputs)}; "
-                       "pass n_outputs=len(network outputs) to make_loss")
+                msg = (
+                    f"the loss was made for {len(self.weights)} outputs, got {len(outputs)}; "
+                    "pass n_outputs=len(network outputs) to make_loss"
+                )
                 raise ValueError(msg)
             pairs = list(zip(self.weights, outputs, strict=True))
         _check_target(pairs[0][1], target)
@@ -166,8 +176,14 @@ def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSuperv
     weights = deep_supervision_weights(n_outputs)
     base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if kind == "dice_ce":
-        base = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
-                          smooth_nr=SMOOTH, smooth_dr=SMOOTH)
+        base = DiceCELoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            batch=batch_dice,
+            smooth_nr=SMOOTH,
+            smooth_dr=SMOOTH,
+        )
     elif kind == "dice_focal":
         base = DiceFocalLoss(batch_dice=batch_dice)
     else:
@@ -179,8 +195,10 @@ def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSuperv
 def _check_target(logits: torch.Tensor, target: torch.Tensor) -> None:
     expected = (logits.shape[0], 1, *logits.shape[2:])
     if tuple(target.shape) != expected:
-        msg = (f"target must be (B, 1, *spatial) label indices at the finest output's size {expected}, "
-               f"got {tuple(target.shape)}; add the channel axis with target[:, None]")
+        msg = (
+            f"target must be (B, 1, *spatial) label indices at the finest output's size {expected}, "
+            f"got {tuple(target.shape)}; add the channel axis with target[:, None]"
+        )
         raise ValueError(msg)
 
 

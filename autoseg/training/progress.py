@@ -47,8 +47,7 @@ def plot_progress(records: list[dict[str, Any]], path: Path) -> None:
     ax1.set_ylabel("loss")
     ax2 = ax1.twinx()
     ax2.plot(ep, [r.get("pseudo_dice_mean", math.nan) for r in records], "g:", label="pseudo Dice")
-    ax2.plot(ep, [r.get("pseudo_dice_ema", math.nan) for r in records], "g-",
-             label="pseudo Dice (EMA)")
+    ax2.plot(ep, [r.get("pseudo_dice_ema", math.nan) for r in records], "g-", label="pseudo Dice (EMA)")
     ax2.set_ylabel("pseudo Dice")
     ax2.set_ylim(0, 1)
     lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]

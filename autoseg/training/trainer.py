@@ -68,15 +68,23 @@ class Trainer:
         out_dir: the fold's folder (checkpoints, log, curves, validation/).
     """
 
-    def __init__(self, plan: Plan, config: Configuration, cfg: TrainConfig,
-                 store: PreprocessedStore, train_ids: list[str], val_ids: list[str],
-                 out_dir: Path) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        config: Configuration,
+        cfg: TrainConfig,
+        store: PreprocessedStore,
+        train_ids: list[str],
+        val_ids: list[str],
+        out_dir: Path,
+    ) -> None:
         self.plan, self.config, self.cfg = plan, config, cfg
         self.store, self.train_ids, self.val_ids = store, train_ids, val_ids
         self.out_dir = Path(out_dir)
         self.world = dist.world()
-        self.device = torch.device(cfg.device if cfg.device != "cuda" or self.world.size == 1
-                                   else f"cuda:{self.world.local_rank}")
+        self.device = torch.device(
+            cfg.device if cfg.device != "cuda" or self.world.size == 1 else f"cuda:{self.world.local_rank}"
+        )
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         self.state = _State()
         torch.manual_seed(cfg.seed + self.world.rank)
@@ -85,11 +93,16 @@ class Trainer:
         net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
         self.network = net.to(self.device)
         self.model = dist.wrap(self.network, self.device)
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg.lr,
-                                         momentum=cfg.momentum, nesterov=True,
-                                         weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16
-                                           and self.device.type == "cuda")
+        self.optimizer = torch.optim.SGD(
+            self.network.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        )
         n_out = config.network.n_stages - 1 if config.network.deep_supervision else 1
         self.loss_fn = make_loss(cfg.loss, n_outputs=n_out, batch_dice=config.batch_dice)
         bs = cfg.batch_size or config.batch_size
@@ -143,8 +156,13 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         losses = []
-        bar = tqdm(range(self.cfg.iters_per_epoch), desc=f"epoch {self.state.epoch}",
-                   unit="it", disable=None if self.world.is_main else True, leave=False)
+        bar = tqdm(
+            range(self.cfg.iters_per_epoch),
+            desc=f"epoch {self.state.epoch}",
+            unit="it",
+            disable=None if self.world.is_main else True,
+            leave=False,
+        )
         for _ in bar:
             loss = self._step(loader)
             losses.append(loss)
@@ -160,8 +178,10 @@ class Trainer:
             x = batch["data"].to(self.device, non_blocking=True)
             y = batch["target"].to(self.device, non_blocking=True)
             sync = micro == self.cfg.accumulate - 1
-            with dist.maybe_no_sync(self.model, sync), torch.autocast(
-                    self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with (
+                dist.maybe_no_sync(self.model, sync),
+                torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
+            ):
                 loss = self.loss_fn(self.model(x), y) / self.cfg.accumulate
             self.scaler.scale(loss).backward()
             total += float(loss.detach())
@@ -182,8 +202,7 @@ class Trainer:
             batch = next(loader)
             x = batch["data"].to(self.device)
             y = batch["target"].to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                enabled=self.amp_dtype is not None):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self.model(x)
             losses.append(float(self.loss_fn(out, y)))
             pred = out.argmax(1)
@@ -197,8 +216,7 @@ class Trainer:
         dice = _pseudo_dice(tp, fp, fn)
         finite = [d for d in dice if not math.isnan(d)]
         mean = float(np.mean(finite)) if finite else 0.0
-        return {"val_loss": float(loss[0] / self.world.size), "pseudo_dice": dice,
-                "pseudo_dice_mean": mean}
+        return {"val_loss": float(loss[0] / self.world.size), "pseudo_dice": dice, "pseudo_dice_mean": mean}
 
     def run(self, *, resume: bool = False) -> None:
         """Train from scratch, or from the latest checkpoint when ``resume``."""
@@ -214,14 +232,30 @@ class Trainer:
         if self.world.is_main and records.is_file():  # a resumed run redoes the epochs it lost
             truncate_records(records, before_epoch=self.state.epoch)
         seed = self.cfg.seed + 1000 * self.state.epoch + 7919 * self.world.rank
-        train_loader = make_loader(self.store, self.train_ids, self.config,
-                                   batch_size=self.batch_size, workers=self.cfg.workers,
-                                   seed=seed, augment=True)
+        train_loader = make_loader(
+            self.store,
+            self.train_ids,
+            self.config,
+            batch_size=self.batch_size,
+            workers=self.cfg.workers,
+            seed=seed,
+            augment=True,
+        )
         val_ids = self.val_ids or self.train_ids
-        val_loader = make_loader(self.store, val_ids, self.config, batch_size=self.batch_size,
-                                 workers=0, seed=seed + 1, augment=False)
-        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)} \
-            if self.world.is_main else {}
+        val_loader = make_loader(
+            self.store,
+            val_ids,
+            self.config,
+            batch_size=self.batch_size,
+            workers=0,
+            seed=seed + 1,
+            augment=False,
+        )
+        old = (
+            {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+            if self.world.is_main
+            else {}
+        )
         try:
             while self.state.epoch < self.cfg.epochs:
                 self._one_epoch(train_loader, val_loader, records)
@@ -229,8 +263,10 @@ class Trainer:
             self.save("final")
         except (TrainingInterrupted, KeyboardInterrupt):
             self.save("latest")
-            log.warning("training stopped at epoch %d; the latest checkpoint is saved, resume "
-                        "with --continue", self.state.epoch)
+            log.warning(
+                "training stopped at epoch %d; the latest checkpoint is saved, resume with --continue",
+                self.state.epoch,
+            )
             raise TrainingInterrupted from None
         finally:
             for s, h in old.items():
@@ -245,8 +281,12 @@ class Trainer:
         sums = dist.gather_floats(dist.parameter_checksum(self.network))
         spread = max(sums) - min(sums)
         if self.world.is_main:
-            log.info("parameter checksums of %d ranks: %s (spread %.3g)", self.world.size,
-                     [round(x, 6) for x in sums], spread)
+            log.info(
+                "parameter checksums of %d ranks: %s (spread %.3g)",
+                self.world.size,
+                [round(x, 6) for x in sums],
+                spread,
+            )
         if spread > 1e-6 * max(1.0, abs(sums[0])):
             msg = f"ranks diverged: parameter checksums {sums}"
             raise RuntimeError(msg)
@@ -257,19 +297,33 @@ class Trainer:
         val = self._val_epoch(val_loader) if self.cfg.val_iters > 0 else {}
         s = self.state
         if "pseudo_dice_mean" in val:
-            s.ema = val["pseudo_dice_mean"] if s.ema is None else \
-                EMA_WEIGHT * s.ema + (1 - EMA_WEIGHT) * val["pseudo_dice_mean"]
-        rec = {"epoch": s.epoch, "train_loss": train_loss, **val, "pseudo_dice_ema": s.ema,
-               "lr": self.optimizer.param_groups[0]["lr"],
-               "seconds": round(time.perf_counter() - t0, 3)}
+            s.ema = (
+                val["pseudo_dice_mean"]
+                if s.ema is None
+                else EMA_WEIGHT * s.ema + (1 - EMA_WEIGHT) * val["pseudo_dice_mean"]
+            )
+        rec = {
+            "epoch": s.epoch,
+            "train_loss": train_loss,
+            **val,
+            "pseudo_dice_ema": s.ema,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         s.epoch += 1
         if not self.world.is_main:
             return
         append_record(records, rec)
         plot_progress(read_records(records), self.out_dir / "progress.png")
-        log.info("epoch %d: train loss %.4f, val loss %s, pseudo Dice %s (EMA %s), %.1f s",
-                 rec["epoch"], train_loss, _fmt(val.get("val_loss")),
-                 [round(d, 4) for d in val.get("pseudo_dice", [])], _fmt(s.ema), rec["seconds"])
+        log.info(
+            "epoch %d: train loss %.4f, val loss %s, pseudo Dice %s (EMA %s), %.1f s",
+            rec["epoch"],
+            train_loss,
+            _fmt(val.get("val_loss")),
+            [round(d, 4) for d in val.get("pseudo_dice", [])],
+            _fmt(s.ema),
+            rec["seconds"],
+        )
         if s.ema is not None and s.ema > s.best_ema:
             s.best_ema = s.ema
             self.save("best")

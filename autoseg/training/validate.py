@@ -34,15 +34,28 @@ def summarize(per_case: list[dict[str, Any]], label_values: list[int]) -> dict[s
     from both maps) is written as null, since JSON has no NaN."""
     mean = {str(v): nanmean([c["dice"][str(v)] for c in per_case]) for v in label_values}
     cases = [{**c, "dice": {k: nan_to_none(v) for k, v in c["dice"].items()}} for c in per_case]
-    return {"per_case": cases, "mean": {k: nan_to_none(v) for k, v in mean.items()},
-            "foreground_mean": nan_to_none(nanmean(list(mean.values())))}
+    return {
+        "per_case": cases,
+        "mean": {k: nan_to_none(v) for k, v in mean.items()},
+        "foreground_mean": nan_to_none(nanmean(list(mean.values()))),
+    }
 
 
 @torch.inference_mode()
-def validate_fold(network: torch.nn.Module, plan: Plan, config: Configuration,
-                  store: PreprocessedStore, val_ids: list[str], label_files: dict[str, Path],
-                  out_dir: Path, *, device: torch.device, amp_dtype: torch.dtype | None,
-                  save_probabilities: bool, tta: bool = True) -> dict[str, Any]:
+def validate_fold(
+    network: torch.nn.Module,
+    plan: Plan,
+    config: Configuration,
+    store: PreprocessedStore,
+    val_ids: list[str],
+    label_files: dict[str, Path],
+    out_dir: Path,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    save_probabilities: bool,
+    tta: bool = True,
+) -> dict[str, Any]:
     """Predict and score the validation cases; writes ``out_dir/CASE.nii.gz`` and ``summary.json``.
 
     Returns:
@@ -55,25 +68,32 @@ def validate_fold(network: torch.nn.Module, plan: Plan, config: Configuration,
     for cid in tqdm(val_ids, desc="Validating", unit="case", disable=None):
         case = store.load(cid)
         data = torch.from_numpy(np.array(case.data))  # a writable copy of the memmap
-        logits = predict_logits(network, data, config, tta=tta, device=device, output_device="cpu",
-                                amp_dtype=amp_dtype)
+        logits = predict_logits(
+            network, data, config, tta=tta, device=device, output_device="cpu", amp_dtype=amp_dtype
+        )
         if save_probabilities:
             # one resampling of the logits serves both: labels from the float32 probabilities
             prob = probabilities_on_source_grid(logits, case.properties, plan)
             labels = classes_to_values(prob.argmax(0), plan)
             half = prob.astype(np.float16)
-            write_atomic(out_dir / f"{cid}.npz",
-                         lambda tmp, p=half: np.savez_compressed(tmp, probabilities=p))
+            write_atomic(
+                out_dir / f"{cid}.npz", lambda tmp, p=half: np.savez_compressed(tmp, probabilities=p)
+            )
         else:
             labels = logits_to_labels(logits, case.properties, plan)
         geometry = Geometry.from_dict(case.properties["geometry"])
         write_image(labels, geometry, out_dir / f"{cid}.nii.gz")
-        ref = np.rint(read_onto(label_files[cid], geometry, labels.shape,
-                                grid_of=f"case {cid}'s image")).astype(np.int64)
+        ref = np.rint(
+            read_onto(label_files[cid], geometry, labels.shape, grid_of=f"case {cid}'s image")
+        ).astype(np.int64)
         dice = dice_per_label(labels, ref, fg_values)
         per_case.append({"case_id": cid, "dice": {str(k): v for k, v in dice.items()}})
     summary = summarize(per_case, fg_values)
     write_json_atomic(out_dir / "summary.json", summary)
-    log.info("validation of %d cases: Dice per label %s, foreground mean %s", len(val_ids),
-             summary["mean"], summary["foreground_mean"])
+    log.info(
+        "validation of %d cases: Dice per label %s, foreground mean %s",
+        len(val_ids),
+        summary["mean"],
+        summary["foreground_mean"],
+    )
     return summary

@@ -23,8 +23,7 @@ class Prepared:
 
     def config(self, name: str) -> Configuration:
         if name == "2.5d":
-            return dataclasses.replace(self.plan.configuration("2d"), name="2.5d", kind="2.5d",
-                                       in_slices=3)
+            return dataclasses.replace(self.plan.configuration("2d"), name="2.5d", kind="2.5d", in_slices=3)
         return self.plan.configuration(name)
 
     def store(self, name: str) -> PreprocessedStore:
@@ -37,6 +36,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     ds = dataclasses.replace(ds, cases=ds.cases[:N_CASES])
     plan = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
     work = tmp_path_factory.mktemp("hippocampus_sample")
-    stores = {name: preprocess_dataset(ds, plan, plan.configuration(name), work, workers=1)
-              for name in ("3d_fullres", "2d")}
+    stores = {
+        name: preprocess_dataset(ds, plan, plan.configuration(name), work, workers=1)
+        for name in ("3d_fullres", "2d")
+    }
     return Prepared(plan, [c.case_id for c in ds.cases], stores)

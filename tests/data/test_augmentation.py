@@ -51,8 +51,9 @@ def test_validation_is_a_centre_crop(prepared):
     big = batch["data"].copy()
     out = validation_transforms(config)(**batch)
     starts = [(s - p) // 2 for s, p in zip(big.shape[2:], config.patch_size, strict=True)]
-    crop = big[(slice(None), slice(None),
-                *(slice(a, a + p) for a, p in zip(starts, config.patch_size, strict=True)))]
+    crop = big[
+        (slice(None), slice(None), *(slice(a, a + p) for a, p in zip(starts, config.patch_size, strict=True)))
+    ]
     np.testing.assert_array_equal(out["data"].numpy(), crop)
 
 

@@ -27,13 +27,17 @@ def _check_batch(batch, prepared, name: str, batch_size: int) -> None:
     assert len(batch["case_ids"]) == batch_size
 
 
-@pytest.mark.parametrize(("batch_size", "oversample", "forced"), [
-    (7, 1 / 3, [5, 6]),
-    (2, 1 / 3, [1]),
-    (1, 1 / 3, []),
-    (3, 0.0, []),
-    (3, 1.0, [0, 1, 2]),
-], ids=["7", "2", "1", "none", "all"])
+@pytest.mark.parametrize(
+    ("batch_size", "oversample", "forced"),
+    [
+        (7, 1 / 3, [5, 6]),
+        (2, 1 / 3, [1]),
+        (1, 1 / 3, []),
+        (3, 0.0, []),
+        (3, 1.0, [0, 1, 2]),
+    ],
+    ids=["7", "2", "1", "none", "all"],
+)
 def test_forced_foreground_rule(batch_size, oversample, forced):
     flags = forced_foreground(batch_size, oversample)
     assert [j for j, f in enumerate(flags) if f] == forced
@@ -43,16 +47,30 @@ class TestBatches:
     @pytest.mark.parametrize("name", ["3d_fullres", "2d", "2.5d"])
     def test_in_process(self, prepared, name):
         config = prepared.config(name)
-        with make_loader(prepared.store(name), prepared.case_ids, config, batch_size=BATCH[name],
-                         workers=0, seed=0, augment=True) as loader:
+        with make_loader(
+            prepared.store(name),
+            prepared.case_ids,
+            config,
+            batch_size=BATCH[name],
+            workers=0,
+            seed=0,
+            augment=True,
+        ) as loader:
             for _ in range(3):
                 _check_batch(next(loader), prepared, name, BATCH[name])
 
     @pytest.mark.parametrize("name", ["3d_fullres", "2d"])
     def test_workers_and_clean_shutdown(self, prepared, name):
         before = set(multiprocessing.active_children())
-        loader = make_loader(prepared.store(name), prepared.case_ids, prepared.config(name),
-                             batch_size=BATCH[name], workers=2, seed=0, augment=True)
+        loader = make_loader(
+            prepared.store(name),
+            prepared.case_ids,
+            prepared.config(name),
+            batch_size=BATCH[name],
+            workers=2,
+            seed=0,
+            augment=True,
+        )
         with loader:
             assert len(set(multiprocessing.active_children()) - before) == 2
             for _ in range(3):
@@ -65,8 +83,9 @@ class TestBatches:
     def test_validation_batches_are_plain_crops(self, prepared):
         name = "3d_fullres"
         config = prepared.config(name)
-        with make_loader(prepared.store(name), prepared.case_ids, config, batch_size=3,
-                         workers=0, seed=0, augment=False) as loader:
+        with make_loader(
+            prepared.store(name), prepared.case_ids, config, batch_size=3, workers=0, seed=0, augment=False
+        ) as loader:
             for _ in range(5):
                 batch = next(loader)
                 _check_batch(batch, prepared, name, 3)
@@ -79,8 +98,16 @@ class TestBatches:
     def test_forced_samples_keep_foreground_after_augmentation(self, prepared):
         """The voxel sits in the middle half of the patch, so rotation and zoom rarely lose it."""
         name = "3d_fullres"
-        with make_loader(prepared.store(name), prepared.case_ids, prepared.config(name),
-                         batch_size=2, oversample=1.0, workers=0, seed=3, augment=True) as loader:
+        with make_loader(
+            prepared.store(name),
+            prepared.case_ids,
+            prepared.config(name),
+            batch_size=2,
+            oversample=1.0,
+            workers=0,
+            seed=3,
+            augment=True,
+        ) as loader:
             hits = [bool(t.any()) for _ in range(10) for t in next(loader)["target"]]
         assert np.mean(hits) >= 0.9
 
@@ -88,8 +115,15 @@ class TestBatches:
 class TestReproducibility:
     def _first(self, prepared, *, seed: int, workers: int = 0):
         name = "3d_fullres"
-        with make_loader(prepared.store(name), prepared.case_ids, prepared.config(name),
-                         batch_size=2, workers=workers, seed=seed, augment=True) as loader:
+        with make_loader(
+            prepared.store(name),
+            prepared.case_ids,
+            prepared.config(name),
+            batch_size=2,
+            workers=workers,
+            seed=seed,
+            augment=True,
+        ) as loader:
             return [next(loader) for _ in range(2)]
 
     def test_same_seed_same_batches(self, prepared):
@@ -101,8 +135,10 @@ class TestReproducibility:
         other = self._first(prepared, seed=8)
         assert not torch.equal(a[0]["data"], other[0]["data"])
         # the global numpy state is left as it was
-        assert all(np.array_equal(s, t) if isinstance(s, np.ndarray) else s == t
-                   for s, t in zip(state, np.random.get_state(), strict=True))
+        assert all(
+            np.array_equal(s, t) if isinstance(s, np.ndarray) else s == t
+            for s, t in zip(state, np.random.get_state(), strict=True)
+        )
 
     def test_one_worker_matches_in_process(self, prepared):
         a, b = self._first(prepared, seed=7), self._first(prepared, seed=7, workers=1)
@@ -113,8 +149,15 @@ class TestReproducibility:
 class TestInputs:
     def test_dataset_pickles_without_arrays(self, prepared):
         name = "3d_fullres"
-        ds = PatchDataset(prepared.store(name).folder, prepared.case_ids, prepared.config(name),
-                          batch_size=2, oversample=1 / 3, seed=0, augment=True)
+        ds = PatchDataset(
+            prepared.store(name).folder,
+            prepared.case_ids,
+            prepared.config(name),
+            batch_size=2,
+            oversample=1 / 3,
+            seed=0,
+            augment=True,
+        )
         next(ds)  # opens the memory maps in this process
         assert ds._cases
         assert len(pickle.dumps(ds)) < 20_000
@@ -122,19 +165,36 @@ class TestInputs:
 
     def test_missing_case(self, prepared):
         with pytest.raises(DatasetError, match="case nope is not preprocessed"):
-            make_loader(prepared.store("2d"), ["nope"], prepared.config("2d"), batch_size=2,
-                        workers=0, seed=0, augment=True)
+            make_loader(
+                prepared.store("2d"),
+                ["nope"],
+                prepared.config("2d"),
+                batch_size=2,
+                workers=0,
+                seed=0,
+                augment=True,
+            )
 
     def test_no_cases(self, prepared):
         with pytest.raises(DatasetError, match="no cases"):
-            make_loader(prepared.store("2d"), [], prepared.config("2d"), batch_size=2,
-                        workers=0, seed=0, augment=True)
+            make_loader(
+                prepared.store("2d"), [], prepared.config("2d"), batch_size=2, workers=0, seed=0, augment=True
+            )
 
-    @pytest.mark.parametrize(("batch_size", "workers", "oversample"), [(0, 0, 0.3), (2, -1, 0.3),
-                                                                      (2, 0, 1.5)],
-                             ids=["batch", "workers", "oversample"])
+    @pytest.mark.parametrize(
+        ("batch_size", "workers", "oversample"),
+        [(0, 0, 0.3), (2, -1, 0.3), (2, 0, 1.5)],
+        ids=["batch", "workers", "oversample"],
+    )
     def test_bad_settings(self, prepared, batch_size, workers, oversample):
         with pytest.raises(ValueError, match="need batch_size >= 1"):
-            make_loader(prepared.store("2d"), prepared.case_ids, prepared.config("2d"),
-                        batch_size=batch_size, workers=workers, oversample=oversample, seed=0,
-                        augment=True)
+            make_loader(
+                prepared.store("2d"),
+                prepared.case_ids,
+                prepared.config("2d"),
+                batch_size=batch_size,
+                workers=workers,
+                oversample=oversample,
+                seed=0,
+                augment=True,
+            )

@@ -35,21 +35,24 @@ class TestInitialPatchSize:
     def test_no_augmentation_keeps_patch(self):
         assert initial_patch_size((40, 56, 40), 0, (0.7, 1.0)) == (40, 56, 40)
 
-    @pytest.mark.parametrize(("patch", "rotation", "in_plane"), [
-        ((40, 56, 40), 30, False),
-        ((20, 64, 48), 30, False),
-        ((56, 40), 180, False),
-        ((64, 32), 15, False),
-        ((8, 64, 48), 180, True),
-    ], ids=["3d", "3d-flat", "2d", "2d-elongated", "dummy-2d"])
+    @pytest.mark.parametrize(
+        ("patch", "rotation", "in_plane"),
+        [
+            ((40, 56, 40), 30, False),
+            ((20, 64, 48), 30, False),
+            ((56, 40), 180, False),
+            ((64, 32), 15, False),
+            ((8, 64, 48), 180, True),
+        ],
+        ids=["3d", "3d-flat", "2d", "2d-elongated", "dummy-2d"],
+    )
     def test_no_empty_corners(self, patch, rotation, in_plane):
         """Every point batchgenerators samples lies inside the enlarged patch."""
         scale = (0.7, 1.4)
         init = np.array(initial_patch_size(patch, rotation, scale, in_plane_only=in_plane))
         assert (init >= patch).all()
         mesh_shape = patch[1:] if in_plane else patch
-        corners = np.stack(np.meshgrid(*[(-(p - 1) / 2, (p - 1) / 2) for p in mesh_shape],
-                                       indexing="ij"))
+        corners = np.stack(np.meshgrid(*[(-(p - 1) / 2, (p - 1) / 2) for p in mesh_shape], indexing="ij"))
         a = np.radians(rotation)
         rng = np.random.default_rng(0)
         angle_sets = [*itertools.product((-a, 0, a), repeat=3), *rng.uniform(-a, a, (300, 3))]
@@ -135,8 +138,9 @@ class TestForeground:
     def test_case_without_foreground_falls_back_to_random(self, prepared):
         config = dataclasses.replace(prepared.config("3d_fullres"), patch_size=(4, 4, 4))
         case = _case(np.ones((1, 10, 10, 10)), np.zeros((10, 10, 10)), [])
-        data, seg = sample_patch(case, config, force_fg=True, rng=np.random.default_rng(0),
-                                 patch_size=(4, 4, 4))
+        data, seg = sample_patch(
+            case, config, force_fg=True, rng=np.random.default_rng(0), patch_size=(4, 4, 4)
+        )
         assert data.shape == (1, 4, 4, 4)
         assert not seg.any()
 
@@ -154,8 +158,9 @@ class TestPadding:
         config = dataclasses.replace(prepared.config("3d_fullres"), patch_size=(8, 8, 8))
         case = _case(np.full((1, 4, 4, 4), 5.0), np.ones((4, 4, 4)), [[1, 0, 0, 0]])
         for force in (False, True):
-            data, seg = sample_patch(case, config, force_fg=force, rng=np.random.default_rng(0),
-                                     patch_size=(8, 8, 8))
+            data, seg = sample_patch(
+                case, config, force_fg=force, rng=np.random.default_rng(0), patch_size=(8, 8, 8)
+            )
             inside = (slice(None), slice(2, 6), slice(2, 6), slice(2, 6))
             assert (data[inside] == 5).all()
             assert (seg[inside] == 1).all()
@@ -167,8 +172,9 @@ class TestPadding:
         """Data of ones marks the image: ones inside one box no larger than it, zeros around."""
         config = prepared.config(name)
         real = prepared.store(name).load(prepared.case_ids[0])
-        case = PreprocessedCase(np.ones(real.data.shape, np.float32), np.asarray(real.seg),
-                                real.locations, real.properties)
+        case = PreprocessedCase(
+            np.ones(real.data.shape, np.float32), np.asarray(real.seg), real.locations, real.properties
+        )
         n_spatial = len(config.patch_size)
         rng = np.random.default_rng(0)
         for force in (False, True) * 5:

@@ -43,15 +43,20 @@ class TestMakeSplits:
     def test_same_folds_as_nnunet(self):
         kfold = pytest.importorskip("sklearn.model_selection").KFold
         ours = make_splits(IDS, n_folds=5, seed=12345)
-        for (_, val_idx), fold in zip(kfold(5, shuffle=True, random_state=12345).split(IDS), ours,
-                                      strict=True):
+        for (_, val_idx), fold in zip(
+            kfold(5, shuffle=True, random_state=12345).split(IDS), ours, strict=True
+        ):
             assert sorted(np.array(IDS)[val_idx]) == fold["val"]
 
-    @pytest.mark.parametrize(("ids", "n_folds", "match"), [
-        (["a", "b"], 5, "2 cases cannot make 5 folds"),
-        (["a", "a", "b"], 2, "duplicate case ids: a"),
-        (["a", "b"], 1, "at least 2"),
-    ], ids=["too-few", "duplicate", "one-fold"])
+    @pytest.mark.parametrize(
+        ("ids", "n_folds", "match"),
+        [
+            (["a", "b"], 5, "2 cases cannot make 5 folds"),
+            (["a", "a", "b"], 2, "duplicate case ids: a"),
+            (["a", "b"], 1, "at least 2"),
+        ],
+        ids=["too-few", "duplicate", "one-fold"],
+    )
     def test_invalid(self, ids, n_folds, match):
         with pytest.raises(DatasetError, match=match):
             make_splits(ids, n_folds=n_folds)
@@ -126,8 +131,11 @@ class TestLoadOrCreate:
 
     def test_stored_patient_leak(self, tmp_path: Path):
         path = tmp_path / "splits.json"
-        path.write_text(json.dumps([{"train": ["pat01_s0"], "val": ["pat01_s1"]},
-                                    {"train": ["pat01_s1"], "val": ["pat01_s0"]}]))
+        path.write_text(
+            json.dumps(
+                [{"train": ["pat01_s0"], "val": ["pat01_s1"]}, {"train": ["pat01_s1"], "val": ["pat01_s0"]}]
+            )
+        )
         groups = groups_from_regex(["pat01_s0", "pat01_s1"], PATIENT_RE)
         with pytest.raises(DatasetError, match="fold 0 has patient pat01 in both train and val"):
             load_or_create_splits(path, ["pat01_s0", "pat01_s1"], groups=groups)
@@ -137,8 +145,11 @@ class TestLoadOrCreate:
         splits = load_or_create_splits(tmp_path / "s.json", GROUPED_IDS, groups=groups, n_folds=3)
         assert splits == make_splits(GROUPED_IDS, groups=groups, n_folds=3)
 
-    @pytest.mark.parametrize("content", ["{not json", '{"train": []}', '[{"train": ["a"]}]'],
-                             ids=["invalid-json", "not-a-list", "no-val"])
+    @pytest.mark.parametrize(
+        "content",
+        ["{not json", '{"train": []}', '[{"train": ["a"]}]'],
+        ids=["invalid-json", "not-a-list", "no-val"],
+    )
     def test_malformed_file(self, tmp_path: Path, content: str):
         path = tmp_path / "splits.json"
         path.write_text(content)

@@ -37,10 +37,10 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
         shutil.copy(LABELS_TR / f"{case}.nii.gz", ref_dir)
     ims = {c: read_image(ref_dir / f"{c}.nii.gz") for c in CASES}
     write_image(ims[CASES[0]].array, ims[CASES[0]].geometry, pred_dir / f"{CASES[0]}.nii.gz")
-    write_image(_erode_label(ims[CASES[1]].array, 2), ims[CASES[1]].geometry,
-                pred_dir / f"{CASES[1]}.nii.gz")
-    write_image(np.roll(ims[CASES[2]].array, 1, axis=2), ims[CASES[2]].geometry,
-                pred_dir / f"{CASES[2]}.nrrd")
+    write_image(_erode_label(ims[CASES[1]].array, 2), ims[CASES[1]].geometry, pred_dir / f"{CASES[1]}.nii.gz")
+    write_image(
+        np.roll(ims[CASES[2]].array, 1, axis=2), ims[CASES[2]].geometry, pred_dir / f"{CASES[2]}.nrrd"
+    )
     return pred_dir, ref_dir
 
 
@@ -78,7 +78,8 @@ class TestOutputs:
         dice_2 = [c["metrics"]["2"]["dice"] for c in data["per_case"]]
         assert data["per_label"]["2"]["dice"] == pytest.approx(np.mean(dice_2))
         assert data["mean"]["dice"] == pytest.approx(
-            (data["per_label"]["1"]["dice"] + data["per_label"]["2"]["dice"]) / 2)
+            (data["per_label"]["1"]["dice"] + data["per_label"]["2"]["dice"]) / 2
+        )
 
         with open(out.with_suffix(".csv"), newline="") as f:
             rows = list(csv.DictReader(f))
@@ -131,12 +132,16 @@ class TestErrors:
     def test_shape_and_spacing_mismatches_are_listed_together(self, folders, tmp_path):
         pred_dir, ref_dir = folders
         bad_shape = pred_dir / f"{CASES[0]}.nii.gz"
-        write_image(np.zeros((5, 6, 7), np.uint8), Geometry((1.0,) * 3, (0.0,) * 3,
-                                                             (1, 0, 0, 0, 1, 0, 0, 0, 1)), bad_shape)
+        write_image(
+            np.zeros((5, 6, 7), np.uint8),
+            Geometry((1.0,) * 3, (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+            bad_shape,
+        )
         ref1 = read_image(ref_dir / f"{CASES[1]}.nii.gz")
         bad_spacing = pred_dir / f"{CASES[1]}.nii.gz"
-        write_image(ref1.array, Geometry((1.0, 1.0, 1.01), ref1.geometry.origin,
-                                         ref1.geometry.direction), bad_spacing)
+        write_image(
+            ref1.array, Geometry((1.0, 1.0, 1.01), ref1.geometry.origin, ref1.geometry.direction), bad_spacing
+        )
         out = tmp_path / "eval" / "summary.json"
         with pytest.raises(DatasetError, match="2 problems") as info:
             evaluate_folders(pred_dir, ref_dir, out)
@@ -176,10 +181,14 @@ class TestErrors:
         with pytest.raises(DatasetError, match="hold no nonzero label; pass the labels"):
             evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "s.json")
 
-    @pytest.mark.parametrize(("kwargs", "match"), [
-        ({"labels": []}, "labels is empty"),
-        ({"tolerance_mm": -0.5}, "got -0.5"),
-    ], ids=["no-labels", "negative-tolerance"])
+    @pytest.mark.parametrize(
+        ("kwargs", "match"),
+        [
+            ({"labels": []}, "labels is empty"),
+            ({"tolerance_mm": -0.5}, "got -0.5"),
+        ],
+        ids=["no-labels", "negative-tolerance"],
+    )
     def test_bad_options(self, folders, tmp_path, kwargs, match):
         with pytest.raises(ValueError, match=match):
             evaluate_folders(*folders, tmp_path / "s.json", **kwargs)
@@ -208,8 +217,11 @@ class TestGrid:
             assert summary["per_label"][label]["dice"] == 1.0
             assert summary["per_label"][label]["hd95_mm"] == 0.0
 
-    @pytest.mark.parametrize(("origin_shift", "rotate"), [(2.0, False), (0.4, False), (0.0, True)],
-                             ids=["shifted_2mm", "shifted_0.4mm", "rotated"])
+    @pytest.mark.parametrize(
+        ("origin_shift", "rotate"),
+        [(2.0, False), (0.4, False), (0.0, True)],
+        ids=["shifted_2mm", "shifted_0.4mm", "rotated"],
+    )
     def test_prediction_on_another_grid_is_refused(self, folders, tmp_path, origin_shift, rotate):
         pred_dir, ref_dir = folders
         ref = read_image(ref_dir / f"{CASES[0]}.nii.gz")
@@ -219,9 +231,11 @@ class TestGrid:
             rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
             direction = tuple((rot @ np.reshape(direction, (3, 3))).ravel())
         moved = pred_dir / f"{CASES[0]}.nii.gz"
-        write_image(ref.array, Geometry(ref.geometry.spacing,
-                                        tuple(o + origin_shift for o in ref.geometry.origin),
-                                        direction), moved)
+        write_image(
+            ref.array,
+            Geometry(ref.geometry.spacing, tuple(o + origin_shift for o in ref.geometry.origin), direction),
+            moved,
+        )
         out = tmp_path / "eval" / "summary.json"
         with pytest.raises(DatasetError, match=r"differ from its reference .* more than a flip") as info:
             evaluate_folders(pred_dir, ref_dir, out)

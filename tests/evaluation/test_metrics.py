@@ -49,7 +49,7 @@ ANISO = (2.0, 1.0, 1.0)
 def cube(shift: tuple[int, int, int] = (0, 0, 0), *, label: int = 1, size: int = 10) -> np.ndarray:
     a = np.zeros(SHAPE, np.uint8)
     z, y, x = (5 + s for s in shift)
-    a[z:z + size, y:y + size, x:x + size] = label
+    a[z : z + size, y : y + size, x : x + size] = label
     return a
 
 
@@ -90,8 +90,9 @@ class TestOverlap:
 
 
 class TestVolume:
-    @pytest.mark.parametrize(("spacing", "ml"), [(ISO, 1.0), (ANISO, 2.0), ((2.0, 0.5, 0.5), 0.5)],
-                             ids=["iso", "z2", "thin"])
+    @pytest.mark.parametrize(
+        ("spacing", "ml"), [(ISO, 1.0), (ANISO, 2.0), ((2.0, 0.5, 0.5), 0.5)], ids=["iso", "z2", "thin"]
+    )
     def test_cube_volume_follows_spacing(self, spacing, ml):
         m = one(cube((2, 0, 0)), cube(), spacing=spacing)
         assert m["volume_ref_ml"] == pytest.approx(ml)
@@ -107,22 +108,30 @@ class TestVolume:
 
 
 class TestSurface:
-    @pytest.mark.parametrize(("shift", "spacing", "hd"), [
-        ((2, 0, 0), ISO, 2.0),
-        ((2, 0, 0), ANISO, 4.0),
-        ((0, 0, 2), ANISO, 2.0),
-        ((0, 2, 0), (1.0, 0.5, 1.0), 1.0),
-    ], ids=["z-iso", "z-aniso", "x-aniso", "y-half"])
+    @pytest.mark.parametrize(
+        ("shift", "spacing", "hd"),
+        [
+            ((2, 0, 0), ISO, 2.0),
+            ((2, 0, 0), ANISO, 4.0),
+            ((0, 0, 2), ANISO, 2.0),
+            ((0, 2, 0), (1.0, 0.5, 1.0), 1.0),
+        ],
+        ids=["z-iso", "z-aniso", "x-aniso", "y-half"],
+    )
     def test_hd95_of_a_two_voxel_shift(self, shift, spacing, hd):
         assert one(cube(shift), cube(), spacing=spacing)["hd95_mm"] == pytest.approx(hd)
 
-    @pytest.mark.parametrize(("spacing", "tol", "nsd"), [
-        (ISO, 0.0, 288 / 488),
-        (ISO, 1.0, 352 / 488),
-        (ISO, 2.0, 1.0),
-        (ANISO, 1.0, 316 / 488),
-        (ANISO, 4.0, 1.0),
-    ], ids=["iso-0", "iso-1", "iso-2", "aniso-1", "aniso-4"])
+    @pytest.mark.parametrize(
+        ("spacing", "tol", "nsd"),
+        [
+            (ISO, 0.0, 288 / 488),
+            (ISO, 1.0, 352 / 488),
+            (ISO, 2.0, 1.0),
+            (ANISO, 1.0, 316 / 488),
+            (ANISO, 4.0, 1.0),
+        ],
+        ids=["iso-0", "iso-1", "iso-2", "aniso-1", "aniso-4"],
+    )
     def test_nsd_of_a_two_voxel_shift(self, spacing, tol, nsd):
         m = one(cube((2, 0, 0)), cube(), spacing=spacing, tolerance_mm=tol)
         assert m["nsd"] == pytest.approx(nsd)
@@ -155,8 +164,9 @@ class TestSurface:
         spacing = (2.0, 0.8, 1.1)
         hd, nsd = surface_metrics(pred, ref, spacing=spacing, tolerance_mm=1.5)
         p, r = torch.from_numpy(pred)[None, None], torch.from_numpy(ref)[None, None]
-        hd_full = compute_hausdorff_distance(p, r, include_background=True, percentile=95,
-                                             spacing=list(spacing))
+        hd_full = compute_hausdorff_distance(
+            p, r, include_background=True, percentile=95, spacing=list(spacing)
+        )
         nsd_full = compute_surface_dice(p, r, [1.5], include_background=True, spacing=list(spacing))
         assert hd == pytest.approx(float(hd_full), rel=1e-6)
         assert nsd == pytest.approx(float(nsd_full), rel=1e-6)
@@ -180,8 +190,10 @@ class TestEmpty:
     def test_absent_label_metrics_matches_case_metrics(self):
         got, want = absent_label_metrics(12000), one(cube(), cube(), label=3)
         assert list(got) == list(want)
-        assert all(g == w or (math.isnan(g) and math.isnan(w)) for g, w in
-                   zip(got.values(), want.values(), strict=True))
+        assert all(
+            g == w or (math.isnan(g) and math.isnan(w))
+            for g, w in zip(got.values(), want.values(), strict=True)
+        )
 
     def test_missing_from_prediction(self):
         m = one(np.zeros(SHAPE, np.uint8), cube(), spacing=ANISO)
@@ -206,14 +218,18 @@ class TestEmpty:
 
 
 class TestValidation:
-    @pytest.mark.parametrize(("pred", "ref", "spacing", "tol", "match"), [
-        (np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), ISO, 1.0, r"same shape.*\(4, 4, 5\)"),
-        (np.zeros((2, 4, 4, 4)), np.zeros((2, 4, 4, 4)), ISO, 1.0, "2D or 3D, got 4"),
-        (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1.0, 1.0), 1.0, r"3 positive.*\(1.0, 1.0\)"),
-        (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1.0, 0.0, 1.0), 1.0, "positive"),
-        (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), ISO, -1.0, "tolerance_mm.*got -1.0"),
-        (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), ISO, math.inf, "tolerance_mm.*got inf"),
-    ], ids=["shape", "4d", "spacing-length", "spacing-zero", "tolerance-negative", "tolerance-inf"])
+    @pytest.mark.parametrize(
+        ("pred", "ref", "spacing", "tol", "match"),
+        [
+            (np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), ISO, 1.0, r"same shape.*\(4, 4, 5\)"),
+            (np.zeros((2, 4, 4, 4)), np.zeros((2, 4, 4, 4)), ISO, 1.0, "2D or 3D, got 4"),
+            (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1.0, 1.0), 1.0, r"3 positive.*\(1.0, 1.0\)"),
+            (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1.0, 0.0, 1.0), 1.0, "positive"),
+            (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), ISO, -1.0, "tolerance_mm.*got -1.0"),
+            (np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), ISO, math.inf, "tolerance_mm.*got inf"),
+        ],
+        ids=["shape", "4d", "spacing-length", "spacing-zero", "tolerance-negative", "tolerance-inf"],
+    )
     def test_rejects(self, pred, ref, spacing, tol, match):
         with pytest.raises(ValueError, match=match):
             case_metrics(pred, ref, [1], spacing=spacing, tolerance_mm=tol)

@@ -34,8 +34,7 @@ def inputs(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("config", ["3d_fullres", "2d"])
-def test_onnx_backend_matches_torch(trained_work: Path, inputs: Path, tmp_path: Path,
-                                    config: str) -> None:
+def test_onnx_backend_matches_torch(trained_work: Path, inputs: Path, tmp_path: Path, config: str) -> None:
     copy = tmp_path / "exported"
     assert _cli(trained_work, "export", "hippo", config, "--format", "onnx", "-o", str(copy)) == 0
     model_dir = trained_work / "hippo" / "models" / config
@@ -51,9 +50,28 @@ def test_onnx_backend_matches_torch(trained_work: Path, inputs: Path, tmp_path: 
     outs = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / backend
-        assert _cli(trained_work, "predict", "-i", str(inputs), "-o", str(out), "-d", "hippo",
-                    "-c", config, "--backend", backend, "--precision", "fp32", "--device", "cpu",
-                    "--save-probabilities") == 0
+        assert (
+            _cli(
+                trained_work,
+                "predict",
+                "-i",
+                str(inputs),
+                "-o",
+                str(out),
+                "-d",
+                "hippo",
+                "-c",
+                config,
+                "--backend",
+                backend,
+                "--precision",
+                "fp32",
+                "--device",
+                "cpu",
+                "--save-probabilities",
+            )
+            == 0
+        )
         outs[backend] = out
     for p in CASES:
         a = read_image(outs["torch"] / p.name).array
@@ -95,20 +113,40 @@ def test_onnx_probabilities_within_1e4_in_float32(trained_work: Path) -> None:
     assert torch.equal(pa.argmax(0)[clear], pb.argmax(0)[clear])
 
 
-def test_onnx_backend_without_export_is_a_clear_error(trained_work: Path, inputs: Path,
-                                                      tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_onnx_backend_without_export_is_a_clear_error(
+    trained_work: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for f in (trained_work / "hippo" / "models" / "2d").glob("fold_*/model.onnx"):
         f.unlink()
-    assert _cli(trained_work, "predict", "-i", str(inputs), "-o", str(tmp_path / "o"), "-d",
-                "hippo", "-c", "2d", "--backend", "onnx", "--device", "cpu") == 2
+    assert (
+        _cli(
+            trained_work,
+            "predict",
+            "-i",
+            str(inputs),
+            "-o",
+            str(tmp_path / "o"),
+            "-d",
+            "hippo",
+            "-c",
+            "2d",
+            "--backend",
+            "onnx",
+            "--device",
+            "cpu",
+        )
+        == 2
+    )
     assert "autoseg export" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
-                    reason="TensorRT is installed here; this test is for machines without it")
-def test_tensorrt_absent_fails_cleanly(trained_work: Path, inputs: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None,
+    reason="TensorRT is installed here; this test is for machines without it",
+)
+def test_tensorrt_absent_fails_cleanly(
+    trained_work: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(MissingDependencyError, match=r"pip install 'autoseg\[tensorrt\]'"):
         get_tensorrt()
     engine_dir = trained_work / "hippo" / "models" / "3d_fullres"
@@ -118,6 +156,23 @@ def test_tensorrt_absent_fails_cleanly(trained_work: Path, inputs: Path, tmp_pat
     assert "TensorRT is not installed" in err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in engine_dir.rglob("*")) == before  # nothing written
-    assert _cli(trained_work, "predict", "-i", str(inputs), "-o", str(tmp_path / "o"), "-d",
-                "hippo", "-c", "3d_fullres", "--backend", "tensorrt", "--device", "cpu") == 2
+    assert (
+        _cli(
+            trained_work,
+            "predict",
+            "-i",
+            str(inputs),
+            "-o",
+            str(tmp_path / "o"),
+            "-d",
+            "hippo",
+            "-c",
+            "3d_fullres",
+            "--backend",
+            "tensorrt",
+            "--device",
+            "cpu",
+        )
+        == 2
+    )
     assert "TensorRT is not installed" in capsys.readouterr().err

@@ -32,8 +32,10 @@ def _case(name: str = "hippocampus_004") -> tuple[np.ndarray, np.ndarray, tuple[
 
 
 def _one_hot_logits(seg: np.ndarray, n: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.from_numpy(seg.astype(np.int64)), n).permute(
-        3, 0, 1, 2).float() * 10
+    return (
+        torch.nn.functional.one_hot(torch.from_numpy(seg.astype(np.int64)), n).permute(3, 0, 1, 2).float()
+        * 10
+    )
 
 
 def _plan_variant(**config_changes: object) -> tuple[Plan, object]:
@@ -42,11 +44,11 @@ def _plan_variant(**config_changes: object) -> tuple[Plan, object]:
     return plan, cfg
 
 
-@pytest.mark.parametrize(("spacing", "min_dice"), [((1.0, 1.0, 1.0), 1.0),
-                                                   ((1.5, 1.5, 1.5), 0.85),
-                                                   ((0.7, 0.8, 0.9), 0.95),
-                                                   ((4.0, 1.0, 1.0), 0.6)],
-                         ids=["same", "coarser", "finer", "thick_z"])
+@pytest.mark.parametrize(
+    ("spacing", "min_dice"),
+    [((1.0, 1.0, 1.0), 1.0), ((1.5, 1.5, 1.5), 0.85), ((0.7, 0.8, 0.9), 0.95), ((4.0, 1.0, 1.0), 0.6)],
+    ids=["same", "coarser", "finer", "thick_z"],
+)
 def test_labels_come_back_on_the_source_grid(spacing: tuple[float, ...], min_dice: float) -> None:
     data, seg, sp = _case()
     plan, cfg = _plan_variant(spacing=spacing)
@@ -88,8 +90,9 @@ def test_crop_is_undone_with_background_outside() -> None:
 @pytest.mark.parametrize("z_axis", [None, 0, 1, 2])
 @pytest.mark.parametrize("shape", [(9, 10, 12), (23, 5, 17), (6, 7, 8), (1, 20, 3), (6, 3, 8)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_plane_by_plane_argmax_equals_dense_argmax(z_axis: int | None, shape: tuple[int, ...],
-                                                   seed: int) -> None:
+def test_plane_by_plane_argmax_equals_dense_argmax(
+    z_axis: int | None, shape: tuple[int, ...], seed: int
+) -> None:
     """Blending in-plane-resized input planes gives the argmax of the dense resize (up- and
     downsampling, nearest along a z axis, an axis kept or of size 1)."""
     g = torch.Generator().manual_seed(sum(shape) + seed)

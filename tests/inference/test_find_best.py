@@ -54,8 +54,9 @@ def upper_half(ref: np.ndarray) -> np.ndarray:
     return m
 
 
-def _missed(ref: np.ndarray, mask: np.ndarray, probs: tuple[float, float, float]
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _missed(
+    ref: np.ndarray, mask: np.ndarray, probs: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """``ref`` with the voxels of ``mask`` predicted as background, with probabilities ``probs`` there."""
     pred = ref.copy()
     pred[mask] = 0
@@ -91,8 +92,12 @@ def make_dataset_dir(source: Path, tmp_path: Path):
     refs = sorted((source / "labelsTr").glob("*.nii.gz"))
     plan = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
 
-    def make(damage: dict[str, Damage], *, folds: dict[str, tuple[str, ...]] | None = None,
-             probabilities: tuple[str, ...] | None = None) -> Path:
+    def make(
+        damage: dict[str, Damage],
+        *,
+        folds: dict[str, tuple[str, ...]] | None = None,
+        probabilities: tuple[str, ...] | None = None,
+    ) -> Path:
         d = tmp_path / "work" / "hippo"
         (d / "source.json").parent.mkdir(parents=True)
         (d / "source.json").write_text(json.dumps({"dataset_folder": str(source)}))
@@ -160,7 +165,8 @@ class TestFindBest:
         assert info["folds"] == {"2d": ["0", "1"], "3d_fullres": ["0", "1"]}
         assert info["cv_dice"]["2d__3d_fullres"] == 1.0
         assert info["cv_dice"]["3d_fullres"] == pytest.approx(
-            expected_dice(source, no_label1_upper_unsure)[1])
+            expected_dice(source, no_label1_upper_unsure)[1]
+        )
         assert info["postprocessing"] == Postprocessing().to_dict()
         assert info["report"]["ensemble_folder"] == "ensembles/2d__3d_fullres"
         ens = sorted((d / "ensembles" / "2d__3d_fullres").glob("*.nii.gz"))
@@ -173,11 +179,15 @@ class TestFindBest:
         for config in ("2d", "3d_fullres"):  # an ensemble's post-processing is in inference.json
             assert not (d / "models" / config / "postprocessing.json").exists()
 
-    @pytest.mark.parametrize(("configurations", "best"), [
-        (None, "2d"), (["3d_fullres", "2d"], "3d_fullres"),
-    ], ids=["sorted-names", "given-order"])
-    def test_tie_prefers_a_single_configuration_listed_first(self, make_dataset_dir,
-                                                             configurations, best):
+    @pytest.mark.parametrize(
+        ("configurations", "best"),
+        [
+            (None, "2d"),
+            (["3d_fullres", "2d"], "3d_fullres"),
+        ],
+        ids=["sorted-names", "given-order"],
+    )
+    def test_tie_prefers_a_single_configuration_listed_first(self, make_dataset_dir, configurations, best):
         d = make_dataset_dir({"3d_fullres": perfect, "2d": perfect})
         info = find_best(d, configurations=configurations)
         assert set(info["cv_dice"].values()) == {1.0}
@@ -196,15 +206,16 @@ class TestFindBest:
         d = make_dataset_dir({"3d_fullres": island})
         Plan.load(d / "models" / "3d_fullres" / "plans.json").save(d / "models" / "2d" / "plans.json")
         (d / "models" / "2d" / "fold_0" / "validation").mkdir(parents=True)  # no summary.json
-        with pytest.warns(UserWarning, match="configuration 2d skipped"), \
-                pytest.warns(UserWarning, match="validation incomplete"):
+        with (
+            pytest.warns(UserWarning, match="configuration 2d skipped"),
+            pytest.warns(UserWarning, match="validation incomplete"),
+        ):
             info = find_best(d)
         assert info["configurations"] == ["3d_fullres"]
         assert list(info["cv_dice"]) == ["3d_fullres"]
 
     def test_different_folds_are_compared_on_shared_cases(self, make_dataset_dir):
-        d = make_dataset_dir({"3d_fullres": island, "2d": no_label2_upper_confident},
-                             folds={"2d": ("0",)})
+        d = make_dataset_dir({"3d_fullres": island, "2d": no_label2_upper_confident}, folds={"2d": ("0",)})
         with pytest.warns(UserWarning, match="compared on the 2 cases they share"):
             info = find_best(d)
         assert info["report"]["n_cases"] == 2
@@ -215,8 +226,10 @@ class TestFindBest:
         with pytest.raises(CheckpointError, match="no configuration has validation predictions"):
             find_best(tmp_path / "hippo")
         (tmp_path / "hippo" / "models" / "2d").mkdir(parents=True)
-        with pytest.raises(CheckpointError, match="run `autoseg train`"), \
-                pytest.warns(UserWarning, match="no plans.json"):
+        with (
+            pytest.raises(CheckpointError, match="run `autoseg train`"),
+            pytest.warns(UserWarning, match="no plans.json"),
+        ):
             find_best(tmp_path / "hippo")
 
     def test_missing_source(self, make_dataset_dir):

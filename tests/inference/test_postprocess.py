@@ -70,12 +70,16 @@ class TestKeepLargestComponent:
 class TestApplyPostprocessing:
     labels = label_map((BIG, 1), (SMALL, 1), (APART, 2))
 
-    @pytest.mark.parametrize(("pp", "expected"), [
-        (Postprocessing(False, ()), label_map((BIG, 1), (SMALL, 1), (APART, 2))),
-        (Postprocessing(False, (1,)), label_map((BIG, 1), (APART, 2))),
-        (Postprocessing(False, (2,)), label_map((BIG, 1), (SMALL, 1), (APART, 2))),
-        (Postprocessing(True, ()), label_map((BIG, 1))),
-    ], ids=["identity", "label-1", "label-2-single-blob", "foreground"])
+    @pytest.mark.parametrize(
+        ("pp", "expected"),
+        [
+            (Postprocessing(False, ()), label_map((BIG, 1), (SMALL, 1), (APART, 2))),
+            (Postprocessing(False, (1,)), label_map((BIG, 1), (APART, 2))),
+            (Postprocessing(False, (2,)), label_map((BIG, 1), (SMALL, 1), (APART, 2))),
+            (Postprocessing(True, ()), label_map((BIG, 1))),
+        ],
+        ids=["identity", "label-1", "label-2-single-blob", "foreground"],
+    )
     def test_removed_voxels_become_background(self, pp, expected):
         before = self.labels.copy()
         out = apply_postprocessing(self.labels, pp)
@@ -97,12 +101,16 @@ class TestPostprocessingDict:
         assert Postprocessing().is_identity
         assert not pp.is_identity
 
-    @pytest.mark.parametrize("bad", [
-        {"foreground_largest_only": True},
-        {"foreground_largest_only": 1, "largest_only_labels": []},
-        {"foreground_largest_only": False, "largest_only_labels": ["1"]},
-        {"foreground_largest_only": False, "largest_only_labels": [], "extra": 0},
-    ], ids=["missing-key", "int-flag", "str-label", "unknown-key"])
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"foreground_largest_only": True},
+            {"foreground_largest_only": 1, "largest_only_labels": []},
+            {"foreground_largest_only": False, "largest_only_labels": ["1"]},
+            {"foreground_largest_only": False, "largest_only_labels": [], "extra": 0},
+        ],
+        ids=["missing-key", "int-flag", "str-label", "unknown-key"],
+    )
     def test_rejects_malformed(self, bad):
         with pytest.raises(CheckpointError, match="post-processing should be"):
             Postprocessing.from_dict(bad)
@@ -124,8 +132,10 @@ class TestDeterminePostprocessing:
         assert report["foreground_largest_only"]["kept"] is True
         assert report["foreground_largest_only"]["mean"] == {"1": 1.0, "2": 1.0}
         # On top of step 1 nothing is left to remove, so no label step is kept.
-        assert report["per_label"] == {"1": {"before": 1.0, "after": 1.0, "kept": False},
-                                       "2": {"before": 1.0, "after": 1.0, "kept": False}}
+        assert report["per_label"] == {
+            "1": {"before": 1.0, "after": 1.0, "kept": False},
+            "2": {"before": 1.0, "after": 1.0, "kept": False},
+        }
         assert report["final"]["foreground_mean"] == 1.0
 
     def test_true_small_component_is_kept(self, tmp_path):
@@ -151,8 +161,11 @@ class TestDeterminePostprocessing:
         pp, report = determine_postprocessing(preds, refs, [1, 2])
         assert pp == Postprocessing(False, (1,))
         assert report["foreground_largest_only"]["mean"]["2"] == 0.0
-        assert report["per_label"]["1"] == {"before": pytest.approx(2 * 384 / 776),
-                                            "after": 1.0, "kept": True}
+        assert report["per_label"]["1"] == {
+            "before": pytest.approx(2 * 384 / 776),
+            "after": 1.0,
+            "kept": True,
+        }
         assert report["final"]["mean"] == {"1": 1.0, "2": 1.0}
 
     def test_foreground_step_rejected_when_one_label_gets_worse(self, tmp_path):
@@ -184,8 +197,11 @@ class TestDeterminePostprocessing:
         other = write_image(np.zeros((4, 4, 4), np.uint8), GEOMETRY, tmp_path / "small.nii.gz")
         with pytest.raises(ValueError, match="one reference per prediction"):
             determine_postprocessing(ref, ref + ref, [1])
-        with pytest.raises(DatasetError, match=r"does not lie on the grid of .*small\.nii\.gz "
-                           r"\(shape \(\d+, \d+, \d+\) vs \(4, 4, 4\)"):
+        with pytest.raises(
+            DatasetError,
+            match=r"does not lie on the grid of .*small\.nii\.gz "
+            r"\(shape \(\d+, \d+, \d+\) vs \(4, 4, 4\)",
+        ):
             determine_postprocessing([other], ref, [1])
         with pytest.raises(ImageReadError, match=r"missing\.nii\.gz: file not found"):
             determine_postprocessing([tmp_path / "missing.nii.gz"], ref, [1])

@@ -27,8 +27,23 @@ def work(trained_work: Path) -> Path:
 
 
 def _predict(work: Path, src: Path, out: Path, *extra: str) -> int:
-    return main(["predict", "-i", str(src), "-o", str(out), "--work-dir", str(work), "-d", "hippo",
-                 "--device", "cpu", "-q", *extra])
+    return main(
+        [
+            "predict",
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "--work-dir",
+            str(work),
+            "-d",
+            "hippo",
+            "--device",
+            "cpu",
+            "-q",
+            *extra,
+        ]
+    )
 
 
 def _reoriented(path: Path, dest: Path) -> Path:
@@ -44,14 +59,20 @@ def test_outputs_overlay_inputs_in_any_orientation(work: Path, tmp_path: Path) -
     for p in TEST_CASES:
         shutil.copy(p, src / p.name)
     _reoriented(TEST_CASES[0], src / "turned.nii.gz")
-    resampled = sitk.Resample(sitk.ReadImage(str(TEST_CASES[1])), [30, 40, 30],
-                              sitk.Transform(), sitk.sitkLinear,
-                              sitk.ReadImage(str(TEST_CASES[1])).GetOrigin(), (1.3, 1.2, 1.1))
+    resampled = sitk.Resample(
+        sitk.ReadImage(str(TEST_CASES[1])),
+        [30, 40, 30],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        sitk.ReadImage(str(TEST_CASES[1])).GetOrigin(),
+        (1.3, 1.2, 1.1),
+    )
     sitk.WriteImage(resampled, str(src / "respaced.nrrd"))
     out = tmp_path / "out"
     assert _predict(work, src, out, "-c", "3d_fullres") == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [p.name for p in TEST_CASES] + ["turned.nii.gz", "respaced.nii.gz"])
+        [p.name for p in TEST_CASES] + ["turned.nii.gz", "respaced.nii.gz"]
+    )
     for name in ("turned", "respaced", TEST_CASES[2].name[:-7]):
         inp = read_image(next(src.glob(f"{name}.*")))
         pred = read_image(out / f"{name}.nii.gz")
@@ -82,8 +103,9 @@ def test_channel_suffix_single_file_and_dicom_series(work: Path, tmp_path: Path)
     assert [p.name for p in single.iterdir()] == [TEST_CASES[1].name]
 
 
-def test_bad_inputs_are_reported_and_the_rest_predicted(work: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_inputs_are_reported_and_the_rest_predicted(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(TEST_CASES[0], src / "good.nii.gz")
@@ -98,8 +120,9 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(work: Path, tmp_path: Pa
     assert [p.name for p in out.iterdir()] == ["good.nii.gz"]
 
 
-def test_empty_or_missing_input_fails_cleanly(work: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_or_missing_input_fails_cleanly(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     assert _predict(work, tmp_path / "empty", tmp_path / "out", "-c", "2d") == 2
     assert "no scans found" in capsys.readouterr().err
@@ -122,8 +145,10 @@ def test_skip_existing_overwrite_probabilities_and_ensemble(work: Path, tmp_path
     (out / "a.nii.gz").write_bytes(b"keep me")
     assert _predict(work, src, out, "-c", "3d_fullres") == 0
     assert (out / "a.nii.gz").read_bytes() == b"keep me"
-    assert _predict(work, src, out, "-c", "3d_fullres", "2d", "--overwrite",
-                    "--save-probabilities", "--no-tta") == 0
+    assert (
+        _predict(work, src, out, "-c", "3d_fullres", "2d", "--overwrite", "--save-probabilities", "--no-tta")
+        == 0
+    )
     pred = read_image(out / "a.nii.gz")
     with np.load(out / "a.npz", allow_pickle=False) as z:
         prob = z["probabilities"].astype(np.float32)
@@ -141,13 +166,30 @@ def test_skip_existing_overwrite_probabilities_and_ensemble(work: Path, tmp_path
 def test_predict_starts_without_monai(work: Path, tmp_path: Path) -> None:
     """``autoseg predict`` imports neither MONAI nor what MONAI's package import drags in
     (matplotlib, pandas, scipy.signal): about 1.2 s of its start-up (issue 4: <= 3 s)."""
-    code = ("import sys; from autoseg.cli import main; rc = main(sys.argv[1:]); "
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('monai', 'matplotlib', 'pandas', 'sklearn') or m == 'scipy.signal'); "
-            "print('HEAVY', heavy); sys.exit(rc)")
+    code = (
+        "import sys; from autoseg.cli import main; rc = main(sys.argv[1:]); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('monai', 'matplotlib', 'pandas', 'sklearn') or m == 'scipy.signal'); "
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
     out = tmp_path / "out"
-    args = ["predict", "-i", str(TEST_CASES[0]), "-o", str(out), "--work-dir", str(work), "-d", "hippo",
-            "-c", "3d_fullres", "--device", "cpu", "--no-tta", "-q"]
+    args = [
+        "predict",
+        "-i",
+        str(TEST_CASES[0]),
+        "-o",
+        str(out),
+        "--work-dir",
+        str(work),
+        "-d",
+        "hippo",
+        "-c",
+        "3d_fullres",
+        "--device",
+        "cpu",
+        "--no-tta",
+        "-q",
+    ]
     run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert "HEAVY []" in run.stdout
@@ -155,9 +197,13 @@ def test_predict_starts_without_monai(work: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["predict", "train"])
-def test_cuda_asked_without_cuda_is_bad_input(work: Path, tmp_path: Path, command: str,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_asked_without_cuda_is_bad_input(
+    work: Path,
+    tmp_path: Path,
+    command: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import autoseg._device
 
     monkeypatch.setattr(autoseg._device, "cuda_available", lambda: False)

@@ -46,19 +46,22 @@ class _Recorder:
 
 
 def _model(config: str, folds: list[float]) -> TrainedModel:
-    return TrainedModel(PLAN, PLAN.configuration(config), folds, [str(i) for i in range(len(folds))],
-                        Path("unused"))
+    return TrainedModel(
+        PLAN, PLAN.configuration(config), folds, [str(i) for i in range(len(folds))], Path("unused")
+    )
 
 
 @pytest.mark.parametrize("n_folds", [1, 2, 5])
-def test_fold_logits_are_averaged_in_place(case: LoadedCase, monkeypatch: pytest.MonkeyPatch,
-                                           n_folds: int) -> None:
+def test_fold_logits_are_averaged_in_place(
+    case: LoadedCase, monkeypatch: pytest.MonkeyPatch, n_folds: int
+) -> None:
     """Fold k's logits are ``k * (0, 1, -1)``: the mean favours class 1 everywhere but on fold 0
     alone (all zero: class 0, the first of a tie)."""
     rec = _Recorder(torch.tensor([0.0, 1.0, -1.0]))
     monkeypatch.setattr(predictor_module, "predict_logits", rec)
-    p = Predictor([_model("3d_fullres", [float(k) for k in range(n_folds)])],
-                  device=torch.device("cpu"), amp_dtype=None)
+    p = Predictor(
+        [_model("3d_fullres", [float(k) for k in range(n_folds)])], device=torch.device("cpu"), amp_dtype=None
+    )
     labels, probs = p.predict(case, with_probabilities=True)
     mean = (n_folds - 1) / 2
     expected = torch.softmax(torch.tensor([0.0, mean, -mean]), 0).numpy()
@@ -71,8 +74,9 @@ def test_fold_logits_are_averaged_in_place(case: LoadedCase, monkeypatch: pytest
     assert rec.most_alive <= 1  # the running sum only: no fold's output is kept beside it
 
 
-def test_configurations_are_averaged_as_probabilities(case: LoadedCase,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configurations_are_averaged_as_probabilities(
+    case: LoadedCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two configurations with opposite votes of different confidence: the mean of their
     probabilities decides, one member's probabilities live beside the sum at a time."""
     rec = _Recorder(torch.tensor([0.0, 1.0, 0.0]))

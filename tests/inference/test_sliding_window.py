@@ -40,9 +40,19 @@ def test_gaussian_weights_equal_monai(window):
     assert ours[centre] == ours.max()
 
 
-@pytest.mark.parametrize(("size", "window", "step"),
-                         [(100, 40, 0.5), (90, 40, 0.5), (41, 40, 0.5), (40, 40, 0.5), (10, 40, 0.5),
-                          (97, 13, 0.3), (50, 7, 0.01), (35, 1, 1.0)])
+@pytest.mark.parametrize(
+    ("size", "window", "step"),
+    [
+        (100, 40, 0.5),
+        (90, 40, 0.5),
+        (41, 40, 0.5),
+        (40, 40, 0.5),
+        (10, 40, 0.5),
+        (97, 13, 0.3),
+        (50, 7, 0.01),
+        (35, 1, 1.0),
+    ],
+)
 def test_window_starts_cover_the_axis_flush(size, window, step):
     starts = window_starts(size, window, step)
     assert starts[0] == 0
@@ -74,20 +84,36 @@ def test_equal_to_monai_sliding_window_inference(name):
     steps = tuple(1.0 if w == 1 else step for w in window)
     with torch.no_grad():
         ours = sliding_window(x, window, steps, net, batch_size=batch, device="cpu", output_device="cpu")
-        theirs = sliding_window_inference(x, window, batch, net, overlap=[1.0 - s for s in steps],
-                                          mode="gaussian", sigma_scale=0.125)
+        theirs = sliding_window_inference(
+            x, window, batch, net, overlap=[1.0 - s for s in steps], mode="gaussian", sigma_scale=0.125
+        )
     assert ours.shape == (1, 3, *shape)
     assert torch.equal(ours, theirs)
 
 
 def _config(kind: str, patch: tuple[int, ...], in_slices: int = 1) -> Configuration:
     dims = 3 if kind == "3d" else 2
-    network = Network(n_stages=3, features_per_stage=(4, 8, 8), kernel_sizes=((3,) * dims,) * 3,
-                      strides=((1,) * dims, (2,) * dims, (2,) * dims), n_conv_per_stage=2,
-                      deep_supervision=True)
-    return Configuration(name=kind, kind=kind, spacing=(1.0, 1.0, 1.0), median_shape=(20, 20, 20),  # type: ignore[arg-type]
-                         patch_size=patch, batch_size=2, in_slices=in_slices, network=network,
-                         resampling=Resampling(), batch_dice=False, estimated_feature_elements=0)
+    network = Network(
+        n_stages=3,
+        features_per_stage=(4, 8, 8),
+        kernel_sizes=((3,) * dims,) * 3,
+        strides=((1,) * dims, (2,) * dims, (2,) * dims),
+        n_conv_per_stage=2,
+        deep_supervision=True,
+    )
+    return Configuration(
+        name=kind,
+        kind=kind,
+        spacing=(1.0, 1.0, 1.0),
+        median_shape=(20, 20, 20),  # type: ignore[arg-type]
+        patch_size=patch,
+        batch_size=2,
+        in_slices=in_slices,
+        network=network,
+        resampling=Resampling(),
+        batch_dice=False,
+        estimated_feature_elements=0,
+    )
 
 
 @pytest.mark.parametrize("tta", [True, False], ids=["tta", "no_tta"])
@@ -106,18 +132,24 @@ def test_predict_logits_equal_to_the_monai_path(kind, patch, tta):
     overlap = (0.5,) * 3 if kind == "3d" else (0.0, 0.5, 0.5)
     with torch.inference_mode():
         theirs = sliding_window_inference(
-            x, window, 2 if kind == "3d" else 32,
+            x,
+            window,
+            2 if kind == "3d" else 32,
             make_predictor(net, config, tta=tta, amp_dtype=None, max_batch=2 if kind == "3d" else 16),
-            overlap=overlap, mode="gaussian",
-            sigma_scale=0.125)[0]
+            overlap=overlap,
+            mode="gaussian",
+            sigma_scale=0.125,
+        )[0]
     assert ours.shape == (3, 11, 21, 13)
     assert torch.equal(ours, theirs)
 
 
 _CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICE_PAIRS = [("cpu", "cpu"),
-                pytest.param("cuda", "cuda", marks=[pytest.mark.cuda, _CUDA]),
-                pytest.param("cuda", "cpu", marks=[pytest.mark.cuda, _CUDA])]
+DEVICE_PAIRS = [
+    ("cpu", "cpu"),
+    pytest.param("cuda", "cuda", marks=[pytest.mark.cuda, _CUDA]),
+    pytest.param("cuda", "cpu", marks=[pytest.mark.cuda, _CUDA]),
+]
 
 
 @pytest.mark.parametrize(("device", "output_device"), DEVICE_PAIRS)
@@ -128,10 +160,18 @@ def test_windows_on_one_device_sums_on_another(device, output_device):
     torch.manual_seed(1)
     x = torch.randn(1, 2, *shape)
     with torch.no_grad():
-        reference = sliding_window(x, window, (step,) * 3, net, batch_size=batch, device="cpu",
-                                   output_device="cpu")
-        out = sliding_window(x.to(device), window, (step,) * 3, net.to(device), batch_size=batch,
-                             device=device, output_device=output_device)
+        reference = sliding_window(
+            x, window, (step,) * 3, net, batch_size=batch, device="cpu", output_device="cpu"
+        )
+        out = sliding_window(
+            x.to(device),
+            window,
+            (step,) * 3,
+            net.to(device),
+            batch_size=batch,
+            device=device,
+            output_device=output_device,
+        )
     assert out.device.type == output_device
     torch.testing.assert_close(out.cpu(), reference, atol=1e-5, rtol=1e-5)
 
@@ -139,5 +179,12 @@ def test_windows_on_one_device_sums_on_another(device, output_device):
 @pytest.mark.parametrize("step", [0.0, -0.5, 1.5])
 def test_steps_outside_0_1_are_refused(step):
     with pytest.raises(ValueError, match=r"steps must be in \(0, 1\]"):
-        sliding_window(torch.zeros(1, 1, 8, 8, 8), (4, 4, 4), (step,) * 3, _net(3, 1, 1),
-                       batch_size=1, device="cpu", output_device="cpu")
+        sliding_window(
+            torch.zeros(1, 1, 8, 8, 8),
+            (4, 4, 4),
+            (step,) * 3,
+            _net(3, 1, 1),
+            batch_size=1,
+            device="cpu",
+            output_device="cpu",
+        )

@@ -21,8 +21,9 @@ CT = DATA_DIR / "fixtures" / "ct_sample"
 
 @pytest.fixture
 def ct_dataset(tmp_path: Path) -> Path:
-    return make_single_case_dataset(CT / "example_ct_dicom", CT / "example_seg_dicom.nii.gz",
-                                    tmp_path / "CTDicom", case_id="ct")
+    return make_single_case_dataset(
+        CT / "example_ct_dicom", CT / "example_seg_dicom.nii.gz", tmp_path / "CTDicom", case_id="ct"
+    )
 
 
 def test_dicom_folder_is_a_channel_and_flipped_label_is_reoriented(ct_dataset: Path) -> None:
@@ -39,8 +40,7 @@ def test_dicom_folder_is_a_channel_and_flipped_label_is_reoriented(ct_dataset: P
 
 
 def test_plan_reads_the_dicom_dataset(ct_dataset: Path, tmp_path: Path) -> None:
-    assert main(["plan", str(ct_dataset), "--work-dir", str(tmp_path / "work"), "--workers", "1",
-                 "-q"]) == 0
+    assert main(["plan", str(ct_dataset), "--work-dir", str(tmp_path / "work"), "--workers", "1", "-q"]) == 0
     assert (tmp_path / "work" / "CTDicom" / "plans.json").is_file()
 
 
@@ -52,8 +52,11 @@ def test_file_and_folder_for_one_channel_is_refused(ct_dataset: Path) -> None:
 
 def test_dicom_folder_without_channel_suffix_is_refused(ct_dataset: Path) -> None:
     (ct_dataset / "imagesTr" / "ct_0000").rename(ct_dataset / "imagesTr" / "ct")
-    with pytest.raises(DatasetError, match=r"imagesTr/ct: DICOM series folder name lacks the "
-                       r"channel suffix; name it CASE_0000"):
+    with pytest.raises(
+        DatasetError,
+        match=r"imagesTr/ct: DICOM series folder name lacks the "
+        r"channel suffix; name it CASE_0000",
+    ):
         load_dataset(ct_dataset)
 
 
@@ -75,12 +78,17 @@ def test_msd_training_entry_may_name_a_dicom_folder(tmp_path: Path) -> None:
     (root / "labelsTr").mkdir()
     shutil.copy(CT / "example_seg_dicom.nii.gz", root / "labelsTr" / "ct.nii.gz")
     values = sorted(int(v) for v in np.unique(read_image(CT / "example_seg_dicom.nii.gz").array))
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "CT"}, "labels": {str(v): f"l{v}" for v in values},
-        "training": [{"image": "./imagesTr/ct", "label": "./labelsTr/ct.nii.gz"}]}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "modality": {"0": "CT"},
+                "labels": {str(v): f"l{v}" for v in values},
+                "training": [{"image": "./imagesTr/ct", "label": "./labelsTr/ct.nii.gz"}],
+            }
+        )
+    )
     ds = load_dataset(root)
     (case,) = ds.cases
     assert case.case_id == "ct"
     loaded = load_case(case, ds)
-    np.testing.assert_array_equal(loaded.label,
-                                  read_image(CT / "example_seg_dicom.nii.gz").array[:, ::-1, :])
+    np.testing.assert_array_equal(loaded.label, read_image(CT / "example_seg_dicom.nii.gz").array[:, ::-1, :])

@@ -72,8 +72,9 @@ def mr() -> Image:
 
 
 class TestAgreesWithSimpleITK:
-    @pytest.mark.parametrize("folder", [MR_FIXTURE, CT_FIXTURE, OBLIQUE_FIXTURE],
-                             ids=["mr_fixture", "ct_jpeg2000", "oblique_mr"])
+    @pytest.mark.parametrize(
+        "folder", [MR_FIXTURE, CT_FIXTURE, OBLIQUE_FIXTURE], ids=["mr_fixture", "ct_jpeg2000", "oblique_mr"]
+    )
     def test_shipped_fixtures(self, folder: Path) -> None:
         img = read_dicom_series(folder)
         assert img.path == folder
@@ -100,9 +101,7 @@ def test_label_map_from_another_tool_overlays_the_ct() -> None:
     seg = sitk.ReadImage(str(FIXTURES / "ct_sample" / "example_seg_dicom.nii.gz"))
     grid = sitk.GetImageFromArray(ct.array)
     ct.geometry.apply_to(grid)
-    on_ct = sitk.GetArrayFromImage(
-        sitk.Resample(seg, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    )
+    on_ct = sitk.GetArrayFromImage(sitk.Resample(seg, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
     np.testing.assert_array_equal(on_ct, sitk.GetArrayFromImage(seg)[:, ::-1, :])
     labelled = on_ct > 0
     assert (labelled & (ct.array > -300)).sum() / labelled.sum() > 0.95
@@ -141,9 +140,7 @@ class TestSliceOrder:
         with pytest.raises(ImageReadError, match=r"1 of 32 files lack ImagePositionPatient"):
             read_dicom_series(tmp_path)
 
-    def test_without_positions_and_repeated_instance_numbers_is_refused(
-        self, tmp_path: Path
-    ) -> None:
+    def test_without_positions_and_repeated_instance_numbers_is_refused(self, tmp_path: Path) -> None:
         _copy(MR_FIXTURE, tmp_path)
         for f in tmp_path.iterdir():
             _edit(f, ImagePositionPatient=None)
@@ -151,9 +148,7 @@ class TestSliceOrder:
         with pytest.raises(ImageReadError, match="InstanceNumbers are missing or repeated"):
             read_dicom_series(tmp_path)
 
-    def test_sideways_drift_warns(
-        self, tmp_path: Path, mr: Image, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    def test_sideways_drift_warns(self, tmp_path: Path, mr: Image, caplog: pytest.LogCaptureFixture) -> None:
         """A gantry-tilted stack (each slice shifted in-plane) is read but flagged."""
         _copy(MR_FIXTURE, tmp_path)
         for f in tmp_path.iterdir():

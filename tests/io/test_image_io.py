@@ -42,8 +42,7 @@ def _rotation(deg_z: float, deg_x: float) -> tuple[float, ...]:
     return tuple(float(v) for v in (rz @ rx).ravel())
 
 
-OBLIQUE = Geometry(spacing=(2.5, 0.9, 0.8), origin=(10.5, -20.25, 3.0),
-                   direction=_rotation(30.0, 20.0))
+OBLIQUE = Geometry(spacing=(2.5, 0.9, 0.8), origin=(10.5, -20.25, 3.0), direction=_rotation(30.0, 20.0))
 
 
 def _assert_same_geometry(a: Geometry, b: Geometry, atol: float) -> None:
@@ -163,8 +162,7 @@ class TestReadErrors:
     def test_garbage_nrrd(self, tmp_path):
         path = tmp_path / "garbage.nrrd"
         path.write_bytes(b"this is not an image\n" * 10)
-        with pytest.raises(ImageReadError,
-                           match=rf"^{re.escape(str(path))}: cannot be read as an image"):
+        with pytest.raises(ImageReadError, match=rf"^{re.escape(str(path))}: cannot be read as an image"):
             read_image(path)
 
     def test_garbage_gz(self, tmp_path):
@@ -177,8 +175,11 @@ class TestReadErrors:
         path = tmp_path / "vector.mha"
         vec = sitk.GetImageFromArray(np.zeros((3, 4, 5, 2), dtype=np.float32), isVector=True)
         sitk.WriteImage(vec, str(path))
-        with pytest.raises(ImageReadError, match=rf"^{re.escape(str(path))}: has 2 components "
-                                                 r"per voxel; store each channel as its own file"):
+        with pytest.raises(
+            ImageReadError,
+            match=rf"^{re.escape(str(path))}: has 2 components "
+            r"per voxel; store each channel as its own file",
+        ):
             read_image(path)
 
 
@@ -195,8 +196,7 @@ def nnunet_copy(tmp_path_factory) -> Path:
         cid = img.name[: -len(".nii.gz")]
         shutil.copy(img, root / "imagesTr" / f"{cid}_0000.nii.gz")
         shutil.copy(SAMPLE_DIR / "labelsTr" / img.name, root / "labelsTr" / img.name)
-    meta = {"channel_names": {"0": "MRI"}, "labels": LABELS, "numTraining": 32,
-            "file_ending": ".nii.gz"}
+    meta = {"channel_names": {"0": "MRI"}, "labels": LABELS, "numTraining": 32, "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -260,8 +260,11 @@ class TestWorkspaceAndCli:
     def test_resolve_an_unknown_name(self, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         ws = Workspace(tmp_path / "work")
-        with pytest.raises(DatasetError, match=r"^hippocampus_sample: neither a dataset folder nor "
-                                               r"a dataset planned in .*work; run `autoseg plan"):
+        with pytest.raises(
+            DatasetError,
+            match=r"^hippocampus_sample: neither a dataset folder nor "
+            r"a dataset planned in .*work; run `autoseg plan",
+        ):
             ws.resolve("hippocampus_sample")
 
     def test_resolve_a_folder_without_dataset_json(self, tmp_path):
@@ -274,14 +277,14 @@ class TestWorkspaceAndCli:
         work = tmp_path / "work"
         assert _plan(str(SAMPLE_DIR), "--work-dir", str(work)) == 0
         out = work / "hippocampus_sample"
-        assert sorted(p.name for p in out.iterdir()) == ["fingerprint.json", "plans.json",
-                                                         "source.json"]
+        assert sorted(p.name for p in out.iterdir()) == ["fingerprint.json", "plans.json", "source.json"]
         # 8 GB, as the golden plan
         plans = json.loads((out / "plans.json").read_text())
         assert plans == json.loads((GOLDEN / "plans.json").read_text())
         assert Plan.load(out / "plans.json").dataset_name == "hippocampus_sample"
-        assert json.loads((out / "fingerprint.json").read_text()) == \
-            json.loads((GOLDEN / "fingerprint.json").read_text())
+        assert json.loads((out / "fingerprint.json").read_text()) == json.loads(
+            (GOLDEN / "fingerprint.json").read_text()
+        )
         # now the plain name works, from anywhere
         name, folder = Workspace(work).resolve("hippocampus_sample")
         assert name == "hippocampus_sample"

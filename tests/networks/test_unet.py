@@ -46,9 +46,17 @@ def make_config(
         deep_supervision=deep_supervision,
     )
     return Configuration(
-        name=f"test_{kind}", kind=kind, spacing=(1.0, 1.0, 1.0), median_shape=(32, 32, 32),  # type: ignore[arg-type]
-        patch_size=patch, batch_size=2, in_slices=in_slices, network=network, resampling=Resampling(),
-        batch_dice=False, estimated_feature_elements=0,
+        name=f"test_{kind}",
+        kind=kind,
+        spacing=(1.0, 1.0, 1.0),
+        median_shape=(32, 32, 32),  # type: ignore[arg-type]
+        patch_size=patch,
+        batch_size=2,
+        in_slices=in_slices,
+        network=network,
+        resampling=Resampling(),
+        batch_dice=False,
+        estimated_feature_elements=0,
     )
 
 
@@ -87,9 +95,13 @@ CONFIGS = {
     "2d": make_config("2d", patch=(24, 16)),
     "2.5d": make_config("2.5d", patch=(16, 32), in_slices=5),
     "4_stages": make_config("3d", patch=(16, 16, 16), features=(4, 8, 16, 16)),
-    "3d_anisotropic_kernels": make_config("3d", patch=(8, 16, 16), features=(4, 8, 16, 16),
-                                          strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)),
-                                          kernels=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 1, 3))),
+    "3d_anisotropic_kernels": make_config(
+        "3d",
+        patch=(8, 16, 16),
+        features=(4, 8, 16, 16),
+        strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)),
+        kernels=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 1, 3)),
+    ),
 }
 
 
@@ -139,9 +151,16 @@ class TestHeadOrder:
         ours = build_network(config, in_channels=1, n_classes=3)
         net = config.network
         stock = DynUNet(
-            3, 1, 3, [list(k) for k in net.kernel_sizes], [list(s) for s in net.strides],
-            [list(s) for s in net.strides[1:]], filters=list(net.features_per_stage),
-            norm_name=("INSTANCE", {"affine": True}), deep_supervision=True, deep_supr_num=2,
+            3,
+            1,
+            3,
+            [list(k) for k in net.kernel_sizes],
+            [list(s) for s in net.strides],
+            [list(s) for s in net.strides[1:]],
+            filters=list(net.features_per_stage),
+            norm_name=("INSTANCE", {"affine": True}),
+            deep_supervision=True,
+            deep_supr_num=2,
         )
         stock.load_state_dict(ours.state_dict())
         x = torch.randn(2, 1, 16, 16, 16)

@@ -32,8 +32,9 @@ from autoseg.io.samples import DATA_DIR, make_single_case_dataset, sample_datase
 from autoseg.planning import Plan, make_plan
 
 PLANS_DIR = Path(__file__).resolve().parents[2] / "plans"
-GOLDEN = sorted(d for d in PLANS_DIR.iterdir()
-                if (d / "fingerprint.json").is_file() and (d / "plans.json").is_file())
+GOLDEN = sorted(
+    d for d in PLANS_DIR.iterdir() if (d / "fingerprint.json").is_file() and (d / "plans.json").is_file()
+)
 CT_DIR = DATA_DIR / "fixtures" / "ct_sample"
 
 
@@ -87,8 +88,9 @@ class TestExtractionReproducesTheStoredFingerprint:
         assert two == hippocampus
 
     def test_ct_sample(self, tmp_path):
-        folder = make_single_case_dataset(CT_DIR / "example_ct_sm.nii.gz",
-                                          CT_DIR / "example_seg.nii.gz", tmp_path / "ct_sample")
+        folder = make_single_case_dataset(
+            CT_DIR / "example_ct_sm.nii.gz", CT_DIR / "example_seg.nii.gz", tmp_path / "ct_sample"
+        )
         fp = extract_fingerprint(load_dataset(folder), workers=1)
         assert _json(fp.to_dict()) == _stored("ct_sample", "fingerprint.json")
         # and the plan from the fresh fingerprint is the golden one

@@ -23,26 +23,51 @@ from autoseg.planning.planner import plan_configuration
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "plans" / "plan.schema.json"
 
-STATS = IntensityStats(mean=50.0, std=20.0, median=48.0, min=-1000.0, max=2000.0,
-                       percentile_00_5=-100.0, percentile_99_5=300.0, n_samples=1000)
+STATS = IntensityStats(
+    mean=50.0,
+    std=20.0,
+    median=48.0,
+    min=-1000.0,
+    max=2000.0,
+    percentile_00_5=-100.0,
+    percentile_99_5=300.0,
+    n_samples=1000,
+)
 
 
-def make_fp(shape: tuple[int, int, int], spacing: tuple[float, float, float], n: int, *,
-            channels: tuple[str, ...] = ("CT",), n_labels: int = 2, relative_size: float = 1.0,
-            spacings: list[tuple[float, float, float]] | None = None,
-            name: str = "synthetic") -> Fingerprint:
+def make_fp(
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    n: int,
+    *,
+    channels: tuple[str, ...] = ("CT",),
+    n_labels: int = 2,
+    relative_size: float = 1.0,
+    spacings: list[tuple[float, float, float]] | None = None,
+    name: str = "synthetic",
+) -> Fingerprint:
     """``n`` cases of one shape (uncropped) at one spacing, or at ``spacings`` one per case."""
     spacings = spacings or [spacing] * n
     cases = tuple(
-        CaseFingerprint(case_id=f"case_{i:03d}", spacing=tuple(sp), shape=shape,
-                        shape_after_crop=shape, bbox=tuple((0, s) for s in shape),
-                        label_voxels=(1000,) * n_labels)
+        CaseFingerprint(
+            case_id=f"case_{i:03d}",
+            spacing=tuple(sp),
+            shape=shape,
+            shape_after_crop=shape,
+            bbox=tuple((0, s) for s in shape),
+            label_voxels=(1000,) * n_labels,
+        )
         for i, sp in enumerate(spacings)
     )
     labels = {"background": 0, **{f"label_{v}": v for v in range(1, n_labels)}}
-    return Fingerprint(dataset_name=name, channel_names=channels, labels=labels, cases=cases,
-                       foreground_intensity=(STATS,) * len(channels),
-                       median_relative_size_after_crop=relative_size)
+    return Fingerprint(
+        dataset_name=name,
+        channel_names=channels,
+        labels=labels,
+        cases=cases,
+        foreground_intensity=(STATS,) * len(channels),
+        median_relative_size_after_crop=relative_size,
+    )
 
 
 def large_ct() -> Fingerprint:
@@ -61,16 +86,20 @@ def small_iso() -> Fingerprint:
 
 
 def brats_like() -> Fingerprint:
-    return make_fp((155, 240, 240), (1.0, 1.0, 1.0), 6, channels=("T1", "T2"), n_labels=4,
-                   relative_size=0.6)
+    return make_fp((155, 240, 240), (1.0, 1.0, 1.0), 6, channels=("T1", "T2"), n_labels=4, relative_size=0.6)
 
 
 def medium_ct() -> Fingerprint:
     return make_fp((100, 300, 300), (3.0, 0.8, 0.8), 3)
 
 
-FINGERPRINTS = {"large-ct": large_ct, "thick-mr": thick_mr, "small-iso": small_iso,
-                "brats-like": brats_like, "medium-ct": medium_ct}
+FINGERPRINTS = {
+    "large-ct": large_ct,
+    "thick-mr": thick_mr,
+    "small-iso": small_iso,
+    "brats-like": brats_like,
+    "medium-ct": medium_ct,
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +109,12 @@ def validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-
 def _parent(d: dict, path: tuple) -> dict:
     """The container holding the last key of ``path`` inside nested dicts/lists ``d``."""
     for key in path[:-1]:
         d = d[key]
     return d
+
 
 class TestLargeCT:
     """20 cases of 400x512x512 at 0.8x0.7x0.7 mm: the patch covers little -> cascade."""
@@ -107,8 +136,7 @@ class TestLargeCT:
 
     def test_configurations_and_links(self, plan):
         assert set(plan.configurations) == {"3d_fullres", "3d_lowres", "3d_cascade_fullres", "2d"}
-        full, low, casc = (plan.configuration(n)
-                           for n in ("3d_fullres", "3d_lowres", "3d_cascade_fullres"))
+        full, low, casc = (plan.configuration(n) for n in ("3d_fullres", "3d_lowres", "3d_cascade_fullres"))
         assert (low.previous_stage, low.next_stage) == (None, "3d_cascade_fullres")
         assert (casc.previous_stage, casc.next_stage) == ("3d_lowres", None)
         assert (full.previous_stage, full.next_stage) == (None, None)
@@ -126,13 +154,14 @@ class TestLargeCT:
         assert all(lo > fu for lo, fu in zip(low.spacing, full.spacing, strict=True))
         # no axis is < half the coarsest (0.4 mm), so all axes grow together by 1.03 a step:
         # the same whole number of steps on every axis
-        steps = [math.log(lo / fu) / math.log(1.03)
-                 for lo, fu in zip(low.spacing, full.spacing, strict=True)]
+        steps = [math.log(lo / fu) / math.log(1.03) for lo, fu in zip(low.spacing, full.spacing, strict=True)]
         assert steps[0] == pytest.approx(round(steps[0]), abs=1e-6)
         assert steps == pytest.approx([steps[0]] * 3)
         # the median shape at that spacing: round(shape * 0.8 / spacing) etc.
-        expected_shape = tuple(round(s * sp / lo) for s, sp, lo in
-                               zip((400, 512, 512), (0.8, 0.7, 0.7), low.spacing, strict=True))
+        expected_shape = tuple(
+            round(s * sp / lo)
+            for s, sp, lo in zip((400, 512, 512), (0.8, 0.7, 0.7), low.spacing, strict=True)
+        )
         assert low.median_shape == expected_shape
         assert math.prod(low.patch_size) / math.prod(low.median_shape) >= 0.25
         assert math.prod(full.median_shape) / math.prod(low.median_shape) >= 2
@@ -160,10 +189,11 @@ class TestLargeCT:
 class TestThickSliceMR:
     """20 cases of 24x320x320 at 5x0.6x0.6 mm, thick axis stored at each position."""
 
-    @pytest.mark.parametrize(("thick_axis", "forward", "backward"),
-                             [(0, (0, 1, 2), (0, 1, 2)), (1, (1, 0, 2), (1, 0, 2)),
-                              (2, (2, 0, 1), (1, 2, 0))],
-                             ids=["thick-first", "thick-middle", "thick-last"])
+    @pytest.mark.parametrize(
+        ("thick_axis", "forward", "backward"),
+        [(0, (0, 1, 2), (0, 1, 2)), (1, (1, 0, 2), (1, 0, 2)), (2, (2, 0, 1), (1, 2, 0))],
+        ids=["thick-first", "thick-middle", "thick-last"],
+    )
     def test_thick_axis_goes_first(self, thick_axis, forward, backward):
         plan = make_plan(thick_mr(thick_axis), gpu_memory_gb=8)
         assert (plan.transpose_forward, plan.transpose_backward) == (forward, backward)
@@ -211,8 +241,7 @@ class TestThickSliceMR:
         # 10th percentile at position 1 of the sorted list = 4.5. Median shape at 4.5 mm:
         # 24 * 5 / 4.5 = 26.7 -> 27 (nine cases), 24 * 4 / 4.5 = 21.3 -> 21, 24 -> median 27.
         spacings = [(4.0, 0.6, 0.6), (4.5, 0.6, 0.6)] + [(5.0, 0.6, 0.6)] * 9
-        plan = make_plan(make_fp((24, 320, 320), (5.0, 0.6, 0.6), 11, channels=("T2",),
-                                 spacings=spacings))
+        plan = make_plan(make_fp((24, 320, 320), (5.0, 0.6, 0.6), 11, channels=("T2",), spacings=spacings))
         full = plan.configuration("3d_fullres")
         assert full.spacing == (4.5, 0.6, 0.6)
         assert full.median_shape == (27, 320, 320)
@@ -250,8 +279,7 @@ class TestIsotropicSmall:
 class TestNormalization:
     def test_per_channel_and_mask_rule(self):
         # relative size after crop 0.6 < 0.75: z-score channels use the nonzero mask, CT does not
-        fp = make_fp((40, 50, 40), (1.0, 1.0, 1.0), 4, channels=("CT", "T2", "noNorm"),
-                     relative_size=0.6)
+        fp = make_fp((40, 50, 40), (1.0, 1.0, 1.0), 4, channels=("CT", "T2", "noNorm"), relative_size=0.6)
         ct, t2, raw = make_plan(fp).normalization
         assert (ct.scheme, ct.use_nonzero_mask, ct.clip) == ("ct", False, (-100.0, 300.0))
         assert (t2.scheme, t2.use_nonzero_mask, t2.clip, t2.mean) == ("zscore", True, None, None)
@@ -277,8 +305,9 @@ class TestShrinkStep:
         #   sizes 57344, 14336, 3584, 896, 224, 56; encoder 2 * 3584000 = 7168000;
         #   decoder 3 * 3555328 + 2 * 76384 = 10818752.
         # Stepping by the larger patch's divisor (64) would skip 224 and give 192.
-        cfg = plan_configuration("2d", "2d", (1.0, 1.0, 1.0), (10, 240, 256), n_cases=100,
-                                 n_classes=2, gpu_memory_gb=0.3)
+        cfg = plan_configuration(
+            "2d", "2d", (1.0, 1.0, 1.0), (10, 240, 256), n_cases=100, n_classes=2, gpu_memory_gb=0.3
+        )
         assert cfg.patch_size == (224, 256)
         assert cfg.network.n_stages == 6
         assert cfg.estimated_feature_elements == 17_986_752
@@ -297,8 +326,12 @@ class TestGpuMemory:
                 if cname not in large.configurations:
                     continue
                 big = large.configurations[cname]
-                assert all(b >= s for s, b in zip(cfg.patch_size, big.patch_size, strict=True)), \
-                    (cname, small.gpu_memory_gb, cfg.patch_size, big.patch_size)
+                assert all(b >= s for s, b in zip(cfg.patch_size, big.patch_size, strict=True)), (
+                    cname,
+                    small.gpu_memory_gb,
+                    cfg.patch_size,
+                    big.patch_size,
+                )
                 assert big.batch_size >= cfg.batch_size, (cname, cfg.batch_size, big.batch_size)
                 grew |= big.patch_size != cfg.patch_size or big.batch_size != cfg.batch_size
         if name != "small-iso":  # the small images fit whole even at 4 GB
@@ -369,8 +402,11 @@ class TestStrictLoading:
 
     def test_unknown_nested_key(self, d):
         d["configurations"]["3d_fullres"]["network"]["dropout"] = 0.1
-        with pytest.raises(PlanError, match=r"plan\.configurations\.3d_fullres\.network: "
-                                            r"unknown key\(s\) \['dropout'\]"):
+        with pytest.raises(
+            PlanError,
+            match=r"plan\.configurations\.3d_fullres\.network: "
+            r"unknown key\(s\) \['dropout'\]",
+        ):
             Plan.from_dict(d)
 
     @pytest.mark.parametrize(
@@ -379,23 +415,28 @@ class TestStrictLoading:
             (("configurations",), "plan"),
             # keys with a default in the dataclass are required in the file too
             (("notes",), "plan"),
-            (("configurations", "2d", "resampling", "z_order"),
-             "plan.configurations.2d.resampling"),
+            (("configurations", "2d", "resampling", "z_order"), "plan.configurations.2d.resampling"),
             (("configurations", "3d_fullres", "next_stage"), "plan.configurations.3d_fullres"),
         ],
         ids=["configurations", "notes", "z_order", "next_stage"],
     )
     def test_missing_key(self, d, path, where):
         del _parent(d, path)[path[-1]]
-        with pytest.raises(PlanError, match=rf"^{re.escape(where)}: missing key\(s\) "
-                                            rf"\['{path[-1]}'\]$"):
+        with pytest.raises(
+            PlanError,
+            match=rf"^{re.escape(where)}: missing key\(s\) "
+            rf"\['{path[-1]}'\]$",
+        ):
             Plan.from_dict(d)
 
     @pytest.mark.parametrize("version", [2, 0, "1", None], ids=["2", "0", "str", "none"])
     def test_wrong_schema_version(self, d, version):
         d["schema_version"] = version
-        with pytest.raises(PlanError, match=rf"schema_version is {re.escape(repr(version))}, "
-                                            r"this autoseg reads 1; run `autoseg plan` again"):
+        with pytest.raises(
+            PlanError,
+            match=rf"schema_version is {re.escape(repr(version))}, "
+            r"this autoseg reads 1; run `autoseg plan` again",
+        ):
             Plan.from_dict(d)
 
     def test_not_a_dict(self):
@@ -405,10 +446,16 @@ class TestStrictLoading:
     @pytest.mark.parametrize(
         ("path", "value", "message"),
         [
-            (("configurations", "3d_fullres", "kind"), "3D",
-             r"plan\.configurations\.3d_fullres\.kind: '3D' is not one of \['3d', '2d', '2\.5d'\]"),
-            (("normalization", 0, "scheme"), "minmax",
-             r"plan\.normalization\[0\]\.scheme: 'minmax' is not one of \['ct', 'zscore', 'none'\]"),
+            (
+                ("configurations", "3d_fullres", "kind"),
+                "3D",
+                r"plan\.configurations\.3d_fullres\.kind: '3D' is not one of \['3d', '2d', '2\.5d'\]",
+            ),
+            (
+                ("normalization", 0, "scheme"),
+                "minmax",
+                r"plan\.normalization\[0\]\.scheme: 'minmax' is not one of \['ct', 'zscore', 'none'\]",
+            ),
         ],
         ids=["kind", "scheme"],
     )
@@ -420,24 +467,54 @@ class TestStrictLoading:
     @pytest.mark.parametrize(
         ("path", "value", "message"),
         [
-            (("configurations", "2d", "batch_size"), "2",
-             r"plan\.configurations\.2d\.batch_size: expected int, found '2'"),
-            (("configurations", "2d", "batch_dice"), 1,
-             r"plan\.configurations\.2d\.batch_dice: expected bool, found 1"),
-            (("configurations", "2d", "batch_size"), True,
-             r"plan\.configurations\.2d\.batch_size: expected int, found True"),
-            (("configurations", "2d", "patch_size"), "56x40",
-             r"plan\.configurations\.2d\.patch_size: expected a list"),
-            (("normalization", 0, "clip"), [1.0, 2.0, 3.0],
-             r"plan\.normalization\[0\]\.clip: expected 2 values"),
+            (
+                ("configurations", "2d", "batch_size"),
+                "2",
+                r"plan\.configurations\.2d\.batch_size: expected int, found '2'",
+            ),
+            (
+                ("configurations", "2d", "batch_dice"),
+                1,
+                r"plan\.configurations\.2d\.batch_dice: expected bool, found 1",
+            ),
+            (
+                ("configurations", "2d", "batch_size"),
+                True,
+                r"plan\.configurations\.2d\.batch_size: expected int, found True",
+            ),
+            (
+                ("configurations", "2d", "patch_size"),
+                "56x40",
+                r"plan\.configurations\.2d\.patch_size: expected a list",
+            ),
+            (
+                ("normalization", 0, "clip"),
+                [1.0, 2.0, 3.0],
+                r"plan\.normalization\[0\]\.clip: expected 2 values",
+            ),
             (("labels",), ["background"], r"plan\.labels: expected an object"),
-            (("configurations", "2d", "network"), [], r"plan\.configurations\.2d\.network: "
-                                                      r"expected an object"),
-            (("configurations", "2d", "spacing", 1), "1.0",
-             r"plan\.configurations\.2d\.spacing\[1\]: expected float, found '1\.0'"),
+            (
+                ("configurations", "2d", "network"),
+                [],
+                r"plan\.configurations\.2d\.network: "
+                r"expected an object",
+            ),
+            (
+                ("configurations", "2d", "spacing", 1),
+                "1.0",
+                r"plan\.configurations\.2d\.spacing\[1\]: expected float, found '1\.0'",
+            ),
         ],
-        ids=["str-for-int", "int-for-bool", "bool-for-int", "str-for-list", "clip-length",
-             "list-for-dict", "list-for-dataclass", "str-for-float"],
+        ids=[
+            "str-for-int",
+            "int-for-bool",
+            "bool-for-int",
+            "str-for-list",
+            "clip-length",
+            "list-for-dict",
+            "list-for-dataclass",
+            "str-for-float",
+        ],
     )
     def test_wrong_type(self, d, path, value, message):
         _parent(d, path)[path[-1]] = value
@@ -453,20 +530,29 @@ class TestStrictLoading:
 
     def test_unknown_configuration_lists_the_plan_s(self):
         plan = make_plan(small_iso())
-        with pytest.raises(PlanError, match=r"configuration 'nope' is not in the plan of synthetic; "
-                                            r"the plan has: 3d_fullres, 2d$"):
+        with pytest.raises(
+            PlanError,
+            match=r"configuration 'nope' is not in the plan of synthetic; "
+            r"the plan has: 3d_fullres, 2d$",
+        ):
             plan.configuration("nope")
 
     def test_load_missing_file(self, tmp_path):
-        with pytest.raises(PlanError, match=r"plans\.json: no plan here; run `autoseg plan "
-                                            r"DATASET` first"):
+        with pytest.raises(
+            PlanError,
+            match=r"plans\.json: no plan here; run `autoseg plan "
+            r"DATASET` first",
+        ):
             Plan.load(tmp_path / "plans.json")
 
     def test_load_invalid_json(self, tmp_path):
         path = tmp_path / "plans.json"
         path.write_text("{not json")
-        with pytest.raises(PlanError, match=r"plans\.json: invalid JSON .*; run `autoseg plan` "
-                                            r"again"):
+        with pytest.raises(
+            PlanError,
+            match=r"plans\.json: invalid JSON .*; run `autoseg plan` "
+            r"again",
+        ):
             Plan.load(path)
 
     def test_load_names_the_file_on_a_bad_plan(self, tmp_path, d):
@@ -491,18 +577,28 @@ class TestPlanProperties:
         assert plan.configuration("2d").patch_size == (256, 256)
 
 
-
 class TestLowresNote:
     """The note on 3d_lowres names the rule that decided: patch coverage or voxel reduction."""
 
-    @pytest.mark.parametrize(("edge", "kept", "words"), [
-        (180, False, "covers 36% of the median image (>= 25%)"),
-        (220, False, "covers only 20% of the median image, but a stage coarse enough for its patch "
-                     "to cover 25% would have only 1.31x fewer voxels (< 2x)"),
-        (240, False, "would have only 1.70x fewer voxels (< 2x)"),
-        (300, True, "covers 8% of the median image (< 25%); the low-resolution stage has 3.5x "
-                    "fewer voxels"),
-    ], ids=["coverage", "reduction_1.3", "reduction_1.7", "kept"])
+    @pytest.mark.parametrize(
+        ("edge", "kept", "words"),
+        [
+            (180, False, "covers 36% of the median image (>= 25%)"),
+            (
+                220,
+                False,
+                "covers only 20% of the median image, but a stage coarse enough for its patch "
+                "to cover 25% would have only 1.31x fewer voxels (< 2x)",
+            ),
+            (240, False, "would have only 1.70x fewer voxels (< 2x)"),
+            (
+                300,
+                True,
+                "covers 8% of the median image (< 25%); the low-resolution stage has 3.5x fewer voxels",
+            ),
+        ],
+        ids=["coverage", "reduction_1.3", "reduction_1.7", "kept"],
+    )
     def test_note_names_the_deciding_rule(self, edge, kept, words):
         plan = make_plan(make_fp((edge,) * 3, (1.0, 1.0, 1.0), 20))
         (note,) = [n for n in plan.notes if "3d_lowres" in n]

@@ -63,8 +63,7 @@ class TestTargetSpacing:
         # Thick spacings [0.5, 0.5, 4, 4, 4]: median 4 > 3 * max(0.8, 1.0) = 3 (coarse), 20 * 3 < 256
         # (short). 10th percentile: position 0.4 between 0.5 and 0.5 -> 0.5, finer than the in-plane
         # axes, so it is floored at the largest other spacing + 1e-5 = 1.00001.
-        sp = np.array([[0.5, 0.8, 1.0], [0.5, 0.8, 1.0], [4.0, 0.8, 1.0], [4.0, 0.8, 1.0],
-                       [4.0, 0.8, 1.0]])
+        sp = np.array([[0.5, 0.8, 1.0], [0.5, 0.8, 1.0], [4.0, 0.8, 1.0], [4.0, 0.8, 1.0], [4.0, 0.8, 1.0]])
         shapes = np.array([[20, 256, 256]] * 5)
         assert rules.target_spacing(sp, shapes) == (1.00001, 0.8, 1.0)
 
@@ -94,8 +93,9 @@ class TestTransposeOrder:
     def test_coarsest_axis_goes_first(self, spacing, forward, backward):
         assert rules.transpose_order(spacing) == (forward, backward)
 
-    @pytest.mark.parametrize("spacing", [(3.0, 1.0, 1.0), (1.0, 3.0, 1.0), (1.0, 1.0, 3.0)],
-                             ids=["axis0", "axis1", "axis2"])
+    @pytest.mark.parametrize(
+        "spacing", [(3.0, 1.0, 1.0), (1.0, 3.0, 1.0), (1.0, 1.0, 3.0)], ids=["axis0", "axis1", "axis2"]
+    )
     def test_backward_undoes_forward(self, spacing):
         forward, backward = rules.transpose_order(spacing)
         a = np.arange(2 * 3 * 4).reshape(2, 3, 4)
@@ -117,8 +117,7 @@ class TestNormalizationScheme:
             ("noNorm", 0.5, ("none", False)),
             ("none", 1.0, ("none", False)),
         ],
-        ids=["CT", "ct-cropped", "ct-blanks", "zscore", "T2-mask", "MRI-0.74", "MRI-0.75",
-             "noNorm", "none"],
+        ids=["CT", "ct-cropped", "ct-blanks", "zscore", "T2-mask", "MRI-0.74", "MRI-0.75", "noNorm", "none"],
     )
     def test_scheme_and_mask(self, name, relative_size, expected):
         assert rules.normalization_scheme(name, relative_size) == expected
@@ -314,8 +313,9 @@ class TestBatchSize:
         ids=["memory-limited", "coverage-limited", "floor-by-coverage", "floor-by-memory"],
     )
     def test_batch(self, estimate, budget, patch_voxels, dataset_voxels, expected):
-        got = rules.batch_size(estimate, budget=budget, patch_voxels=patch_voxels,
-                               dataset_voxels=dataset_voxels)
+        got = rules.batch_size(
+            estimate, budget=budget, patch_voxels=patch_voxels, dataset_voxels=dataset_voxels
+        )
         assert got == expected
 
     def test_minimum_and_fraction_are_parameters(self):

@@ -41,8 +41,9 @@ def test_store_contents(dataset: Path, tmp_path: Path) -> None:
     assert part["spacing"] == [1.0, 1.0, 1.0]
 
 
-def test_second_run_skips_and_changed_plan_rebuilds(dataset: Path, tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_second_run_skips_and_changed_plan_rebuilds(
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ds, plan = load_dataset(dataset), Plan.load(PLAN)
     cfg = plan.configuration("3d_fullres")
     first = preprocess_dataset(ds, plan, cfg, tmp_path / "w", workers=1)

@@ -39,11 +39,25 @@ def logits_for(target: torch.Tensor, scale: float, n_levels: int = 3) -> list[to
 
 def tiny_config(kind: str = "2d") -> Configuration:
     dims = 3 if kind == "3d" else 2
-    network = Network(n_stages=3, features_per_stage=(8, 16, 32), kernel_sizes=((3,) * dims,) * 3,
-                      strides=((1,) * dims, (2,) * dims, (2,) * dims))
-    return Configuration(name="tiny", kind=kind, spacing=(1.0, 1.0, 1.0), median_shape=(16, 16, 16),  # type: ignore[arg-type]
-                         patch_size=(16,) * dims, batch_size=1, in_slices=1, network=network,
-                         resampling=Resampling(), batch_dice=False, estimated_feature_elements=0)
+    network = Network(
+        n_stages=3,
+        features_per_stage=(8, 16, 32),
+        kernel_sizes=((3,) * dims,) * 3,
+        strides=((1,) * dims, (2,) * dims, (2,) * dims),
+    )
+    return Configuration(
+        name="tiny",
+        kind=kind,
+        spacing=(1.0, 1.0, 1.0),
+        median_shape=(16, 16, 16),  # type: ignore[arg-type]
+        patch_size=(16,) * dims,
+        batch_size=1,
+        in_slices=1,
+        network=network,
+        resampling=Resampling(),
+        batch_dice=False,
+        estimated_feature_elements=0,
+    )
 
 
 class TestWeights:
@@ -83,8 +97,9 @@ class TestDiceCE:
     def test_matches_weighted_monai_terms(self):
         target = label_map(seed=1)
         outputs = [torch.randn(2, N_CLASSES, *(8 // 2**i,) * 3) for i in range(3)]
-        base = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5,
-                          smooth_dr=1e-5)
+        base = DiceCELoss(
+            include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5
+        )
         half = F.interpolate(target.float(), size=(4, 4, 4), mode="nearest-exact").long()
         expected = (2 / 3) * base(outputs[0], target) + (1 / 3) * base(outputs[1], half)
         got = make_loss("dice_ce", n_outputs=3, batch_dice=False)(outputs, target)
@@ -93,8 +108,9 @@ class TestDiceCE:
     def test_single_tensor(self):
         target = label_map()
         logits = torch.randn(2, N_CLASSES, 8, 8, 8)
-        base = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5,
-                          smooth_dr=1e-5)
+        base = DiceCELoss(
+            include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5
+        )
         got = make_loss("dice_ce", n_outputs=3, batch_dice=False)(logits, target)
         torch.testing.assert_close(got, base(logits, target))
 
@@ -181,10 +197,12 @@ class TestDiceFocal:
     def test_gamma_zero_is_dice_ce(self):
         target = label_map(seed=3)
         logits = torch.randn(2, N_CLASSES, 8, 8, 8)
-        dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5,
-                             smooth_dr=1e-5)
-        torch.testing.assert_close(DiceFocalLoss(batch_dice=False, gamma=0.0)(logits, target),
-                                   dice_ce(logits, target))
+        dice_ce = DiceCELoss(
+            include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5
+        )
+        torch.testing.assert_close(
+            DiceFocalLoss(batch_dice=False, gamma=0.0)(logits, target), dice_ce(logits, target)
+        )
 
 
 class TestAutocast:

@@ -31,8 +31,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of 8 sample cases (MSD layout), planned with 2.5d added."""
     root = copy_sample_subset(tmp_path_factory.mktemp("train") / "hippo", N_CASES)
     work = root.parent / "work"
-    assert main(["plan", str(root), "--work-dir", str(work), "--workers", "1", "--add-2.5d",
-                 "-q"]) == 0
+    assert main(["plan", str(root), "--work-dir", str(work), "--workers", "1", "--add-2.5d", "-q"]) == 0
     return root
 
 
@@ -47,13 +46,40 @@ def _env() -> dict[str, str]:
 
 
 def _train_args(dataset: Path, config: str, fold: str, *extra: str) -> list[str]:
-    return ["train", "hippo", config, fold, "--work-dir", str(_work(dataset)), "--device", "cpu",
-            "--workers", "0", "--batch-size", "4", "--precision", "fp32", "-q", *extra]
+    return [
+        "train",
+        "hippo",
+        config,
+        fold,
+        "--work-dir",
+        str(_work(dataset)),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--precision",
+        "fp32",
+        "-q",
+        *extra,
+    ]
 
 
 def test_loss_falls(dataset: Path) -> None:
-    args = _train_args(dataset, "2d", "all", "--epochs", "6", "--iters-per-epoch", "4",
-                       "--val-iters", "1", "--checkpoint-every", "100")
+    args = _train_args(
+        dataset,
+        "2d",
+        "all",
+        "--epochs",
+        "6",
+        "--iters-per-epoch",
+        "4",
+        "--val-iters",
+        "1",
+        "--checkpoint-every",
+        "100",
+    )
     assert main(args) == 0
     fold = _work(dataset) / "hippo/models/2d/fold_all"
     losses = [r["train_loss"] for r in read_records(fold / "progress.jsonl")]
@@ -66,8 +92,19 @@ def test_loss_falls(dataset: Path) -> None:
 
 
 def test_fold_validation_writes_summary_and_label_maps(dataset: Path) -> None:
-    args = _train_args(dataset, "3d_fullres", "0", "--epochs", "1", "--iters-per-epoch", "1",
-                       "--val-iters", "1", "--batch-size", "2")
+    args = _train_args(
+        dataset,
+        "3d_fullres",
+        "0",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "1",
+        "--val-iters",
+        "1",
+        "--batch-size",
+        "2",
+    )
     assert main(args) == 0
     val = _work(dataset) / "hippo/models/3d_fullres/fold_0/validation"
     summary = json.loads((val / "summary.json").read_text())
@@ -82,16 +119,14 @@ def test_fold_validation_writes_summary_and_label_maps(dataset: Path) -> None:
 def test_2p5d_trains_when_planned(dataset: Path) -> None:
     plan = json.loads((_work(dataset) / "hippo/plans.json").read_text())
     assert plan["configurations"]["2.5d"]["in_slices"] >= 3
-    args = _train_args(dataset, "2.5d", "all", "--epochs", "1", "--iters-per-epoch", "2",
-                       "--val-iters", "1")
+    args = _train_args(dataset, "2.5d", "all", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1")
     assert main(args) == 0
     ck = load_checkpoint(_work(dataset) / "hippo/models/2.5d/fold_all/checkpoint_final.pt")
     first = next(v for k, v in ck["network"].items() if k.endswith("weight") and v.ndim == 4)
     assert first.shape[1] == plan["configurations"]["2.5d"]["in_slices"]
 
 
-def test_configuration_not_in_plan_is_refused(dataset: Path, capsys: pytest.CaptureFixture[str]
-                                              ) -> None:
+def test_configuration_not_in_plan_is_refused(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_train_args(dataset, "3d_lowres", "0", "--epochs", "1")) == 2
     err = capsys.readouterr().err
     assert "3d_lowres" in err
@@ -99,8 +134,7 @@ def test_configuration_not_in_plan_is_refused(dataset: Path, capsys: pytest.Capt
 
 
 def _run_until(cmd: list[str], *, predicate, timeout: float = 240) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.monotonic()
     while not predicate():
         if proc.poll() is not None:
@@ -115,8 +149,20 @@ def _run_until(cmd: list[str], *, predicate, timeout: float = 240) -> subprocess
 def test_sigkill_then_continue_resumes_at_the_checkpoint(dataset: Path) -> None:
     fold = _work(dataset) / "hippo/models/2d/fold_1"
     latest = fold / "checkpoint_latest.pt"
-    args = _train_args(dataset, "2d", "1", "--epochs", "4", "--iters-per-epoch", "2",
-                       "--val-iters", "1", "--checkpoint-every", "1", "--no-val-probabilities")
+    args = _train_args(
+        dataset,
+        "2d",
+        "1",
+        "--epochs",
+        "4",
+        "--iters-per-epoch",
+        "2",
+        "--val-iters",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--no-val-probabilities",
+    )
 
     def has_epoch_2() -> bool:
         try:
@@ -144,8 +190,9 @@ def test_sigkill_then_continue_resumes_at_the_checkpoint(dataset: Path) -> None:
     store = PreprocessedStore.for_config(_work(dataset) / "hippo", plan, config)
     splits = load_or_create_splits(_work(dataset) / "hippo/splits.json", [])
     tr, va = fold_cases(splits, 1)
-    trainer = Trainer(plan, config, TrainConfig("2d", 1, device="cpu", batch_size=4,
-                                                precision="fp32"), store, tr, va, fold)
+    trainer = Trainer(
+        plan, config, TrainConfig("2d", 1, device="cpu", batch_size=4, precision="fp32"), store, tr, va, fold
+    )
     trainer.restore(latest)
     assert trainer.state.epoch == epoch
     restored = trainer.optimizer.state_dict()["state"]
@@ -161,11 +208,23 @@ def test_sigkill_then_continue_resumes_at_the_checkpoint(dataset: Path) -> None:
 
 def test_sigterm_saves_the_latest_checkpoint(dataset: Path) -> None:
     fold = _work(dataset) / "hippo/models/2d/fold_2"
-    args = _train_args(dataset, "2d", "2", "--epochs", "50", "--iters-per-epoch", "2",
-                       "--val-iters", "1", "--checkpoint-every", "1000")
+    args = _train_args(
+        dataset,
+        "2d",
+        "2",
+        "--epochs",
+        "50",
+        "--iters-per-epoch",
+        "2",
+        "--val-iters",
+        "1",
+        "--checkpoint-every",
+        "1000",
+    )
     records = fold / "progress.jsonl"
-    proc = _run_until([sys.executable, "-m", "autoseg", *args],
-                      predicate=lambda: len(read_records(records)) >= 1)
+    proc = _run_until(
+        [sys.executable, "-m", "autoseg", *args], predicate=lambda: len(read_records(records)) >= 1
+    )
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(120)
     output = proc.stdout.read()
@@ -178,10 +237,14 @@ def test_sigterm_saves_the_latest_checkpoint(dataset: Path) -> None:
 
 def test_two_ddp_processes_stay_in_sync(dataset: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    args = _train_args(dataset, "2d", "all", "--epochs", "1", "--iters-per-epoch", "3",
-                       "--val-iters", "1")
+    args = _train_args(dataset, "2d", "all", "--epochs", "1", "--iters-per-epoch", "3", "--val-iters", "1")
     args.remove("-q")  # the sync report is an info line
-    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "autoseg",
-                          *args], env=_env(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "autoseg", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "parameter checksums of 2 ranks" in out.stderr
