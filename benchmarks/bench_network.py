@@ -1,4 +1,5 @@
-"""Time one training step of the plan's U-Net: stock MONAI DynUNet vs autoseg's PlanUNet + loss.
+"""Time one training step of the plan's U-Net: stock MONAI DynUNet, nnU-Net's PlainConvUNet
+(dynamic-network-architectures, when installed) and autoseg's UNet + loss.
 
 A training step is forward + loss + backward + SGD (Nesterov, lr 1e-2, momentum 0.99), on the
 hippocampus ``3d_fullres`` plan by default (batch 7 of 40x56x40, 1 channel, 3 classes). Cases:
@@ -7,6 +8,10 @@ hippocampus ``3d_fullres`` plan by default (batch 7 of 40x56x40, 1 channel, 3 cl
   output upsamples every deep-supervision head to full resolution and stacks them; the loss is
   ``monai.losses.DeepSupervisionLoss(DiceCELoss(...))`` over ``torch.unbind(out, 1)`` with
   nnU-Net's weights (it evaluates every head, the zero-weight one too, all at full resolution);
+* ``dna``: nnU-Net's own ``PlainConvUNet`` from ``dynamic-network-architectures`` (conv biases,
+  heads at native resolution) with autoseg's loss; only if that package is importable (it is not
+  a dependency: ``pip install --no-deps --target DIR dynamic-network-architectures`` and put DIR
+  on ``PYTHONPATH``; its U-Nets need only torch);
 * ``autoseg``: :func:`autoseg.networks.build_network` (heads at native resolution) and
   :func:`autoseg.training.losses.make_loss` (target downsampled per head; the zero-weight head
   only kept in the graph, its loss not computed).
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import platform
 import resource
@@ -49,7 +55,7 @@ DEFAULT_PLAN = REPO_ROOT / "plans" / "hippocampus" / "plans.json"
 @dataclass(frozen=True)
 class Case:
     name: str
-    variant: str  # "stock" | "autoseg"
+    variant: str  # "stock" | "dna" | "autoseg"
     amp: bool
     channels_last: bool = False
 
@@ -57,6 +63,8 @@ class Case:
 CASES = (
     Case("stock_fp32", "stock", amp=False),
     Case("stock_amp", "stock", amp=True),
+    Case("dna_fp32", "dna", amp=False),
+    Case("dna_amp", "dna", amp=True),
     Case("autoseg_fp32", "autoseg", amp=False),
     Case("autoseg_amp", "autoseg", amp=True),
     Case("autoseg_amp_cl", "autoseg", amp=True, channels_last=True),
@@ -99,6 +107,31 @@ def _build(case: Case, args: argparse.Namespace):
     n_outputs = config.network.n_stages - 1
     if case.variant == "autoseg":
         net = build_network(config, in_channels=in_channels, n_classes=n_classes)
+        loss = make_loss("dice_ce", n_outputs=n_outputs, batch_dice=config.batch_dice)
+        return plan, config, net, lambda out, y: loss(out, y)
+    if case.variant == "dna":
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+        from torch import nn
+
+        dims = 3 if config.kind == "3d" else 2
+        net = PlainConvUNet(
+            in_channels * (config.in_slices if config.kind == "2.5d" else 1),
+            config.network.n_stages,
+            list(config.network.features_per_stage),
+            nn.Conv3d if dims == 3 else nn.Conv2d,
+            [list(k) for k in config.network.kernel_sizes],
+            [list(s) for s in config.network.strides],
+            2,
+            n_classes,
+            2,
+            conv_bias=True,
+            norm_op=nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d,
+            norm_op_kwargs={"eps": 1e-5, "affine": True},
+            nonlin=nn.LeakyReLU,
+            nonlin_kwargs={"inplace": True},
+            deep_supervision=True,
+        )
+        net.in_channels = in_channels
         loss = make_loss("dice_ce", n_outputs=n_outputs, batch_dice=config.batch_dice)
         return plan, config, net, lambda out, y: loss(out, y)
     net_cfg = config.network
@@ -190,8 +223,10 @@ def run_case(case: Case, args: argparse.Namespace) -> Result:
 def _describe(case: Case, device: str) -> str:
     if case.variant == "stock":
         model = "MONAI DynUNet, stacked upsampled heads + MONAI DeepSupervisionLoss"
+    elif case.variant == "dna":
+        model = "nnU-Net PlainConvUNet (dynamic-network-architectures), native-res heads + autoseg loss"
     else:
-        model = "autoseg PlanUNet, native-res heads + autoseg loss"
+        model = "autoseg UNet, native-res heads + autoseg loss"
     amp = "fp16 autocast + GradScaler" if device == "cuda" else "bf16 autocast"
     precision = amp if case.amp else "float32"
     return f"{model}; {precision}" + ("; channels_last_3d" if case.channels_last else "")
@@ -348,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     raw = list(argv if argv is not None else sys.argv[1:])
     cases = [c for c in CASES if not args.only or c.name in args.only]
+    if importlib.util.find_spec("dynamic_network_architectures") is None:
+        skipped = [c.name for c in cases if c.variant == "dna"]
+        cases = [c for c in cases if c.variant != "dna"]
+        if skipped:
+            print(f"dynamic-network-architectures not importable: {skipped} skipped", file=sys.stderr)
     pooled: dict[str, Result] = {}
     for round_ in range(args.repeats):  # round-robin, so a burst of other load hits one run, not one case
         for case in cases:

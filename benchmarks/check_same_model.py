@@ -1,7 +1,7 @@
 """autoseg's predictor on nnU-Net's own trained weights: is it the same prediction?
 
 The training benchmark compares two *trainings*; their Dice differs by how each run went. This
-check takes the training out: nnU-Net's ``PlainConvUNet`` and autoseg's ``PlanUNet`` are the same
+check takes the training out: nnU-Net's ``PlainConvUNet`` and autoseg's ``UNet`` are the same
 network for the same plan (conv -> instance norm -> leaky ReLU, two per stage, transposed-conv
 upsampling, upsampled features concatenated before the skip), so an nnU-Net checkpoint can be
 loaded into autoseg's network and run by ``autoseg``'s predictor. Two weight differences:
@@ -44,7 +44,7 @@ log = logging.getLogger("check_same_model")
 
 
 def nnunet_to_autoseg(nn_state: dict[str, torch.Tensor], n_stages: int) -> dict[str, torch.Tensor]:
-    """Rename nnU-Net ``PlainConvUNet`` weights to ``PlanUNet`` names (conv biases dropped)."""
+    """Rename nnU-Net ``PlainConvUNet`` weights to ``UNet`` names (conv biases dropped)."""
     out: dict[str, torch.Tensor] = {}
 
     def block(dst: str, src: str) -> None:
@@ -70,7 +70,7 @@ def nnunet_to_autoseg(nn_state: dict[str, torch.Tensor], n_stages: int) -> dict[
 
 
 def with_transposed_biases(net: nn.Module) -> nn.Module:
-    """Give every transposed convolution of a ``PlanUNet`` a bias (see the module docstring)."""
+    """Give every transposed convolution of a ``UNet`` a bias (see the module docstring)."""
     for up in net.upsamples:
         old = up.transp_conv.conv
         new = type(old)(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride, bias=True)
@@ -100,12 +100,9 @@ def main() -> int:
         plan = Plan.load(work / args.data.name / "plans.json")
         config = plan.configuration("3d_fullres")
         net = with_transposed_biases(build_network(config, in_channels=1, n_classes=plan.num_classes))
-        # DynUNet lists every module twice in its state dict (also under ``skip_layers.``, the
-        # same tensors), so load by the primary names and check that nothing else is missing.
         missing, unexpected = net.load_state_dict(
             nnunet_to_autoseg(ck["network_weights"], config.network.n_stages), strict=False
         )
-        missing = [k for k in missing if not k.startswith("skip_layers.")]
         if missing or unexpected:
             sys.exit(f"weights do not map: missing {missing}, unexpected {unexpected}")
         net.eval()

@@ -1,96 +1,201 @@
-"""The U-Net of a plan: MONAI ``DynUNet`` with deep-supervision heads at their own resolution.
+"""The U-Net of a plan: one definition, in plain torch, for training, prediction and export.
 
-:func:`build_network` turns a :class:`~autoseg.planning.plan.Configuration` into a network.
-:class:`PlanUNet` differs from ``DynUNet`` only in what ``forward`` returns in training mode:
+:func:`build_network` turns a :class:`~autoseg.planning.plan.Configuration` into a :class:`UNet`:
+per stage a block of two (convolution, affine instance norm, leaky ReLU 0.01), the first
+convolution carrying the stage's stride; transposed-convolution upsampling (kernel = stride),
+skip concatenation and a block per decoder stage; a 1x1 convolution with bias for the logits;
+optionally one such 1x1 head per decoder resolution for deep supervision. That is nnU-Net's
+``PlainConvUNet`` (less the convolution biases, which instance norm cancels) and MONAI's
+``DynUNet`` with plain blocks, with which it shares its parameter names, order and initialisation:
+checkpoints written while training used ``DynUNet`` load unchanged (its ``skip_layers.*`` keys
+are aliases of the same tensors and are dropped).
 
-* ``DynUNet`` upsamples every deep-supervision head to full resolution and stacks them into one
-  ``(B, 1 + n_heads, C, *spatial)`` tensor. That costs an interpolation per head plus a full-res
-  copy of each, in time and in activation memory, only for the loss to compare upsampled coarse
-  logits with the full-res target.
-* ``PlanUNet`` returns the list ``[full, 1/2, 1/4, ...]`` of logits at their native resolutions, as
-  nnU-Net does, and the loss (:mod:`autoseg.training.losses`) downsamples the target instead.
+Why not a library network: MONAI's ``DynUNet`` cannot be imported without MONAI's package
+``__init__`` (about 1.2 s of ``autoseg predict``'s start-up), and it upsamples every
+deep-supervision head to full resolution; ``dynamic-network-architectures`` (nnU-Net's) imports
+in 2 ms but pulls timm and torchvision, whose current release requires another torch than the
+pinned CPU build (an unpinned install brought torch 2.14.1 and 4.7 GB of CUDA libraries).
 
-In eval mode both return the full-resolution logits ``(B, C, *spatial)`` as one tensor, so
-the end-of-fold validation's sliding window sees a plain network. ``autoseg predict`` and
-``autoseg export`` load the same weights into :class:`~autoseg.networks.inference.InferenceUNet`
-instead (plain torch, same outputs bit for bit), so that prediction does not import MONAI.
+**Outputs.** In training mode with deep supervision, ``forward`` returns the list
+``[full, 1/2, 1/4, ...]`` of logits at their native resolutions (as nnU-Net); the loss
+(:mod:`autoseg.training.losses`) downsamples the target instead of upsampling the heads. In eval
+mode, or without deep supervision, it returns the full-resolution logits ``(B, C, *spatial)``.
 
 **Input size.** Every spatial axis of the input must be divisible by the product of the strides
-on that axis (``DynUNet``'s constraint): the hippocampus plan's strides ``1, 2, 2, 2`` need
-multiples of 8, and a plan with strides ``(1, 1), (1, 2), (2, 2), (2, 2)`` on ``(Y, X)`` needs
-``Y`` divisible by 4 and ``X`` by 8. :func:`build_network` checks the plan's patch size against
-this; sliding-window inference uses the patch size, so it never sees another size.
+on that axis: the hippocampus plan's strides ``1, 2, 2, 2`` need multiples of 8, and a plan with
+strides ``(1, 1), (1, 2), (2, 2), (2, 2)`` on ``(Y, X)`` needs ``Y`` divisible by 4 and ``X`` by
+8. :func:`build_network` checks the plan's patch size against this; sliding-window inference
+uses the patch size, so it never sees another size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
-from monai.networks.nets import DynUNet
-from monai.networks.nets.dynunet import DynUNetSkipLayer
+import torch.nn.functional as F
 from torch import nn
 
-from autoseg.networks.topology import SPATIAL_DIMS, check_network, input_channels, input_divisor
+from autoseg.errors import CheckpointError
+from autoseg.networks.topology import SPATIAL_DIMS, check_network, conv_padding, input_channels
 from autoseg.planning.plan import Configuration
 
-__all__ = ["PlanUNet", "build_network", "input_divisor"]
+__all__ = ["UNet", "build_network"]
 
-# What ``PlanUNet`` leaves in ``DynUNet.heads`` after a forward pass, so that the module does not
-# keep the last step's head activations (and through them its autograd graph) alive.
-_RELEASED = torch.empty(0)
+_SLOPE = 0.01
+#: Convolution, transposed convolution and instance norm per number of spatial dimensions.
+_LAYERS = {
+    3: (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d),
+    2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d),
+}
+#: State-dict keys of checkpoints trained with MONAI's ``DynUNet``: aliases of the same tensors.
+_LEGACY_ALIASES = "skip_layers."
+_HEADS = "deep_supervision_heads."
 
 
-class PlanUNet(DynUNet):
-    """``DynUNet`` whose training-mode output is a list of logits at native resolutions.
+class _Wrapped(nn.Module):
+    """Holds a layer as ``.conv`` (MONAI's ``Convolution`` wrapper), for the parameter names."""
 
-    Constructed exactly like ``monai.networks.nets.DynUNet``; use :func:`build_network` to build
-    one from a plan.
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
 
-    ``forward(x)`` with ``x`` of shape ``(B, in_channels, *spatial)``:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
-    * training mode with deep supervision: ``[y_0, y_1, ..., y_k]`` where ``y_0`` is
-      ``(B, C, *spatial)`` and ``y_i`` has the resolution of decoder level ``i`` (``spatial``
-      divided by the product of ``strides[1 : i + 1]``), ``k = deep_supr_num``;
-    * otherwise: ``y_0`` alone, as a tensor.
 
-    ``DynUNet`` fills ``self.heads[i - 1]`` from the skip layer of index ``i``, whose decoder output
-    has the resolution of encoder stage ``i``; so ``heads[0]`` is the 1/2 resolution (for stride 2),
-    ``heads[1]`` the 1/4 one, and so on, and ``[y_0, *heads]`` is ordered finest to coarsest.
+class _Block(nn.Module):
+    """Two (convolution, affine instance norm, leaky ReLU 0.01); the first one carries the stride."""
+
+    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> None:
+        super().__init__()
+        conv, _, norm = _LAYERS[dims]
+        ones = (1,) * dims
+        self.conv1 = _Wrapped(
+            conv(cin, cout, tuple(kernel), tuple(stride), padding=conv_padding(kernel, stride), bias=False)
+        )
+        self.conv2 = _Wrapped(
+            conv(cout, cout, tuple(kernel), ones, padding=conv_padding(kernel, ones), bias=False)
+        )
+        self.norm1 = norm(cout, affine=True)
+        self.norm2 = norm(cout, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.norm1(self.conv1(x)), _SLOPE, inplace=True)
+        return F.leaky_relu(self.norm2(self.conv2(x)), _SLOPE, inplace=True)
+
+
+class _Up(nn.Module):
+    """Transposed convolution (kernel = stride, no bias), concatenation with the skip, a block."""
+
+    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> None:
+        super().__init__()
+        conv_t = _LAYERS[dims][1]
+        self.transp_conv = _Wrapped(conv_t(cin, cout, tuple(stride), tuple(stride), bias=False))
+        self.conv_block = _Block(dims, 2 * cout, cout, kernel, (1,) * dims)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv_block(torch.cat((self.transp_conv(x), skip), dim=1))
+
+
+def _head(dims: int, cin: int, n_classes: int) -> nn.Module:
+    """A 1x1 convolution with bias; two levels of ``.conv`` (MONAI's ``UnetOutBlock`` names)."""
+    return _Wrapped(_Wrapped(_LAYERS[dims][0](cin, n_classes, 1, bias=True)))
+
+
+class UNet(nn.Module):
+    """A U-Net: ``(B, C_in, *patch) -> (B, n_classes, *patch)`` logits, or in training with deep
+    supervision the list ``[full, 1/2, ...]`` (see the module docstring).
+
+    Encoder stage ``i`` is a block with ``kernels[i]`` and ``strides[i]`` (the last stage is the
+    bottleneck); decoder stage ``i`` upsamples by ``strides[i + 1]`` and its block uses
+    ``kernels[i + 1]`` (DynUNet's choice). Deep supervision adds a head to decoder stages
+    ``1 .. n_stages - 2`` (the bottleneck has none), so there are ``n_stages - 1`` outputs.
+    Weights start He-normal (negative slope 0.01), biases at 0, as nnU-Net's and DynUNet's do.
+    Build it from a plan with :func:`build_network`.
     """
 
-    def train(self, mode: bool = True) -> PlanUNet:
-        """Set training mode; in eval mode the deep-supervision heads are not computed at all.
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        n_classes: int,
+        features: Sequence[int],
+        kernels: Sequence[Sequence[int]],
+        strides: Sequence[Sequence[int]],
+        *,
+        deep_supervision: bool,
+    ) -> None:
+        super().__init__()
+        self.dims, self.in_channels, self.n_classes = dims, in_channels, n_classes
+        n = len(features)
+        # Registration order is DynUNet's: same parameter order (optimizer states of its
+        # checkpoints) and same random draws under a seed (same initial weights).
+        self.input_block = _Block(dims, in_channels, features[0], kernels[0], strides[0])
+        self.downsamples = nn.ModuleList(
+            _Block(dims, features[i - 1], features[i], kernels[i], strides[i]) for i in range(1, n - 1)
+        )
+        self.bottleneck = _Block(dims, features[-2], features[-1], kernels[-1], strides[-1])
+        self.upsamples = nn.ModuleList(
+            _Up(dims, features[i], features[i - 1], kernels[i], strides[i]) for i in range(n - 1, 0, -1)
+        )
+        self.output_block = _head(dims, features[0], n_classes)
+        # DynUNet draws one random number here (a placeholder list of heads); drawing it too keeps
+        # a seed's initial weights those of the DynUNet-based releases (reproducible runs).
+        torch.rand(1)
+        self.deep_supervision = deep_supervision
+        if deep_supervision:
+            self.deep_supervision_heads = nn.ModuleList(
+                _head(dims, features[level], n_classes) for level in range(1, max(n - 2, 1) + 1)
+            )
+        self.apply(_init_weights)
 
-        ``DynUNet`` runs its head convolutions in eval mode too and stores their outputs in
-        ``self.heads``: wasted work for inference and a side effect that ``torch.export`` warns
-        about. A skip layer skips its head when its ``heads`` list is None, so eval unhooks it.
-        """
-        super().train(mode)
-        heads = self.heads if mode and self.deep_supervision else None
-        for layer in self.modules():
-            if isinstance(layer, DynUNetSkipLayer) and layer.super_head is not None:
-                layer.heads = heads
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits: a list ``[full, 1/2, ...]`` in training with deep supervision, else a tensor."""
-        out = self.output_block(self.skip_layers(x))
-        if not (self.training and self.deep_supervision):
-            return out
-        heads = list(self.heads)
-        # ``self.heads`` is the list object the skip layers write into: empty it in place.
-        for i in range(len(self.heads)):
-            self.heads[i] = _RELEASED
-        return [out, *heads]
+        supervise = self.training and self.deep_supervision
+        skips = [self.input_block(x)]
+        for block in self.downsamples:
+            skips.append(block(skips[-1]))
+        x = self.bottleneck(skips[-1])
+        heads = []
+        for i, (up, skip) in enumerate(zip(self.upsamples, reversed(skips), strict=True)):
+            x = up(x, skip)
+            level = len(skips) - 1 - i  # x now has the resolution of encoder stage ``level``
+            if supervise and 1 <= level <= len(self.deep_supervision_heads):
+                heads.append(self.deep_supervision_heads[level - 1](x))
+        out = self.output_block(x)
+        return [out, *reversed(heads)] if supervise else out
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+        """Load a training checkpoint's ``network`` state dict, strictly.
+
+        Keys of ``DynUNet``-era checkpoints that alias other keys are dropped, and so are the
+        deep-supervision heads when this network has none (prediction does not need them).
+
+        Raises:
+            CheckpointError: a weight is missing, unexpected or of another shape (another plan);
+                the message names ``source``.
+        """
+        drop = (_LEGACY_ALIASES,) if self.deep_supervision else (_LEGACY_ALIASES, _HEADS)
+        try:
+            self.load_state_dict({k: v for k, v in state.items() if not k.startswith(drop)})
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            msg = f"{source}: its weights do not fit this network ({first})"
+            raise CheckpointError(msg) from e
 
 
-def build_network(config: Configuration, *, in_channels: int, n_classes: int) -> nn.Module:
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv3d, nn.Conv2d, nn.ConvTranspose3d, nn.ConvTranspose2d)):
+        nn.init.kaiming_normal_(module.weight, a=_SLOPE)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def build_network(
+    config: Configuration, *, in_channels: int, n_classes: int, deep_supervision: bool | None = None
+) -> UNet:
     """The U-Net of one plan configuration.
-
-    ``DynUNet`` with the plan's per-stage kernel sizes, strides and features; transposed-conv
-    kernels equal to ``strides[1:]``; affine instance norm; leaky ReLU (slope 0.01); plain (not
-    residual) blocks of two convolutions; He initialisation. With ``network.deep_supervision``
-    there is one output per decoder resolution, ``n_stages - 1`` in all (``deep_supr_num =
-    n_stages - 2`` heads plus the output block; the bottleneck has none), like nnU-Net.
 
     Args:
         config: the configuration; ``kind`` ``"3d"`` gives a 3D network, ``"2d"`` and ``"2.5d"`` a
@@ -98,35 +203,27 @@ def build_network(config: Configuration, *, in_channels: int, n_classes: int) ->
         in_channels: image channels of the dataset. For ``"2.5d"`` the network takes
             ``in_channels * config.in_slices`` channels (adjacent slices stacked as channels).
         n_classes: output channels, background included.
+        deep_supervision: build the deep-supervision heads; default the plan's choice (training).
+            Prediction and export pass False: the heads are never evaluated there.
 
     Returns:
-        A :class:`PlanUNet` in training mode. Inputs are ``(B, channels, *patch)`` float tensors
+        A :class:`UNet` in training mode. Inputs are ``(B, channels, *patch)`` float tensors
         (``patch`` 3 axes for ``"3d"``, 2 otherwise), each axis a multiple of
-        :func:`input_divisor` of the strides.
+        :func:`~autoseg.networks.topology.input_divisor` of the strides.
 
     Raises:
         PlanError: the network description is inconsistent (lengths, dimensions, fewer than 3
-            stages, ``n_conv_per_stage`` other than 2) or the patch size is not divisible by the
-            product of the strides.
+            stages) or the patch size is not divisible by the product of the strides.
         ValueError: ``in_channels`` or ``n_classes`` is below 1.
     """
     check_network(config, in_channels=in_channels, n_classes=n_classes)
     net = config.network
-    spatial_dims = SPATIAL_DIMS[config.kind]
-    channels = input_channels(config, in_channels)
-    kernels = [list(k) for k in net.kernel_sizes]
-    strides = [list(s) for s in net.strides]
-    return PlanUNet(
-        spatial_dims=spatial_dims,
-        in_channels=channels,
-        out_channels=n_classes,
-        kernel_size=kernels,
-        strides=strides,
-        upsample_kernel_size=strides[1:],
-        filters=list(net.features_per_stage),
-        norm_name=("INSTANCE", {"affine": True}),
-        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
-        deep_supervision=net.deep_supervision,
-        deep_supr_num=max(net.n_stages - 2, 1),
-        res_block=False,
+    return UNet(
+        SPATIAL_DIMS[config.kind],
+        input_channels(config, in_channels),
+        n_classes,
+        net.features_per_stage,
+        net.kernel_sizes,
+        net.strides,
+        deep_supervision=net.deep_supervision if deep_supervision is None else deep_supervision,
     )

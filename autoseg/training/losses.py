@@ -1,7 +1,7 @@
 """Segmentation losses with deep supervision: Dice + cross-entropy (nnU-Net's) or Dice + focal.
 
 :func:`make_loss` builds a :class:`DeepSupervisionLoss` that takes the network's training output
-(:class:`~autoseg.networks.unet.PlanUNet`: logits ``[full, 1/2, 1/4, ...]`` at their native
+(:class:`~autoseg.networks.unet.UNet`: logits ``[full, 1/2, 1/4, ...]`` at their native
 resolutions, or one tensor) and the integer label map ``(B, 1, *spatial)``, and returns a scalar.
 
 * Head ``i`` has weight ``1 / 2**i``; the lowest-resolution head gets 0; the weights are then
@@ -157,7 +157,7 @@ def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSuperv
             over all classes, weight 1 each, smooth 1e-5) or ``"dice_focal"`` (the same Dice plus a
             softmax focal loss with gamma 2, see :class:`DiceFocalLoss`).
         n_outputs: outputs the network returns in training (``n_stages - 1`` for a
-            :class:`~autoseg.networks.unet.PlanUNet` with deep supervision, else 1).
+            :class:`~autoseg.networks.unet.UNet` with deep supervision, else 1).
         batch_dice: the configuration's ``batch_dice``.
 
     Returns:

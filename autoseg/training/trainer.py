@@ -133,7 +133,7 @@ class Trainer:
     def restore(self, path: Path) -> None:
         """Load model, optimiser, scaler, epoch, EMA and RNG state from a checkpoint."""
         ck = load_checkpoint(path, map_location=self.device)
-        self.network.load_state_dict(ck["network"])
+        self.network.load_weights(ck["network"], source=str(path))
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])

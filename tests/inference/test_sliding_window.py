@@ -18,7 +18,7 @@ from autoseg.inference.sliding_window import (
     stack_neighbour_slices,
     window_starts,
 )
-from autoseg.networks import build_inference_network
+from autoseg.networks import build_network
 from autoseg.planning.plan import Configuration, Network, Resampling
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -122,7 +122,7 @@ def test_predict_logits_equal_to_the_monai_path(kind, patch, tta):
     """The whole case path (2.5D slice stacking, batched mirror TTA) against MONAI's window."""
     config = _config(kind, patch, in_slices=3 if kind == "2.5d" else 1)
     torch.manual_seed(2)
-    net = build_inference_network(config, in_channels=1, n_classes=3).eval()
+    net = build_network(config, in_channels=1, n_classes=3, deep_supervision=False).eval()
     data = torch.randn(1, 11, 21, 13)
     ours = predict_logits(net, data, config, step=0.5, tta=tta)
     x = data[None]

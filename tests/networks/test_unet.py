@@ -1,4 +1,6 @@
-"""Tests of the plan-built U-Net: shapes, head order, eval/train outputs, size, plan checks."""
+"""Tests of the plan-built U-Net: shapes, head order, eval/train outputs, size, plan checks, and
+its equality with MONAI's ``DynUNet``, which trained autoseg's models before (same names,
+initial weights and outputs: old checkpoints load, a seed gives the run it gave)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
 from autoseg.errors import CheckpointError, PlanError
-from autoseg.networks import InferenceUNet, PlanUNet, build_inference_network, build_network, input_divisor
+from autoseg.networks import UNet, build_network, input_divisor
 from autoseg.planning.plan import Configuration, Network, Plan, Resampling
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +137,7 @@ class TestShapes:
         net = build_network(CONFIGS["2.5d"], in_channels=2, n_classes=3)
         first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
         assert first_conv.in_channels == 2 * 5
-        assert net.spatial_dims == 2
+        assert not any(isinstance(m, torch.nn.Conv3d) for m in net.modules())
 
     def test_without_deep_supervision_train_returns_tensor(self):
         net = build_network(make_config("3d", deep_supervision=False), in_channels=1, n_classes=2)
@@ -144,25 +146,38 @@ class TestShapes:
         assert tuple(out.shape) == (1, 2, 16, 16, 16)
 
 
+def stock_dynunet(config: Configuration, in_channels: int, n_classes: int) -> DynUNet:
+    """MONAI's DynUNet as autoseg built it from a plan before it had its own network."""
+    net = config.network
+    strides = [list(s) for s in net.strides]
+    return DynUNet(
+        spatial_dims=3 if config.kind == "3d" else 2,
+        in_channels=in_channels * (config.in_slices if config.kind == "2.5d" else 1),
+        out_channels=n_classes,
+        kernel_size=[list(k) for k in net.kernel_sizes],
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=list(net.features_per_stage),
+        norm_name=("INSTANCE", {"affine": True}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        deep_supervision=net.deep_supervision,
+        deep_supr_num=max(net.n_stages - 2, 1),
+        res_block=False,
+    )
+
+
+def without_aliases(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("skip_layers.")}
+
+
 class TestHeadOrder:
     def test_matches_stock_dynunet_stacked_output(self):
         """Ours[i], upsampled like DynUNet does, equals DynUNet's stacked head i: the order is the same."""
         config = CONFIGS["4_stages"]
+        torch.manual_seed(3)
         ours = build_network(config, in_channels=1, n_classes=3)
-        net = config.network
-        stock = DynUNet(
-            3,
-            1,
-            3,
-            [list(k) for k in net.kernel_sizes],
-            [list(s) for s in net.strides],
-            [list(s) for s in net.strides[1:]],
-            filters=list(net.features_per_stage),
-            norm_name=("INSTANCE", {"affine": True}),
-            deep_supervision=True,
-            deep_supr_num=2,
-        )
-        stock.load_state_dict(ours.state_dict())
+        torch.manual_seed(3)
+        stock = stock_dynunet(config, 1, 3)
         x = torch.randn(2, 1, 16, 16, 16)
         with torch.no_grad():
             mine, theirs = ours(x), stock(x)
@@ -182,10 +197,10 @@ class TestHeadOrder:
             assert len(net.train()(x)) == 3
         assert len(calls) == 2
 
-    def test_heads_are_released_after_forward(self):
-        net = build_network(CONFIGS["3d"], in_channels=1, n_classes=2)
-        net(torch.randn(1, 1, 16, 24, 16))
-        assert all(h.numel() == 0 for h in net.heads)
+    def test_prediction_network_has_no_heads(self):
+        net = build_network(CONFIGS["4_stages"], in_channels=1, n_classes=2, deep_supervision=False)
+        assert not hasattr(net, "deep_supervision_heads")
+        assert isinstance(net(torch.randn(1, 1, 16, 16, 16)), torch.Tensor)
 
 
 class TestHippocampusPlan:
@@ -196,7 +211,7 @@ class TestHippocampusPlan:
     def test_3d_fullres(self, plan):
         config = plan.configuration("3d_fullres")
         net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
-        assert isinstance(net, PlanUNet)
+        assert isinstance(net, UNet)
         out = net(torch.randn(1, 1, *config.patch_size))
         assert [tuple(o.shape) for o in out] == [(1, 3, 40, 56, 40), (1, 3, 20, 28, 20), (1, 3, 10, 14, 10)]
 
@@ -255,53 +270,67 @@ def test_input_divisor():
     assert math.prod(input_divisor([(1, 2), (3, 1)])) == 6
 
 
-class TestInferenceUNet:
-    """The plain-torch prediction network gives the training network's outputs from its weights."""
+class TestSameAsDynUNet:
+    """The network that replaced DynUNet: same parameters in the same order, the same initial
+    weights under a seed, the same outputs bit for bit; DynUNet checkpoints load into it."""
 
     @staticmethod
-    def trained_like(config: Configuration, in_channels: int, n_classes: int) -> PlanUNet:
-        """A training network with every weight random (norm affines too, so that they matter)."""
-        torch.manual_seed(0)
-        net = build_network(config, in_channels=in_channels, n_classes=n_classes)
+    def randomised(net: torch.nn.Module) -> torch.nn.Module:
+        """Every weight random (norm affines too, so that they matter)."""
         with torch.no_grad():
             for p in net.parameters():
                 p.normal_(0.0, 0.2)
-        return net.eval()
+        return net
+
+    @pytest.mark.parametrize("name", [*CONFIGS, "no_deep_supervision"])
+    def test_same_parameters_and_initial_weights(self, name):
+        config = CONFIGS.get(name) or make_config("3d", deep_supervision=False)
+        torch.manual_seed(7)
+        ours = build_network(config, in_channels=2, n_classes=3)
+        torch.manual_seed(7)
+        stock = stock_dynunet(config, 2, 3)
+        theirs = without_aliases(stock.state_dict())
+        assert list(ours.state_dict()) == list(theirs)
+        assert [n for n, _ in ours.named_parameters()] == [n for n, _ in stock.named_parameters()]
+        for key, value in ours.state_dict().items():
+            assert torch.equal(value, theirs[key]), key
 
     @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
     @pytest.mark.parametrize("name", [*CONFIGS, "no_deep_supervision"])
-    def test_same_outputs_as_dynunet(self, name, dtype):
+    def test_same_outputs_from_a_dynunet_checkpoint(self, name, dtype):
         config = CONFIGS.get(name) or make_config("3d", deep_supervision=False)
         channels = 2 * (config.in_slices if config.kind == "2.5d" else 1)
-        train_net = self.trained_like(config, 2, 3)
-        net = build_inference_network(config, in_channels=2, n_classes=3)
-        net.load_training_state(train_net.state_dict())
+        torch.manual_seed(0)
+        stock = self.randomised(stock_dynunet(config, 2, 3)).eval()
+        net = build_network(config, in_channels=2, n_classes=3, deep_supervision=False)
+        net.load_weights(stock.state_dict())  # with DynUNet's aliases and heads
         x = torch.randn(2, channels, *config.patch_size)
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            expected, got = train_net(x), net.eval()(x)
+            expected, got = stock(x), net.eval()(x)
         assert got.shape == (2, 3, *config.patch_size)
         assert torch.equal(got, expected)
 
-    def test_hippocampus_checkpoint_names_and_sizes(self):
+    def test_training_network_loads_a_dynunet_checkpoint_with_its_heads(self):
+        config = CONFIGS["4_stages"]
+        stock = self.randomised(stock_dynunet(config, 1, 3))
+        net = build_network(config, in_channels=1, n_classes=3)
+        net.load_weights(stock.state_dict())
+        assert all(torch.equal(v, stock.state_dict()[k]) for k, v in net.state_dict().items())
+
+    def test_hippocampus_sizes_with_and_without_heads(self):
         plan = Plan.load(HIPPOCAMPUS_PLAN)
         config = plan.configuration("3d_fullres")
         train_net = build_network(config, in_channels=1, n_classes=plan.num_classes)
-        net = build_inference_network(config, in_channels=1, n_classes=plan.num_classes)
+        net = build_network(config, in_channels=1, n_classes=plan.num_classes, deep_supervision=False)
         heads = sum(p.numel() for p in train_net.deep_supervision_heads.parameters())
+        assert heads > 0
         assert n_params(net) == n_params(train_net) - heads
-        assert isinstance(net, InferenceUNet)
 
     def test_weights_of_another_plan_are_refused(self):
         train_net = build_network(CONFIGS["3d"], in_channels=1, n_classes=3)
-        net = build_inference_network(CONFIGS["4_stages"], in_channels=1, n_classes=3)
-        with pytest.raises(RuntimeError, match="state_dict"):
-            net.load_training_state(train_net.state_dict())
-
-    def test_same_plan_checks(self):
-        with pytest.raises(PlanError, match="divisible by the product of the strides"):
-            build_inference_network(make_config("3d", patch=(16, 18, 16)), in_channels=1, n_classes=2)
-        with pytest.raises(ValueError, match="must be >= 1"):
-            build_inference_network(make_config("3d"), in_channels=0, n_classes=2)
+        net = build_network(CONFIGS["4_stages"], in_channels=1, n_classes=3, deep_supervision=False)
+        with pytest.raises(CheckpointError, match=r"fold_9\.pt: its weights do not fit this network"):
+            net.load_weights(train_net.state_dict(), source="fold_9.pt")
 
 
 def test_mismatched_checkpoint_is_a_checkpoint_error(tmp_path):
