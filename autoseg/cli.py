@@ -55,6 +55,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from autoseg._device import default_gpu_memory_gb
     from autoseg.pipeline import plan
+    from autoseg.planning.kinds import KINDS
 
     ws = _workspace(args)
     _, folder = ws.resolve(args.dataset)
@@ -68,7 +69,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         lines.append(
             f"  {c.name:<20} spacing {_fmt(c.spacing)} patch {_fmt(c.patch_size)} "
             f"batch {c.batch_size} stages {c.network.n_stages}"
-            + (f" K={c.in_slices}" if c.kind == "2.5d" else "")
+            + (f" K={c.in_slices}" if KINDS[c.kind].stacks_slices else "")
         )
     lines += [f"  note: {n}" for n in the_plan.notes]
     log.info("\n".join(lines))

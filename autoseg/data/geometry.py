@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration
 
 ROTATION_3D_DEG = 30.0
@@ -57,7 +58,7 @@ def spatial_params(config: Configuration) -> SpatialParams:
     """Spatial augmentation settings for ``config`` (see the module docstring for the rules)."""
     patch = tuple(int(p) for p in config.patch_size)
     dummy_2d = False
-    if config.kind == "3d":
+    if kind_of(config.kind).spatial_dims == 3:
         dummy_2d = max(patch) / patch[0] > DUMMY_2D_ANISOTROPY
         rotation = ROTATION_2D_DEG if dummy_2d else ROTATION_3D_DEG
     elif max(patch) / min(patch) > ELONGATED_2D_ASPECT:

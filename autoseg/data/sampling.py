@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from autoseg.data.geometry import initial_patch_size, spatial_params
+from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration
 from autoseg.preprocessing.case import PreprocessedCase
 
@@ -70,7 +71,8 @@ def sample_patch(
         raise ValueError(msg)
     size = tuple(spatial_params(config).initial_patch if patch_size is None else patch_size)
     final = tuple(config.patch_size)
-    n_spatial = 3 if config.kind == "3d" else 2
+    kind = kind_of(config.kind)
+    n_spatial = kind.spatial_dims
     if len(size) != n_spatial or len(final) != n_spatial:
         msg = (
             f"a {config.kind} patch needs {n_spatial} sizes, got patch_size={size} "
@@ -78,7 +80,7 @@ def sample_patch(
         )
         raise ValueError(msg)
     location = choose_location(case.locations, rng) if force_fg else None
-    if config.kind == "3d":
+    if n_spatial == 3:
         point = None if location is None else location[1:]
         start = place_patch(case.seg.shape, size, final, rng, point=point)
         data = crop_padded(case.data, start, size)
@@ -88,7 +90,7 @@ def sample_patch(
     z = int(rng.integers(n_slices)) if location is None else int(location[1])
     point = None if location is None else location[2:]
     start = place_patch(case.seg.shape[1:], size, final, rng, point=point)
-    k = config.in_slices if config.kind == "2.5d" else 1
+    k = config.in_slices if kind.stacks_slices else 1
     slices = np.clip(np.arange(z - k // 2, z - k // 2 + k), 0, n_slices - 1)
     data = crop_padded(case.data[:, slices], start, size)  # (C, K, H, W)
     data = data.reshape(data.shape[0] * k, *size)

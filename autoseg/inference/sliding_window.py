@@ -7,7 +7,9 @@ blends them with a Gaussian (sigma = patch/8, as nnU-Net).
 
 The windows, weights and blending are those of MONAI's ``sliding_window_inference`` (a test checks
 equal outputs), written here in plain torch because importing anything from MONAI costs
-``autoseg predict`` about 1.2 s of start-up (see :mod:`autoseg.networks.inference`).
+``autoseg predict`` about 1.2 s of start-up (MONAI's package ``__init__`` imports all of it). What
+differs between kinds (window, steps, mirror axes, slice stacking, batch sizes) comes from
+:data:`autoseg.planning.kinds.KINDS`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration
 
 
@@ -32,11 +35,6 @@ def stack_neighbour_slices(x: torch.Tensor, k: int) -> torch.Tensor:
     blocks = [x.index_select(2, (idx + j - half).clamp(0, x.shape[2] - 1)) for j in range(k)]
     stacked = torch.stack(blocks, dim=2)  # (N, C, K, Z, Y, X)
     return stacked.reshape(x.shape[0], x.shape[1] * k, *x.shape[2:])
-
-
-def mirror_axes_for(config: Configuration) -> tuple[int, ...]:
-    """Tensor dims flipped for TTA: all spatial dims in 3D, the in-plane ones in 2D kinds."""
-    return (2, 3, 4) if config.kind == "3d" else (3, 4)
 
 
 def _flip_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -163,12 +161,12 @@ def make_predictor(
 
     Runs the network (2D kinds on the squeezed slice) and, with ``tta``, averages the logits over
     every mirror combination. Windows and their mirrored copies go through the network in
-    batches of ``max_batch``: on a 2-core CPU, batches of 2 are fastest per sample (hippocampus
-    network, bf16: 64 ms at 1, 63 at 2, 69 at 4, 81 at 8; fp32: 144, 126, 162, 158), on a GPU
-    larger batches fill the device. Returns float32.
+    batches of ``max_batch`` (on a CPU the kind's ``network_batch_cpu``; on a GPU larger batches
+    fill the device). Returns float32.
     """
-    flips = _flip_combinations(mirror_axes_for(config)) if tta else [()]
-    is_3d = config.kind == "3d"
+    kind = kind_of(config.kind)
+    flips = _flip_combinations(kind.mirror_axes) if tta else [()]
+    is_3d = kind.spatial_dims == 3
 
     def run(w: torch.Tensor) -> torch.Tensor:
         inp = w if is_3d else w[:, :, 0]
@@ -208,7 +206,8 @@ def predict_logits(
         config: the configuration the network was trained for.
         step: window step as a fraction of the patch (0.5 = half-patch overlap).
         tta: average over mirrored inputs (8 passes in 3D, 4 in 2D kinds).
-        sw_batch_size: windows per network call (default: 2 in 3D, 32 in 2D kinds).
+        sw_batch_size: windows per sliding-window step (default: the kind's ``window_batch``,
+            2 in 3D, 32 in 2D kinds).
         device: where the network runs.
         output_device: where the blended logits accumulate (default: ``device``); the CPU
             keeps large outputs off a small GPU.
@@ -217,22 +216,20 @@ def predict_logits(
     Returns:
         ``(n_classes, Z, Y, X)`` float32 logits on ``output_device``.
     """
+    kind = kind_of(config.kind)
     x = data[None].to(device=device, dtype=torch.float32)
-    if config.kind == "2.5d":
+    if kind.stacks_slices:
         x = stack_neighbour_slices(x, config.in_slices)
-    if config.kind == "3d":
-        window, steps = tuple(config.patch_size), (step,) * 3
-    else:
-        window, steps = (1, *config.patch_size), (1.0, step, step)
+    window, steps = kind.window(config.patch_size), kind.window_steps(step)
     if sw_batch_size is None:
-        sw_batch_size = 2 if config.kind == "3d" else 32
+        sw_batch_size = kind.window_batch
     on_cpu = torch.device(device).type == "cpu"
     predictor = make_predictor(
         network,
         config,
         tta=tta,
         amp_dtype=amp_dtype,
-        max_batch=(2 if config.kind == "3d" else 16) if on_cpu else 4 * sw_batch_size,
+        max_batch=kind.network_batch_cpu if on_cpu else 4 * sw_batch_size,
     )
     out = sliding_window(
         x,

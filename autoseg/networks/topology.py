@@ -1,9 +1,5 @@
-"""What a plan's network description must satisfy, shared by the training and inference U-Nets.
-
-Plain functions on the plan, no network library: :mod:`autoseg.networks.inference` (what
-``predict`` loads) must not import MONAI, whose package import alone costs about a second of
-start-up (it imports every MONAI submodule, and through them scipy.signal, matplotlib and pandas).
-"""
+"""What a plan's network description must satisfy: plain functions on the plan (no network
+library), used by :func:`autoseg.networks.build_network` and by the tests."""
 
 from __future__ import annotations
 
@@ -11,12 +7,10 @@ import math
 from collections.abc import Sequence
 
 from autoseg.errors import PlanError
+from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration
 
-__all__ = ["SPATIAL_DIMS", "check_network", "conv_padding", "input_channels", "input_divisor"]
-
-#: Spatial dimensions of the network per configuration kind (2.5D stacks slices as channels).
-SPATIAL_DIMS = {"3d": 3, "2d": 2, "2.5d": 2}
+__all__ = ["check_network", "conv_padding", "input_divisor"]
 
 
 def input_divisor(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
@@ -62,10 +56,8 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
         raise ValueError(msg)
     net = config.network
     where = f"configuration {config.name!r}"
-    if config.kind not in SPATIAL_DIMS:
-        msg = f"{where}: kind must be one of {sorted(SPATIAL_DIMS)}, got {config.kind!r}"
-        raise PlanError(msg)
-    dims = SPATIAL_DIMS[config.kind]
+    kind = kind_of(config.kind)
+    dims = kind.spatial_dims
     if net.n_stages < 3:
         msg = f"{where}: the U-Net needs at least 3 stages, got n_stages={net.n_stages}"
         raise PlanError(msg)
@@ -87,8 +79,8 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
     if net.n_conv_per_stage != 2:
         msg = f"{where}: n_conv_per_stage must be 2 (DynUNet blocks), got {net.n_conv_per_stage}"
         raise PlanError(msg)
-    if config.kind == "2.5d" and config.in_slices < 1:
-        msg = f"{where}: in_slices must be >= 1 for 2.5d, got {config.in_slices}"
+    if kind.stacks_slices and config.in_slices < 1:
+        msg = f"{where}: in_slices must be >= 1 for {config.kind}, got {config.in_slices}"
         raise PlanError(msg)
     divisor = input_divisor(net.strides)
     if len(config.patch_size) != dims or any(p % d for p, d in zip(config.patch_size, divisor, strict=True)):
@@ -97,8 +89,3 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
             f"the product of the strides {divisor}; run `autoseg plan` again"
         )
         raise PlanError(msg)
-
-
-def input_channels(config: Configuration, image_channels: int) -> int:
-    """Network input channels: the image channels, times the stacked slices for ``"2.5d"``."""
-    return image_channels * (config.in_slices if config.kind == "2.5d" else 1)

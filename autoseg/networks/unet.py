@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoseg.errors import CheckpointError
-from autoseg.networks.topology import SPATIAL_DIMS, check_network, conv_padding, input_channels
+from autoseg.networks.topology import check_network, conv_padding
+from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration
 
 __all__ = ["UNet", "build_network"]
@@ -218,9 +219,10 @@ def build_network(
     """
     check_network(config, in_channels=in_channels, n_classes=n_classes)
     net = config.network
+    kind = kind_of(config.kind)
     return UNet(
-        SPATIAL_DIMS[config.kind],
-        input_channels(config, in_channels),
+        kind.spatial_dims,
+        kind.input_channels(in_channels, config.in_slices),
         n_classes,
         net.features_per_stage,
         net.kernel_sizes,

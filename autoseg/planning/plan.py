@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoseg.errors import PlanError
+from autoseg.planning.kinds import ConfigKind
 
 PLAN_VERSION = 1
-
-ConfigKind = Literal["3d", "2d", "2.5d"]
 
 
 @dataclass(frozen=True)

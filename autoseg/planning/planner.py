@@ -16,8 +16,8 @@ import numpy as np
 
 from autoseg.fingerprint.model import Fingerprint
 from autoseg.planning import rules
+from autoseg.planning.kinds import ConfigKind, kind_of
 from autoseg.planning.plan import (
-    ConfigKind,
     Configuration,
     Network,
     Normalization,
@@ -102,19 +102,19 @@ def plan_configuration(
         in_slices: K for 2.5D.
         batch_dice: see :class:`Configuration`.
     """
-    is_3d = kind == "3d"
-    ref_elements, ref_batch = rules.REFERENCE_3D if is_3d else rules.REFERENCE_2D
+    spec = kind_of(kind)
+    ref_elements, ref_batch = spec.reference
     budget = ref_elements * gpu_memory_gb / 8.0
-    plan_sp = list(spacing) if is_3d else list(spacing[1:])
-    plan_shape = list(median_shape) if is_3d else list(median_shape[1:])
+    plan_sp = spec.planned_axes(spacing)
+    plan_shape = spec.planned_axes(median_shape)
     topo, feats, est = _plan_patch(
         plan_sp,
         plan_shape,
         n_classes=n_classes,
         budget=budget,
         ref_batch=ref_batch,
-        cap=320 if is_3d else 512,
-        edge_voxels=256 if is_3d else 2048,
+        cap=spec.max_features,
+        edge_voxels=spec.edge_voxels,
     )
     bs = rules.batch_size(
         est,

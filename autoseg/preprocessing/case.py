@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg.fingerprint.crop import bbox_slices, nonzero_bbox
+from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import needs_separate_z, resize_data, resize_labels
@@ -45,9 +46,7 @@ class PreprocessedCase:
 
 def target_spacing_for(config: Configuration, case_spacing: Sequence[float]) -> tuple[float, ...]:
     """Spacing a case is resampled to; 2D kinds keep each case's own axis-0 (slice) spacing."""
-    if config.kind == "3d":
-        return tuple(config.spacing)
-    return (float(case_spacing[0]), *config.spacing[1:])
+    return kind_of(config.kind).target_spacing(config.spacing, case_spacing)
 
 
 def new_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from autoseg._atomic import write_atomic
+from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.case import PreprocessedCase
 from autoseg.workspace import write_json_atomic
@@ -28,13 +29,14 @@ from autoseg.workspace import write_json_atomic
 
 def plan_part(plan: Plan, config: Configuration) -> dict[str, Any]:
     """What preprocessed arrays depend on; configurations that agree on it share one store."""
+    kind = kind_of(config.kind)
     return {
         "channel_names": list(plan.channel_names),
         "label_values": list(plan.label_values),
         "transpose_forward": list(plan.transpose_forward),
         "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None} for n in plan.normalization],
-        "resample_axis0": config.kind == "3d",
-        "spacing": list(config.spacing) if config.kind == "3d" else list(config.spacing[1:]),
+        "resample_axis0": kind.resamples_axis0,
+        "spacing": list(config.spacing) if kind.resamples_axis0 else list(config.spacing[1:]),
         "resampling": vars(config.resampling),
     }
 
