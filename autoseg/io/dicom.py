@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from autoseg.errors import ImageReadError
-from autoseg.io.image import Image, image_from_sitk
+from autoseg.io.volume import Image, image_from_sitk
 
 logger = logging.getLogger(__name__)
 

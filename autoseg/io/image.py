@@ -1,8 +1,10 @@
 """Image files (NIfTI, NRRD, MHA, …) read and written through SimpleITK, geometry kept.
 
-Arrays are ``(Z, Y, X)``; :class:`Geometry` keeps spacing in the same order and origin/direction
-in SimpleITK's physical (x, y, z) order, so that writing an array with the geometry of the scan
-it came from gives a file that overlays the scan exactly.
+Arrays are ``(Z, Y, X)``; :class:`~autoseg.io.volume.Geometry` keeps spacing in the same order
+and origin/direction in SimpleITK's physical (x, y, z) order, so that writing an array with the
+geometry of the scan it came from gives a file that overlays the scan exactly. A folder holding
+a DICOM series is read by :mod:`autoseg.io.dicom` (imported on first use: pydicom costs start-up);
+both build on :mod:`autoseg.io.volume`, so neither imports the other back.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,89 +24,24 @@ import SimpleITK as sitk
 
 from autoseg._atomic import write_atomic
 from autoseg.errors import ImageReadError
+from autoseg.io.volume import GRID_ATOL, SPACING_RTOL, Geometry, Image, image_from_sitk
+
+__all__ = [
+    "GRID_ATOL",
+    "IMAGE_ENDINGS",
+    "SPACING_RTOL",
+    "Geometry",
+    "Image",
+    "has_image_ending",
+    "image_from_sitk",
+    "is_dicom_folder",
+    "read_image",
+    "strip_ending",
+    "write_image",
+]
 
 #: File endings SimpleITK reads for us, longest first so that ``.nii.gz`` wins over ``.gz``.
 IMAGE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl")
-
-
-#: Default tolerances of :meth:`Geometry.same_grid`: spacing relative, origin (mm) and direction
-#: cosines absolute.
-SPACING_RTOL, GRID_ATOL = 1e-3, 1e-3
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where an image's voxels lie in physical space.
-
-    Attributes:
-        spacing: voxel size in mm, ``(z, y, x)`` like the array axes.
-        origin: physical position of voxel (0, 0, 0), SimpleITK ``(x, y, z)`` order.
-        direction: 3x3 direction cosines, row-major, SimpleITK order (9 floats).
-    """
-
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    def same_grid(self, other: Geometry, *, rtol: float = SPACING_RTOL, atol: float = GRID_ATOL) -> bool:
-        """Whether two geometries place voxels at the same physical points.
-
-        Spacing may differ by ``rtol`` (relative) plus ``atol`` mm, origin by ``atol`` mm and the
-        direction cosines by ``atol``; the defaults are what datasets are checked with.
-        """
-        return (
-            np.allclose(self.spacing, other.spacing, rtol=rtol, atol=atol)
-            and np.allclose(self.origin, other.origin, rtol=0, atol=atol)
-            and np.allclose(self.direction, other.direction, rtol=0, atol=atol)
-        )
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """JSON-ready form."""
-        return {
-            "spacing": list(self.spacing),
-            "origin": list(self.origin),
-            "direction": list(self.direction),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, list[float]]) -> Geometry:
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
-
-    @classmethod
-    def from_sitk(cls, img: sitk.Image) -> Geometry:
-        """Geometry of a SimpleITK image, spacing turned to array order."""
-        return cls(
-            spacing=tuple(float(s) for s in reversed(img.GetSpacing())),
-            origin=tuple(float(o) for o in img.GetOrigin()),
-            direction=tuple(float(d) for d in img.GetDirection()),
-        )
-
-    def apply_to(self, img: sitk.Image) -> None:
-        """Stamp this geometry on a SimpleITK image of the same dimension."""
-        img.SetSpacing(tuple(reversed(self.spacing)))
-        img.SetOrigin(self.origin)
-        img.SetDirection(self.direction)
-
-
-@dataclass(frozen=True)
-class Image:
-    """A voxel array and its geometry.
-
-    Attributes:
-        array: ``(Z, Y, X)`` array in the file's own dtype.
-        geometry: spacing, origin and direction.
-        path: where it was read from (for messages).
-    """
-
-    array: np.ndarray
-    geometry: Geometry
-    path: Path | None = None
-
-    @property
-    def spacing(self) -> tuple[float, ...]:
-        """Voxel size in mm, ``(z, y, x)``."""
-        return self.geometry.spacing
 
 
 def has_image_ending(path: Path, endings: tuple[str, ...] = IMAGE_ENDINGS) -> bool:
@@ -264,23 +200,6 @@ def read_image(path: str | os.PathLike[str], *, check_stream: bool = True) -> Im
         unreadable="cannot be read as an image ({error}); check the file format",
         multi_component="has {n} components per voxel; store each channel as its own file (_0000, _0001, …)",
     )
-
-
-def image_from_sitk(
-    source: Path, read: Callable[[], sitk.Image], *, unreadable: str, multi_component: str
-) -> Image:
-    """Run a SimpleITK read; its errors and multi-component volumes become one-line
-    :class:`ImageReadError` messages naming ``source`` (``{error}`` and ``{n}`` are filled in)."""
-    try:
-        img = read()
-    except RuntimeError as e:
-        error = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        msg = f"{source}: " + unreadable.format(error=error)
-        raise ImageReadError(msg) from e
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        msg = f"{source}: " + multi_component.format(n=img.GetNumberOfComponentsPerPixel())
-        raise ImageReadError(msg)
-    return Image(sitk.GetArrayFromImage(img), Geometry.from_sitk(img), source)
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
