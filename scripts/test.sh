@@ -5,4 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest -q "$@"
+if [ $# -eq 0 ]; then
+  # The whole suite (tests/ and the package's doctests), with coverage of the package, child
+  # processes included, and its floor (pyproject.toml [tool.coverage.report] fail_under).
+  .venv/bin/python -m pytest -q --cov=autoseg --cov-report=term
+else
+  .venv/bin/python -m pytest -q "$@"
+fi
