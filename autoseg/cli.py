@@ -39,6 +39,19 @@ log = logging.getLogger("autoseg")
 
 EXIT_BAD_INPUT = 2
 
+#: The options dataclasses of each command (every command also has CommonOptions'); the
+#: positional arguments and required paths are added in :func:`build_parser`.
+COMMAND_OPTIONS: dict[str, tuple[type, ...]] = {
+    "verify": (VerifyOptions,),
+    "plan": (PlanOptions,),
+    "preprocess": (PreprocessOptions,),
+    "train": (TrainConfig, TrainRunOptions),
+    "predict": (PredictOptions,),
+    "evaluate": (EvaluateOptions,),
+    "find-best": (FindBestOptions,),
+    "export": (ExportOptions,),
+}
+
 
 def _workspace(args: argparse.Namespace):
     from autoseg.workspace import Workspace
@@ -333,13 +346,19 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _command(
-    sub: Any, name: str, common: argparse.ArgumentParser, func: Callable, *option_classes: type, **kw: str
+    sub: Any, name: str, common: argparse.ArgumentParser, func: Callable, **kw: str
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, parents=[common], formatter_class=_Formatter, **kw)
     parser.set_defaults(func=func)
-    for cls in option_classes:
-        add_options(parser, cls)
     return parser
+
+
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parsers of a :func:`build_parser` parser, by command name."""
+    for action in parser._actions:  # argparse has no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -367,7 +386,6 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         common,
         _cmd_verify,
-        VerifyOptions,
         help="check a dataset; writes nothing",
         description="Check every file of a dataset and report all problems.",
     )
@@ -378,7 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         common,
         _cmd_plan,
-        PlanOptions,
         help="verify, fingerprint and plan a dataset",
         description="Verify the dataset, extract its fingerprint and write "
         "<work>/<name>/fingerprint.json and plans.json.",
@@ -390,7 +407,6 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocess",
         common,
         _cmd_preprocess,
-        PreprocessOptions,
         help="preprocess a planned dataset",
         description="Preprocess a planned dataset (train does this on first use).",
     )
@@ -401,8 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         common,
         _cmd_train,
-        TrainConfig,
-        TrainRunOptions,
         help="train one configuration on one fold",
         description="Train CONFIG on FOLD (0-4 or all) of a planned dataset.",
     )
@@ -427,7 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(CASE_0000.nii.gz…, CASE.nii.gz, DICOM series sub-folders)",
     )
     pr.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    add_options(pr, PredictOptions)
 
     ev = _command(
         sub,
@@ -441,14 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
     ev.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
     ev.add_argument("-o", "--output", type=Path, required=True, help="FILE.json (a CSV beside it)")
-    add_options(ev, EvaluateOptions)
 
     fb = _command(
         sub,
         "find-best",
         common,
         _cmd_find_best,
-        FindBestOptions,
         help="choose configuration/ensemble and post-processing from CV",
         description="Compare the trained configurations and their pairwise "
         "ensembles on the folds' validation predictions; record the best and its "
@@ -461,7 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         common,
         _cmd_export,
-        ExportOptions,
         help="export a trained model (ONNX, TensorRT)",
         description="Export the fold networks of a trained configuration (dynamic "
         "batch) with a JSON sidecar, into the model folder where `predict "
@@ -469,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("dataset", help="dataset name or folder")
     ex.add_argument("configuration", help="trained configuration")
+    for name, parser in commands(p).items():
+        for cls in COMMAND_OPTIONS[name]:
+            add_options(parser, cls)
     return p
 
 

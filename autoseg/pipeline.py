@@ -156,7 +156,7 @@ def train(
         try:
             groups = groups_from_regex(ids, group_by)
         except ValueError as e:
-            msg = f"--group-by {group_by!r}: {e}; it must match every case (its first group: the patient)"
+            msg = f"--group-by: {e}; it must match every case (its first group: the patient)"
             raise DatasetError(msg) from e
     if world.is_main:
         workers = preprocess_workers or default_workers()
