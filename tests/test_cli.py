@@ -336,3 +336,17 @@ def test_flag_scan_catches_a_wrong_hint() -> None:
     assert COMMAND_LINE.findall("run `autoseg export DATASET CONFIG --format onnx` first") == [
         ("export", " DATASET CONFIG --format onnx")
     ]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "plans/README.md"])
+def test_every_flag_the_readme_names_exists(doc: str) -> None:
+    path = Path(__file__).parents[1] / doc
+    if not path.is_file():
+        pytest.skip(f"{doc} is not beside the tests")
+    parser = cli.build_parser()
+    every = {
+        s for p in (parser, *cli.commands(parser).values()) for a in p._actions for s in a.option_strings
+    }
+    named = FLAG.findall(path.read_text(encoding="utf-8"))
+    assert named
+    assert sorted(set(named) - every) == []
