@@ -1,5 +1,9 @@
 """The ``autoseg`` command line: parses arguments, calls :mod:`autoseg.pipeline`, maps errors.
 
+The sub-parsers are built from the options dataclasses (:class:`~autoseg.training.config.TrainConfig`
+and :mod:`autoseg.command_options`), which hold every option's default, choices, range and help;
+out-of-range numbers, nan and inf are refused while parsing (exit 2, one line naming the flag).
+
 Exit codes: 0 success, 2 bad input (one message per problem, each naming the file and the fix,
 no traceback), 1 an unexpected failure (a bug: the traceback is kept). Heavy modules (torch) are
 imported inside the commands that need them, so ``autoseg --help`` and ``autoseg plan`` start fast.
@@ -11,15 +15,42 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from autoseg import __version__
+from autoseg.command_options import (
+    CommonOptions,
+    EvaluateOptions,
+    ExportOptions,
+    FindBestOptions,
+    PlanOptions,
+    PredictOptions,
+    PreprocessOptions,
+    TrainRunOptions,
+    VerifyOptions,
+)
 from autoseg.errors import AutosegError
+from autoseg.options import describe, from_values, parse_fold
+from autoseg.training.config import TrainConfig
 
 log = logging.getLogger("autoseg")
 
 EXIT_BAD_INPUT = 2
+
+#: The options dataclasses of each command (every command also has CommonOptions'); the
+#: positional arguments and required paths are added in :func:`build_parser`.
+COMMAND_OPTIONS: dict[str, tuple[type, ...]] = {
+    "verify": (VerifyOptions,),
+    "plan": (PlanOptions,),
+    "preprocess": (PreprocessOptions,),
+    "train": (TrainConfig, TrainRunOptions),
+    "predict": (PredictOptions,),
+    "evaluate": (EvaluateOptions,),
+    "find-best": (FindBestOptions,),
+    "export": (ExportOptions,),
+}
 
 
 def _workspace(args: argparse.Namespace):
@@ -29,18 +60,33 @@ def _workspace(args: argparse.Namespace):
     return Workspace(Path(root))
 
 
-def _workers(args: argparse.Namespace) -> int:
+def _options(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """The command's options dataclass from the parsed arguments (unset ones keep its defaults)."""
+    return from_values(cls, vars(args), **fixed)
+
+
+def _preprocess_workers(opts: Any) -> int:
+    """``--preprocess-workers``, else the deprecated ``--workers`` (0 meant the default), else the
+    CPUs available (at most 8)."""
     from autoseg._parallel import default_workers
 
-    return args.workers if args.workers else default_workers()
+    _warn_legacy_workers(opts)
+    return opts.preprocess_workers or opts.legacy_workers or default_workers()
+
+
+def _warn_legacy_workers(opts: Any) -> None:
+    if opts.legacy_workers is not None:
+        advice = next(d.option.deprecated for d in describe(type(opts)) if d.name == "legacy_workers")
+        log.warning("--workers is deprecated: %s", advice)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from autoseg.pipeline import verify
 
+    opts = _options(VerifyOptions, args)
     ws = _workspace(args)
     _, folder = ws.resolve(args.dataset)
-    report = verify(folder, workers=_workers(args))
+    report = verify(folder, workers=_preprocess_workers(opts))
     for w in report.warnings:
         log.warning(w)
     if report.problems:
@@ -57,10 +103,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from autoseg.pipeline import plan
     from autoseg.planning.kinds import KINDS
 
+    opts = _options(PlanOptions, args)
     ws = _workspace(args)
     _, folder = ws.resolve(args.dataset)
-    gpu = args.gpu_memory if args.gpu_memory is not None else default_gpu_memory_gb()
-    fp, the_plan = plan(folder, ws, gpu_memory_gb=gpu, workers=_workers(args), add_2p5d=args.add_2p5d)
+    gpu = opts.gpu_memory if opts.gpu_memory is not None else default_gpu_memory_gb()
+    fp, the_plan = plan(
+        folder, ws, gpu_memory_gb=gpu, workers=_preprocess_workers(opts), add_2p5d=opts.add_2p5d
+    )
     out = ws.dataset_dir(the_plan.dataset_name)
     lines = [
         f"plan for {the_plan.dataset_name} ({len(fp.cases)} cases, {gpu:g} GB budget) -> {out / 'plans.json'}"
@@ -79,8 +128,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from autoseg.pipeline import preprocess
 
+    opts = _options(PreprocessOptions, args)
     folders = preprocess(
-        args.dataset, _workspace(args), configurations=args.configurations, workers=_workers(args)
+        args.dataset,
+        _workspace(args),
+        configurations=_list(opts.configurations),
+        workers=_preprocess_workers(opts),
     )
     for f in folders:
         log.info("preprocessed data: %s", f)
@@ -98,39 +151,39 @@ def _device(requested: str | None) -> str:
     return device
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``train`` arguments: unset options keep the dataclass
+    defaults, except the device (CUDA when available) and the deprecated ``--workers``.
+
+    Raises:
+        AutosegError: ``--device cuda`` without a CUDA device.
+    """
+    run = _options(TrainRunOptions, args)
+    augment = args.workers
+    if augment is None and run.legacy_workers is not None:
+        augment = run.legacy_workers
+    values = {**vars(args), "workers": augment}
+    return from_values(
+        TrainConfig, values, configuration=args.configuration, fold=args.fold, device=_device(args.device)
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from autoseg.pipeline import train
-    from autoseg.training.config import TrainConfig
     from autoseg.training.trainer import TrainingInterrupted
 
-    device = _device(args.device)
-    fold = "all" if args.fold == "all" else int(args.fold)
-    defaults = TrainConfig(configuration=args.configuration, fold=fold)
-    cfg = TrainConfig(
-        configuration=args.configuration,
-        fold=fold,
-        device=device,
-        epochs=args.epochs or defaults.epochs,
-        iters_per_epoch=args.iters_per_epoch or defaults.iters_per_epoch,
-        val_iters=args.val_iters if args.val_iters is not None else defaults.val_iters,
-        lr=args.lr,
-        loss=args.loss,
-        precision=args.precision,
-        accumulate=args.accumulate,
-        workers=args.workers if args.workers is not None else defaults.workers,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        val_probabilities=not args.no_val_probabilities,
-        batch_size=args.batch_size,
-    )
+    run = _options(TrainRunOptions, args)
+    cfg = train_config(args)
+    # --workers N (deprecated) also set the preprocessing workers when N >= 1
+    workers = _preprocess_workers(run)
     try:
         fold_dir = train(
             args.dataset,
             _workspace(args),
             cfg,
-            resume=args.resume,
-            group_by=args.group_by,
-            preprocess_workers=_workers(args),
+            resume=run.resume,
+            group_by=run.group_by,
+            preprocess_workers=workers,
         )
     except TrainingInterrupted:
         return 130
@@ -141,23 +194,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from autoseg.pipeline import predict
 
-    device = _device(args.device)
+    opts = _options(PredictOptions, args)
+    _warn_legacy_workers(opts)
+    device = _device(opts.device)
     report = predict(
         args.input,
         args.output,
         _workspace(args),
-        dataset=args.dataset,
-        configurations=args.configurations,
-        folds=args.folds,
+        dataset=opts.dataset,
+        configurations=_list(opts.configurations),
+        folds=_list(opts.folds),
         device=device,
-        precision=args.precision,
-        step=args.step,
-        tta=not args.no_tta,
-        overwrite=args.overwrite,
-        save_probabilities=args.save_probabilities,
-        checkpoint=args.checkpoint,
-        backend=args.backend,
-        postprocess=not args.no_postprocessing,
+        precision=opts.precision,
+        step=opts.step,
+        tta=opts.tta,
+        overwrite=opts.overwrite,
+        save_probabilities=opts.save_probabilities,
+        checkpoint=opts.checkpoint,
+        backend=opts.backend,
+        postprocess=opts.postprocessing,
     )
     log.info(
         "%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",
@@ -175,19 +230,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from autoseg.evaluation.evaluate import evaluate_folders
 
+    opts = _options(EvaluateOptions, args)
     out = args.output
     summary = evaluate_folders(
         args.pred,
         args.ref,
         out,
-        labels=args.labels,
-        tolerance_mm=args.tolerance,
-        workers=_workers(args),
-        plot=args.plot,
+        labels=_list(opts.labels),
+        tolerance_mm=opts.tolerance,
+        workers=_preprocess_workers(opts),
+        plot=opts.plot,
     )
     lines = [
         f"{summary['settings']['n_cases']} cases -> {out} (+ {out.with_suffix('.csv').name}"
-        + (", box plot" if args.plot else "")
+        + (", box plot" if opts.plot else "")
         + ")",
         f"{'label':>8} {'Dice':>7} {'IoU':>7} {'HD95 mm':>8} {'NSD':>7}",
     ]
@@ -195,10 +251,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"{lab:>8} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
     m = summary["mean"]
     lines.append(f"{'mean':>8} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
-    if args.images is not None:
+    if opts.images is not None:
         from autoseg.evaluation.overlay import save_overlays
 
-        pngs = save_overlays(args.images, args.ref, args.pred, out.parent / f"{out.stem}_overlays")
+        pngs = save_overlays(opts.images, args.ref, args.pred, out.parent / f"{out.stem}_overlays")
         lines.append(f"{len(pngs)} overlay PNGs -> {out.parent / f'{out.stem}_overlays'}")
     log.info("\n".join(lines))
     return 0
@@ -207,8 +263,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_find_best(args: argparse.Namespace) -> int:
     from autoseg.pipeline import find_best
 
+    opts = _options(FindBestOptions, args)
     info = find_best(
-        args.dataset, _workspace(args), configurations=args.configurations, workers=_workers(args)
+        args.dataset,
+        _workspace(args),
+        configurations=_list(opts.configurations),
+        workers=_preprocess_workers(opts),
     )
     lines = ["cross-validation foreground-mean Dice:"]
     lines += [f"  {k:<28} {'n/a' if v is None else f'{v:.4f}'}" for k, v in info["cv_dice"].items()]
@@ -223,179 +283,153 @@ def _cmd_find_best(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from autoseg.pipeline import export
 
+    opts = _options(ExportOptions, args)
+    _warn_legacy_workers(opts)
     paths = export(
         args.dataset,
         args.configuration,
         _workspace(args),
-        fmt=args.format,
-        folds=args.folds,
-        out=args.output,
-        fp16=args.fp16,
+        fmt=opts.format,
+        folds=_list(opts.folds),
+        out=opts.output,
+        fp16=opts.fp16,
     )
     log.info(
         "exported %d fold(s): %s%s",
         len(paths),
         ", ".join(str(p) for p in paths),
-        f" (copy in {args.output})" if args.output else "",
+        f" (copy in {opts.output})" if opts.output else "",
     )
     return 0
 
 
-def _fold(value: str) -> str:
-    if value == "all" or (value.isdigit() and 0 <= int(value) <= 4):
-        return value
-    msg = f"FOLD must be 0-4 or 'all', got {value!r}"
-    raise argparse.ArgumentTypeError(msg)
-
-
-def _step(value: str) -> float:
-    """A sliding-window step: more than 0 (else endless windows), at most 1 (else gaps)."""
-    try:
-        step = float(value)
-    except ValueError:
-        step = float("nan")
-    if 0 < step <= 1:
-        return step
-    msg = f"STEP must be a fraction of the patch in (0, 1], got {value!r} (0.5: windows overlap by half)"
-    raise argparse.ArgumentTypeError(msg)
+def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
+    return None if values is None else list(values)
 
 
 def _fmt(v: Sequence[float]) -> str:
     return "x".join(f"{x:g}" for x in v)
 
 
+def _checked(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` whose ``ValueError`` message is shown as is (argparse would replace it
+    with "invalid value"), after ``argument --flag:``."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add the options of a settings dataclass (see :mod:`autoseg.options`) to ``parser``.
+
+    Options that take a value default to ``None`` ("not given"): the dataclass fills in its
+    default when built with :func:`~autoseg.options.from_values`, so the default lives only there.
+    """
+    for d in describe(cls):
+        kw: dict[str, Any] = {"dest": d.name, "help": d.help()}
+        if d.kind is bool:
+            kw["action"] = "store_false" if d.default is True else "store_true"
+        else:
+            kw.update(default=None, type=_checked(d.convert))
+            if d.choices is None:
+                kw["metavar"] = d.metavar
+            else:
+                kw["choices"] = d.choices
+            if d.many:
+                kw["nargs"] = "+"
+        parser.add_argument(*d.flags, **kw)
+
+
+def _command(
+    sub: Any, name: str, common: argparse.ArgumentParser, func: Callable, **kw: str
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, parents=[common], formatter_class=_Formatter, **kw)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parsers of a :func:`build_parser` parser, by command name."""
+    for action in parser._actions:  # argparse has no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wider help columns, so that defaults and ranges rarely wrap."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and documentation)."""
+    """The argument parser (exposed for tests and documentation), built from the options
+    dataclasses: :class:`TrainConfig` and those of :mod:`autoseg.command_options`."""
     p = argparse.ArgumentParser(
         prog="autoseg",
         description="Self-configuring segmentation of 3D medical images.",
     )
     p.add_argument("--version", action="version", version=f"autoseg {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        help="work folder (default: $AUTOSEG_WORK, else ./autoseg_work)",
-    )
-    common.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="worker processes (default: CPUs available, at most 8; for train: "
-        "augmentation workers, default 2)",
-    )
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    add_options(common, CommonOptions)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dataset_help = "dataset folder (nnU-Net v2 or MSD layout) or planned name"
 
-    v = sub.add_parser(
+    v = _command(
+        sub,
         "verify",
-        parents=[common],
+        common,
+        _cmd_verify,
         help="check a dataset; writes nothing",
         description="Check every file of a dataset and report all problems.",
     )
-    v.add_argument("dataset", help="dataset folder (nnU-Net v2 or MSD layout) or planned name")
-    v.set_defaults(func=_cmd_verify)
+    v.add_argument("dataset", help=dataset_help)
 
-    pl = sub.add_parser(
+    pl = _command(
+        sub,
         "plan",
-        parents=[common],
+        common,
+        _cmd_plan,
         help="verify, fingerprint and plan a dataset",
         description="Verify the dataset, extract its fingerprint and write "
         "<work>/<name>/fingerprint.json and plans.json.",
     )
-    pl.add_argument("dataset", help="dataset folder (nnU-Net v2 or MSD layout) or planned name")
-    pl.add_argument(
-        "--gpu-memory",
-        type=float,
-        default=None,
-        metavar="GB",
-        help="memory budget for patch and batch size (default: the CUDA device's, else 8)",
-    )
-    pl.add_argument(
-        "--add-2.5d",
-        dest="add_2p5d",
-        action="store_true",
-        help="offer the 2.5d configuration even for data that is not thick-sliced",
-    )
-    pl.set_defaults(func=_cmd_plan)
+    pl.add_argument("dataset", help=dataset_help)
 
-    pp = sub.add_parser(
+    pp = _command(
+        sub,
         "preprocess",
-        parents=[common],
+        common,
+        _cmd_preprocess,
         help="preprocess a planned dataset",
         description="Preprocess a planned dataset (train does this on first use).",
     )
     pp.add_argument("dataset", help="dataset folder or planned name")
-    pp.add_argument(
-        "-c",
-        "--configurations",
-        nargs="+",
-        default=None,
-        metavar="CONFIG",
-        help="configurations to preprocess (default: all in the plan)",
-    )
-    pp.set_defaults(func=_cmd_preprocess)
 
-    tr = sub.add_parser(
+    tr = _command(
+        sub,
         "train",
-        parents=[common],
+        common,
+        _cmd_train,
         help="train one configuration on one fold",
         description="Train CONFIG on FOLD (0-4 or all) of a planned dataset.",
     )
     tr.add_argument("dataset", help="dataset folder or planned name")
     tr.add_argument("configuration", help="a configuration of the plan (2d, 2.5d, 3d_fullres, ...)")
-    tr.add_argument("fold", type=_fold, help="0-4, or all")
-    tr.add_argument("--epochs", type=int, default=None, help="epochs (default 1000)")
-    tr.add_argument("--iters-per-epoch", type=int, default=None, help="iterations per epoch (default 250)")
-    tr.add_argument(
-        "--val-iters",
-        type=int,
-        default=None,
-        help="validation batches per epoch for the pseudo-Dice (default 50)",
-    )
-    tr.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
-    tr.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="auto: fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32",
-    )
-    tr.add_argument("--accumulate", type=int, default=1, metavar="N", help="gradient accumulation steps")
-    tr.add_argument(
-        "--loss",
-        choices=["dice_ce", "dice_focal"],
-        default="dice_ce",
-        help="dice_focal for strong class imbalance",
-    )
-    tr.add_argument("--lr", type=float, default=1e-2, help="initial learning rate")
-    tr.add_argument("--batch-size", type=int, default=None, help="override the plan's batch size")
-    tr.add_argument("--seed", type=int, default=12345)
-    tr.add_argument("--checkpoint-every", type=int, default=5, metavar="EPOCHS")
-    tr.add_argument(
-        "--continue",
-        dest="resume",
-        action="store_true",
-        help="resume from the latest checkpoint of this fold",
-    )
-    tr.add_argument(
-        "--group-by",
-        default=None,
-        metavar="REGEX",
-        help="case-name pattern whose first group names the patient (no patient in "
-        "both training and validation)",
-    )
-    tr.add_argument(
-        "--no-val-probabilities",
-        action="store_true",
-        help="do not keep validation probabilities (needed for ensembles)",
-    )
-    tr.set_defaults(func=_cmd_train)
+    tr.add_argument("fold", type=_checked(parse_fold), help="0-4, or all")
 
-    pr = sub.add_parser(
+    pr = _command(
+        sub,
         "predict",
-        parents=[common],
+        common,
+        _cmd_predict,
         help="segment new scans",
         description="Segment scans with trained models; outputs CASE.nii.gz on each input's own grid.",
     )
@@ -408,63 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(CASE_0000.nii.gz…, CASE.nii.gz, DICOM series sub-folders)",
     )
     pr.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    pr.add_argument(
-        "-d",
-        "--dataset",
-        default=None,
-        help="dataset name or folder (default: the only one in the work folder)",
-    )
-    pr.add_argument(
-        "-c",
-        "--configurations",
-        nargs="+",
-        default=None,
-        metavar="CONFIG",
-        help="configuration(s); several are ensembled (default: find-best's choice, "
-        "else the only trained one)",
-    )
-    pr.add_argument(
-        "-f",
-        "--folds",
-        nargs="+",
-        default=None,
-        metavar="FOLD",
-        help="folds to average (default: all trained)",
-    )
-    pr.add_argument(
-        "--step", type=_step, default=0.5, help="sliding-window step as a fraction of the patch (default 0.5)"
-    )
-    pr.add_argument("--no-tta", action="store_true", help="no mirror test-time augmentation")
-    pr.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
-    pr.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32",
-    )
-    pr.add_argument("--overwrite", action="store_true", help="redo existing outputs")
-    pr.add_argument(
-        "--save-probabilities",
-        action="store_true",
-        help="also write CASE.npz with softmax probabilities (float16)",
-    )
-    pr.add_argument(
-        "--no-postprocessing",
-        action="store_true",
-        help="write the raw label maps (default: apply find-best's post-processing, or the model's own)",
-    )
-    pr.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
-    pr.add_argument(
-        "--backend",
-        choices=["torch", "onnx", "tensorrt"],
-        default="torch",
-        help="run the exported networks (autoseg export) with onnxruntime or TensorRT",
-    )
-    pr.set_defaults(func=_cmd_predict)
 
-    ev = sub.add_parser(
+    ev = _command(
+        sub,
         "evaluate",
-        parents=[common],
+        common,
+        _cmd_evaluate,
         help="score predictions against references",
         description="Per case and label: Dice, IoU, HD95, normalised surface "
         "Dice, sensitivity, specificity, precision, volume difference; JSON + CSV.",
@@ -472,48 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
     ev.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
     ev.add_argument("-o", "--output", type=Path, required=True, help="FILE.json (a CSV beside it)")
-    ev.add_argument(
-        "--labels",
-        type=int,
-        nargs="+",
-        default=None,
-        help="labels to score (default: every nonzero value in the references)",
-    )
-    ev.add_argument(
-        "--tolerance", type=float, default=1.0, metavar="MM", help="surface Dice tolerance in mm (default 1)"
-    )
-    ev.add_argument("--plot", action="store_true", help="also save a box plot PNG")
-    ev.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder of the scans: also save a PNG per case (a slice with the "
-        "reference and predicted outlines) in <stem>_overlays/",
-    )
-    ev.set_defaults(func=_cmd_evaluate)
 
-    fb = sub.add_parser(
+    fb = _command(
+        sub,
         "find-best",
-        parents=[common],
+        common,
+        _cmd_find_best,
         help="choose configuration/ensemble and post-processing from CV",
         description="Compare the trained configurations and their pairwise "
         "ensembles on the folds' validation predictions; record the best and its "
         "post-processing for `autoseg predict`.",
     )
     fb.add_argument("dataset", help="dataset name or folder")
-    fb.add_argument(
-        "-c",
-        "--configurations",
-        nargs="+",
-        default=None,
-        metavar="CONFIG",
-        help="configurations to consider (default: all trained)",
-    )
-    fb.set_defaults(func=_cmd_find_best)
 
-    ex = sub.add_parser(
+    ex = _command(
+        sub,
         "export",
-        parents=[common],
+        common,
+        _cmd_export,
         help="export a trained model (ONNX, TensorRT)",
         description="Export the fold networks of a trained configuration (dynamic "
         "batch) with a JSON sidecar, into the model folder where `predict "
@@ -521,20 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("dataset", help="dataset name or folder")
     ex.add_argument("configuration", help="trained configuration")
-    ex.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
-    ex.add_argument(
-        "-f",
-        "--folds",
-        nargs="+",
-        default=None,
-        metavar="FOLD",
-        help="folds to export (default: every trained fold)",
-    )
-    ex.add_argument(
-        "-o", "--output", type=Path, default=None, help="also copy the exported files here (ONNX)"
-    )
-    ex.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
-    ex.set_defaults(func=_cmd_export)
+    for name, parser in commands(p).items():
+        for cls in COMMAND_OPTIONS[name]:
+            add_options(parser, cls)
     return p
 
 

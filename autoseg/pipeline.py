@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoseg.command_options import PredictOptions
 from autoseg.errors import DatasetError, PlanError
 from autoseg.fingerprint.extract import extract_fingerprint, fingerprint_cases
 from autoseg.fingerprint.model import Fingerprint
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from autoseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+_PREDICT = PredictOptions()
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,12 @@ def train(
     *,
     resume: bool = False,
     group_by: str | None = None,
-    preprocess_workers: int = 2,
+    preprocess_workers: int | None = None,
 ) -> Path:
     """Train one configuration on one fold (preprocessing first if needed).
+
+    ``preprocess_workers`` are the processes that preprocess the cases (default: the CPUs
+    available, at most 8); the augmentation workers are ``cfg.workers``.
 
     Returns:
         The fold's folder ``<work>/<name>/models/<config>/fold_<k>/``.
@@ -122,6 +128,7 @@ def train(
         PlanError: the plan lacks the configuration (the message lists those it has).
         DatasetError: a case cannot be read, or the fold does not exist.
     """
+    from autoseg._parallel import default_workers
     from autoseg.data.splits import fold_cases, groups_from_regex, load_or_create_splits
     from autoseg.preprocessing.run import preprocess_dataset
     from autoseg.training import distributed as dist
@@ -143,15 +150,20 @@ def train(
         logging.getLogger("autoseg").setLevel(logging.WARNING)
     ds = load_dataset(folder)
     ds_dir = workspace.dataset_dir(name)
+    ids = [c.case_id for c in ds.cases]
+    groups = {c.case_id: c.patient for c in ds.cases if c.patient} or None
+    if group_by:  # before preprocessing: a wrong pattern fails at once and writes nothing
+        try:
+            groups = groups_from_regex(ids, group_by)
+        except ValueError as e:
+            msg = f"--group-by: {e}; it must match every case (its first group: the patient)"
+            raise DatasetError(msg) from e
     if world.is_main:
-        store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=preprocess_workers)
+        workers = preprocess_workers or default_workers()
+        store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=workers)
     dist.barrier()
     if not world.is_main:
         store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=1)
-    ids = [c.case_id for c in ds.cases]
-    groups = {c.case_id: c.patient for c in ds.cases if c.patient} or None
-    if group_by:
-        groups = groups_from_regex(ids, group_by)
     if cfg.fold == "all":  # no split needed (and small datasets may not have 5 folds' worth)
         train_ids, val_ids = sorted(ids), []
     else:
@@ -214,21 +226,22 @@ def predict(
     configurations: list[str] | None,
     folds: list[str] | None,
     device: str,
-    precision: str = "auto",
-    step: float = 0.5,
-    tta: bool = True,
-    overwrite: bool = False,
-    save_probabilities: bool = False,
-    checkpoint: str = "final",
-    backend: str = "torch",
-    postprocess: bool = True,
+    precision: str = _PREDICT.precision,
+    step: float = _PREDICT.step,
+    tta: bool = _PREDICT.tta,
+    overwrite: bool = _PREDICT.overwrite,
+    save_probabilities: bool = _PREDICT.save_probabilities,
+    checkpoint: str = _PREDICT.checkpoint,
+    backend: str = _PREDICT.backend,
+    postprocess: bool = _PREDICT.postprocessing,
 ) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
     Without ``dataset``, the work folder must hold exactly one planned dataset. Without
     ``configurations``, find-best's choice is used (its configurations, folds and
     post-processing), else the only trained configuration. ``folds`` overrides the folds of
-    whichever configurations are used. ``postprocess=False`` writes the raw label maps.
+    whichever configurations are used. ``postprocess=False`` writes the raw label maps. The
+    defaults are ``autoseg predict``'s (:class:`~autoseg.command_options.PredictOptions`).
     """
     import torch
 

@@ -15,7 +15,7 @@ S=data/hippocampus_sample
 $A plan "$S" --work-dir "$WORK"
 for fold in 0 1 2 3 4; do
   $A train hippocampus_sample 3d_fullres "$fold" --work-dir "$WORK" --device cpu --continue \
-     --epochs "${EPOCHS:-8}" --iters-per-epoch "${ITERS:-25}" --val-iters 2 --workers 1
+     --epochs "${EPOCHS:-8}" --iters-per-epoch "${ITERS:-25}" --val-iters 2 --augment-workers 1
 done
 $A find-best hippocampus_sample --work-dir "$WORK"
 $A predict -i "$S/imagesTs" -o "$WORK/predictions" --work-dir "$WORK" --device cpu --overwrite

@@ -106,23 +106,40 @@ def _group_folds(
 def groups_from_regex(case_ids: Sequence[str], pattern: str | re.Pattern[str]) -> dict[str, str]:
     r"""Patient of each case from its id: the first capture group of ``pattern``, or the whole match.
 
-    ``pattern`` is searched (not anchored), e.g. ``r"^(pat\d+)_"`` for ``pat007_scan2``.
+    ``pattern`` is searched (not anchored), e.g. ``r"^(pat\d+)_"`` for ``pat007_scan2``. Every
+    case must match (with its first group taking part), else the patients would be guessed.
 
     Raises:
-        ValueError: a case id does not match; the message names it.
+        ValueError: ``pattern`` is not a regular expression, or case ids do not match it; the
+            message names the pattern and the cases (the first few of them).
 
     Examples:
         >>> groups_from_regex(["p1_a", "p1_b", "p2_a"], r"^(p\d+)_")
         {'p1_a': 'p1', 'p1_b': 'p1', 'p2_a': 'p2'}
     """
-    regex = re.compile(pattern)
-    out = {}
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        msg = f"the patient pattern {pattern!r} is not a regular expression: {e}"
+        raise ValueError(msg) from e
+    out, unmatched = {}, []
     for cid in case_ids:
         m = regex.search(cid)
-        if m is None:
-            msg = f"case id {cid!r} does not match the patient pattern {regex.pattern!r}"
-            raise ValueError(msg)
-        out[cid] = m.group(1) if regex.groups else m.group(0)
+        patient = None if m is None else m.group(1) if regex.groups else m.group(0)
+        if patient is None:
+            unmatched.append(cid)
+        else:
+            out[cid] = patient
+    if len(unmatched) == 1:
+        msg = f"case id {unmatched[0]!r} does not match the patient pattern {regex.pattern!r}"
+        raise ValueError(msg)
+    if unmatched:
+        shown = ", ".join(repr(c) for c in unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
+        msg = (
+            f"{len(unmatched)} of {len(case_ids)} case ids do not match the patient pattern "
+            f"{regex.pattern!r} ({shown})"
+        )
+        raise ValueError(msg)
     return out
 
 

@@ -106,7 +106,7 @@ def _discover(model_dir: Path) -> _Run | str:
         if not (val / "summary.json").is_file():
             _warn(
                 f"{val}: validation incomplete (no summary.json); fold left out, re-run it with "
-                "`autoseg train --resume`"
+                "`autoseg train DATASET CONFIG FOLD --continue`"
             )
             continue
         cases = sorted(p.name[: -len(_ENDING)] for p in val.glob(f"*{_ENDING}") if not p.name.startswith("."))

@@ -1,10 +1,17 @@
 """Training settings: one dataclass built from the plan plus command-line overrides, saved beside
-the checkpoints so that a run can be repeated and ``--continue`` can check it resumes the same run."""
+the checkpoints so that a run can be repeated and ``--continue`` can check it resumes the same run.
+
+The fields that are command-line options carry their help, range and flag (see
+:mod:`autoseg.options`): ``autoseg train``'s parser is built from them, so the defaults below are
+the command's defaults. The JSON saved as ``train_config.json`` keeps the field names.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from autoseg.options import Device, Precision, option
 
 
 @dataclass
@@ -26,8 +33,9 @@ class TrainConfig:
         precision: "auto" (fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32),
             "fp32", "bf16", "fp16".
         accumulate: gradient accumulation steps per optimiser step.
-        workers: augmentation worker processes (0: in the training process).
-        seed: seed of every random draw.
+        workers: augmentation worker processes (0: in the training process); the flag is
+            ``--augment-workers`` (``--workers`` is its deprecated alias).
+        seed: seed of every random draw (numpy seeds must be non-negative).
         checkpoint_every: epochs between ``checkpoint_latest.pt`` writes.
         val_probabilities: keep softmax probabilities of the final validation (for ensembling).
         batch_size: overrides the plan's batch size (None: the plan's).
@@ -35,22 +43,36 @@ class TrainConfig:
 
     configuration: str
     fold: int | Literal["all"]
-    epochs: int = 1000
-    iters_per_epoch: int = 250
-    val_iters: int = 50
-    lr: float = 1e-2
+    epochs: int = option(1000, "epochs", minimum=1)
+    iters_per_epoch: int = option(250, "optimiser steps per epoch", metavar="N", minimum=1)
+    val_iters: int = option(
+        50, "validation batches per epoch for the pseudo-Dice, 0 for none", metavar="N", minimum=0
+    )
+    lr: float = option(1e-2, "initial learning rate", minimum=0, above_minimum=True)
     momentum: float = 0.99
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
-    loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
-    device: str = "cpu"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    accumulate: int = 1
-    workers: int = 2
-    seed: int = 12345
-    checkpoint_every: int = 5
-    val_probabilities: bool = True
-    batch_size: int | None = None
+    loss: Literal["dice_ce", "dice_focal"] = option("dice_ce", "dice_focal for strong class imbalance")
+    device: Device = option("cpu", "where the network trains", run_time_default="cuda when available")
+    precision: Precision = option(
+        "auto", "auto: fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32"
+    )
+    accumulate: int = option(1, "gradient accumulation steps", metavar="N", minimum=1)
+    workers: int = option(
+        2,
+        "augmentation worker processes, 0 to augment in the training process",
+        flags=("--augment-workers",),
+        metavar="N",
+        minimum=0,
+    )
+    seed: int = option(12345, "seed of every random draw", minimum=0, maximum=2**32 - 1)
+    checkpoint_every: int = option(
+        5, "epochs between checkpoint_latest.pt writes", metavar="EPOCHS", minimum=1
+    )
+    val_probabilities: bool = option(True, "do not keep validation probabilities (needed for ensembles)")
+    batch_size: int | None = option(
+        None, "override the plan's batch size", metavar="N", minimum=1, run_time_default="the plan's"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

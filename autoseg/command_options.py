@@ -1,0 +1,197 @@
+"""The options of each command (besides training's :class:`~autoseg.training.config.TrainConfig`),
+each field's default, choices, range and help in one place (see :mod:`autoseg.options`).
+
+Positional arguments and required paths (``-i``/``-o``, ``--pred``/``--ref``) have no default and
+are declared in :mod:`autoseg.cli`.
+
+Worker counts are two different things: ``--preprocess-workers`` (processes that read, check,
+preprocess or score cases) and train's ``--augment-workers`` (processes feeding augmented batches
+to the network, a field of TrainConfig). ``--workers`` is kept as a deprecated alias with its old
+meaning for each command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from autoseg._device import DEFAULT_GPU_MEMORY_GB
+from autoseg.options import Device, Precision, option, regex
+
+
+def _preprocess_workers() -> Any:
+    return option(
+        None,
+        "processes for reading, checking, preprocessing and scoring cases",
+        metavar="N",
+        minimum=1,
+        run_time_default="CPUs available, at most 8",
+    )
+
+
+def _legacy_workers(meaning: str, advice: str) -> Any:
+    # dest ``legacy_workers``: TrainConfig's ``workers`` (augmentation) is another option
+    return option(None, meaning, flags=("--workers",), metavar="N", minimum=0, deprecated=advice)
+
+
+def _configurations(what: str, default: str) -> Any:
+    return option(None, what, flags=("-c", "--configurations"), metavar="CONFIG", run_time_default=default)
+
+
+def _folds(what: str, default: str) -> Any:
+    return option(None, what, flags=("-f", "--folds"), metavar="FOLD", run_time_default=default)
+
+
+_WORKERS_MEANING = "worker processes, 0 for the default"
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """Options of every command."""
+
+    work_dir: Path | None = option(
+        None, "work folder", metavar="DIR", run_time_default="$AUTOSEG_WORK, else ./autoseg_work"
+    )
+    verbose: bool = option(False, "debug logging", flags=("-v", "--verbose"))
+    quiet: bool = option(False, "warnings and errors only", flags=("-q", "--quiet"))
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """``autoseg verify``."""
+
+    preprocess_workers: int | None = _preprocess_workers()
+    legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """``autoseg plan``."""
+
+    gpu_memory: float | None = option(
+        None,
+        "memory budget for patch and batch size",
+        metavar="GB",
+        minimum=1,
+        maximum=1024,
+        run_time_default=f"the CUDA device's, else {DEFAULT_GPU_MEMORY_GB:g}",
+    )
+    add_2p5d: bool = option(
+        False, "offer the 2.5d configuration even for data that is not thick-sliced", flags=("--add-2.5d",)
+    )
+    preprocess_workers: int | None = _preprocess_workers()
+    legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """``autoseg preprocess``."""
+
+    configurations: tuple[str, ...] | None = _configurations(
+        "configurations to preprocess", "all in the plan"
+    )
+    preprocess_workers: int | None = _preprocess_workers()
+    legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")
+
+
+@dataclass(frozen=True)
+class TrainRunOptions:
+    """``autoseg train`` options that are not training settings (those are TrainConfig's)."""
+
+    resume: bool = option(False, "resume from the latest checkpoint of this fold", flags=("--continue",))
+    group_by: str | None = option(
+        None,
+        "case-name pattern whose first group names the patient (no patient in both training and validation)",
+        metavar="REGEX",
+        parse=regex,
+    )
+    preprocess_workers: int | None = _preprocess_workers()
+    legacy_workers: int | None = _legacy_workers(
+        "augmentation workers, and preprocessing workers when >= 1",
+        "use --augment-workers and --preprocess-workers",
+    )
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """``autoseg predict`` (besides ``-i``/``-o``)."""
+
+    dataset: str | None = option(
+        None,
+        "dataset name or folder",
+        flags=("-d", "--dataset"),
+        run_time_default="the only one in the work folder",
+    )
+    configurations: tuple[str, ...] | None = _configurations(
+        "configuration(s); several are ensembled", "find-best's choice, else the only trained one"
+    )
+    folds: tuple[str, ...] | None = _folds("folds to average", "all trained")
+    step: float = option(
+        0.5,
+        "sliding-window step",
+        minimum=0,
+        maximum=1,
+        above_minimum=True,
+        what="a fraction of the patch",
+        note="0.5: windows overlap by half",
+    )
+    tta: bool = option(True, "no mirror test-time augmentation")
+    device: Device | None = option(None, "where the networks run", run_time_default="cuda when available")
+    precision: Precision = option("auto", "auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    overwrite: bool = option(False, "redo existing outputs")
+    save_probabilities: bool = option(False, "also write CASE.npz with softmax probabilities (float16)")
+    postprocessing: bool = option(
+        True,
+        "write the raw label maps (default: apply find-best's post-processing, or the model's own)",
+    )
+    checkpoint: Literal["final", "best", "latest"] = option("final", "which checkpoint of each fold")
+    backend: Literal["torch", "onnx", "tensorrt"] = option(
+        "torch", "run the exported networks (autoseg export) with onnxruntime or TensorRT"
+    )
+    legacy_workers: int | None = _legacy_workers("no effect on predict", "remove it")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """``autoseg evaluate`` (besides ``--pred``/``--ref``/``-o``)."""
+
+    labels: tuple[int, ...] | None = option(
+        None,
+        "labels to score",
+        metavar="LABEL",
+        minimum=0,
+        run_time_default="every nonzero value in the references",
+    )
+    tolerance: float = option(1.0, "surface Dice tolerance in mm", metavar="MM", minimum=0)
+    plot: bool = option(False, "also save a box plot PNG")
+    images: Path | None = option(
+        None,
+        "folder of the scans: also save a PNG per case (a slice with the reference and predicted "
+        "outlines) in <stem>_overlays/",
+        metavar="DIR",
+    )
+    preprocess_workers: int | None = _preprocess_workers()
+    legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")
+
+
+@dataclass(frozen=True)
+class FindBestOptions:
+    """``autoseg find-best``."""
+
+    configurations: tuple[str, ...] | None = _configurations("configurations to consider", "all trained")
+    preprocess_workers: int | None = _preprocess_workers()
+    legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """``autoseg export``."""
+
+    format: Literal["onnx", "tensorrt"] = option("onnx", "what to export to")
+    folds: tuple[str, ...] | None = _folds("folds to export", "every trained fold")
+    output: Path | None = option(
+        None, "also copy the exported files here (ONNX)", flags=("-o", "--output"), metavar="DIR"
+    )
+    fp16: bool = option(False, "TensorRT: allow fp16 kernels")
+    legacy_workers: int | None = _legacy_workers("no effect on export", "remove it")
