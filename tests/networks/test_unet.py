@@ -30,7 +30,6 @@ def make_config(
     features: tuple[int, ...] = (4, 8, 16),
     in_slices: int = 1,
     deep_supervision: bool = True,
-    n_conv_per_stage: int = 2,
     kernels: tuple[tuple[int, ...], ...] | None = None,
 ) -> Configuration:
     dims = 3 if kind == "3d" else 2
@@ -42,7 +41,6 @@ def make_config(
         features_per_stage=features,
         kernel_sizes=kernels or ((3,) * dims,) * n_stages,
         strides=strides,
-        n_conv_per_stage=n_conv_per_stage,
         deep_supervision=deep_supervision,
     )
     return Configuration(
@@ -238,10 +236,6 @@ class TestPlanChecks:
         config = dataclasses.replace(config, kind="3d")
         with pytest.raises(PlanError, match="needs 3 values"):
             build_network(config, in_channels=1, n_classes=2)
-
-    def test_n_conv_per_stage(self):
-        with pytest.raises(PlanError, match="n_conv_per_stage must be 2"):
-            build_network(make_config("3d", n_conv_per_stage=3), in_channels=1, n_classes=2)
 
     @pytest.mark.parametrize(("in_channels", "n_classes"), [(0, 2), (1, 0)], ids=["no_input", "no_class"])
     def test_channel_counts(self, in_channels, n_classes):
