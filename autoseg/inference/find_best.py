@@ -18,7 +18,6 @@ and the ensembled label maps of every scored pair under
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import warnings
@@ -42,7 +41,7 @@ from autoseg.io.align import read_onto
 from autoseg.io.dataset import load_dataset
 from autoseg.io.image import read_image, write_image
 from autoseg.planning.plan import Plan
-from autoseg.workspace import write_json_atomic
+from autoseg.workspace import SourceRecord, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ def _references(dataset_dir: Path) -> dict[str, Path]:
             "`autoseg plan PATH/TO/DATASET` with this work folder"
         )
         raise DatasetError(msg)
-    folder = Path(json.loads(src.read_text(encoding="utf-8"))["dataset_folder"])
+    folder = Path(SourceRecord.load(src).dataset_folder)
     return {c.case_id: c.label for c in load_dataset(folder).cases if c.label is not None}
 
 
