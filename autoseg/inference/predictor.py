@@ -29,6 +29,7 @@ from autoseg.io.dataset import Case, Dataset
 from autoseg.io.image import write_image
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.case import preprocess_arrays
+from autoseg.preprocessing.properties import CaseProperties
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Predictor:
         labels = classes_to_values(probs.argmax(0), self.plan)
         return self._postprocess(labels), probs.astype(np.float16) if with_probabilities else None
 
-    def _network_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _network_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, CaseProperties]:
         """``case`` preprocessed for ``model``'s configuration: its fold-mean logits and its
         preprocessing properties (crop, transpose: what the way back to the source grid needs)."""
         t0 = time.perf_counter()
