@@ -60,7 +60,7 @@ def parse(
     data: Any,
     *,
     name: str,
-    version: int,
+    version: int | None,
     error: type[AutosegError],
     fix: str,
     version_key: str = VERSION_KEY,
@@ -72,7 +72,8 @@ def parse(
             part of it; otherwise the key is checked and left out.
         data: the decoded JSON object.
         name: what to call the object in messages (``"plan"``, ``"case properties"``).
-        version: the only version this autoseg reads.
+        version: the only version this autoseg reads; None for an object without a version of
+            its own (a part of a versioned file, such as the post-processing in inference.json).
         error: the error class of the stage that owns the file.
         fix: what the user should do, appended to every message.
         version_key: the key holding the version.
@@ -84,11 +85,11 @@ def parse(
         msg = f"{name}: expected a JSON object, found {type(data).__name__}; {fix}"
         raise error(msg)
     found = data.get(version_key)
-    if type(found) is not int or found != version:
+    if version is not None and (type(found) is not int or found != version):
         shown = repr(found) if version_key in data else "missing"
         msg = f"{name} {version_key} is {shown}, this autoseg reads {version}; {fix}"
         raise error(msg)
-    if version_key not in {f.name for f in dataclasses.fields(tp)}:  # type: ignore[arg-type]
+    if version is not None and version_key not in {f.name for f in dataclasses.fields(tp)}:  # type: ignore[arg-type]
         data = {k: v for k, v in data.items() if k != version_key}
     try:
         return build(tp, data, name)

@@ -8,7 +8,6 @@ outputs, and ``autoseg predict`` starts without importing MONAI (about 1.2 s les
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 
 from autoseg.errors import CheckpointError
+from autoseg.inference.choice import InferenceChoice
+from autoseg.inference.postprocess import Postprocessing
 from autoseg.networks.inference import build_inference_network
 from autoseg.planning.plan import Configuration, Plan
 
@@ -32,7 +33,7 @@ class TrainedModel:
     networks: list[torch.nn.Module]
     folds: list[str]
     model_dir: Path
-    postprocessing: dict[str, Any] | None = field(default=None)
+    postprocessing: Postprocessing | None = field(default=None)
 
 
 def trained_folds(model_dir: Path, checkpoint: str = "final") -> list[str]:
@@ -91,7 +92,7 @@ def load_model(
     else:
         networks = [_load_torch(model_dir, f, checkpoint, config, plan, device) for f in folds]
     pp_path = model_dir / "postprocessing.json"
-    pp = json.loads(pp_path.read_text()) if pp_path.is_file() else None
+    pp = Postprocessing.load(pp_path) if pp_path.is_file() else None
     return TrainedModel(plan, config, networks, list(folds), model_dir, pp)
 
 
@@ -117,7 +118,7 @@ def _load_torch(
     return net.to(device).eval()
 
 
-def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]], dict[str, Any] | None]:
+def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]], Postprocessing | None]:
     """What ``predict`` uses without ``-c``: find-best's choice, else the only trained model.
 
     Returns:
@@ -125,13 +126,13 @@ def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]
         is find-best's (for an ensemble too), else the model folder's own.
 
     Raises:
-        CheckpointError: nothing trained, or several models and no find-best choice.
+        CheckpointError: nothing trained, several models and no find-best choice, or an
+            invalid ``inference.json``.
     """
     info = dataset_dir / "inference.json"
     if info.is_file():
-        data = json.loads(info.read_text())
-        chosen = [(c, data.get("folds", {}).get(c)) for c in data["configurations"]]
-        return chosen, data.get("postprocessing")
+        choice = InferenceChoice.load(info)
+        return [(c, list(choice.folds[c])) for c in choice.configurations], choice.postprocessing
     models = sorted(p.name for p in (dataset_dir / "models").glob("*") if trained_folds(p))
     if len(models) == 1:
         return [(models[0], None)], None

@@ -8,7 +8,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from autoseg.inference.export import (
 )
 from autoseg.inference.inputs import find_cases
 from autoseg.inference.model import TrainedModel
+from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.case import LoadedCase, load_case
 from autoseg.io.dataset import Case, Dataset
@@ -63,7 +63,7 @@ class Predictor:
         amp_dtype: torch.dtype | None,
         step: float = 0.5,
         tta: bool = True,
-        postprocessing: dict[str, Any] | None = None,
+        postprocessing: Postprocessing | None = None,
     ) -> None:
         if not models:
             msg = "no model to predict with; train a configuration first"
@@ -154,12 +154,9 @@ class Predictor:
         return logits, pre.properties
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
-        pp = self.postprocessing
-        if not pp:
+        if self.postprocessing is None:
             return labels
-        from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
-
-        return apply_postprocessing(labels, Postprocessing.from_dict(pp))
+        return apply_postprocessing(labels, self.postprocessing)
 
 
 def _dataset_for(plan: Plan, source: Path, cases: list[Case]) -> Dataset:
