@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from autoseg.checkpoint_meta import CheckpointMeta
 from autoseg.errors import CheckpointError
 from autoseg.inference.choice import InferenceChoice
 from autoseg.inference.postprocess import Postprocessing
@@ -99,13 +100,25 @@ def load_model(
 def _load_torch(
     model_dir: Path, fold: str, checkpoint: str, config: Configuration, plan: Plan, device: torch.device
 ) -> torch.nn.Module:
-    """One fold's torch network from its checkpoint (weights only: no code runs from the file)."""
+    """One fold's torch network from its checkpoint (weights only: no code runs from the file).
+
+    Raises:
+        CheckpointError: unreadable, without valid metadata, or trained for another
+            configuration, plan or class count than ``model_dir/plans.json`` (named with the fix).
+    """
     path = model_dir / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = f"{path}: cannot be read as a checkpoint ({type(e).__name__}); retrain this fold"
         raise CheckpointError(msg) from e
+    CheckpointMeta.from_checkpoint(state, path).check(
+        plan,
+        config,
+        path=path,
+        against=str(model_dir / "plans.json"),
+        fix=f"retrain fold {fold} with this plan, or leave it out (-f with the other folds)",
+    )
     net = build_inference_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
     try:
         net.load_training_state(state["network"])
