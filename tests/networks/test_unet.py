@@ -300,6 +300,7 @@ class TestInferenceUNet:
 
 def test_mismatched_checkpoint_is_a_checkpoint_error(tmp_path):
     """A fold whose weights do not fit the plan's network: a one-line error naming the file."""
+    from autoseg.checkpoint_meta import CheckpointMeta
     from autoseg.inference.model import load_model
 
     plan = Plan.load(HIPPOCAMPUS_PLAN)
@@ -307,6 +308,8 @@ def test_mismatched_checkpoint_is_a_checkpoint_error(tmp_path):
     (model_dir / "fold_0").mkdir(parents=True)
     plan.save(model_dir / "plans.json")
     other = build_network(plan.configuration("2d"), in_channels=1, n_classes=plan.num_classes)
-    torch.save({"network": other.state_dict()}, model_dir / "fold_0" / "checkpoint_final.pt")
+    # metadata that fits the plan (see tests/test_checkpoint_meta.py), weights that do not
+    meta = CheckpointMeta.for_training(plan, plan.configuration("3d_fullres"), {}).to_dict()
+    torch.save({"meta": meta, "network": other.state_dict()}, model_dir / "fold_0" / "checkpoint_final.pt")
     with pytest.raises(CheckpointError, match=r"checkpoint_final\.pt: its weights do not fit"):
         load_model(model_dir)
