@@ -5,7 +5,8 @@ The tree::
     AutosegError                  anything the user can fix; the CLI prints it and exits 2
      ├── DatasetError             dataset folder, dataset.json or case files are wrong
      ├── ImageReadError           one image file or DICOM folder cannot be read
-     ├── PlanError                plans.json missing, invalid, or lacks a configuration
+     ├── PlanError                plans.json or fingerprint.json missing, invalid, or lacks a configuration
+     ├── PreprocessedDataError    a preprocessed case's files are invalid or of another version
      ├── CheckpointError          a checkpoint or trained model is missing, corrupt or mismatched
      └── MissingDependencyError   an optional extra is not installed (also an ImportError)
 
@@ -41,6 +42,10 @@ class ImageReadError(AutosegError):
 
 class PlanError(AutosegError):
     """A plan is missing, invalid, or lacks what is asked of it."""
+
+
+class PreprocessedDataError(AutosegError):
+    """A preprocessed case (``<work>/<dataset>/preprocessed/...``) is invalid or of another version."""
 
 
 class CheckpointError(AutosegError):

@@ -171,9 +171,6 @@ def train(
         train_ids, val_ids = fold_cases(splits, cfg.fold)
     model_dir = ds_dir / "models" / config.name
     fold_dir = model_dir / cfg.fold_name
-    if world.is_main:
-        the_plan.save(model_dir / "plans.json")
-        write_json_atomic(fold_dir / "train_config.json", cfg.to_dict())
     handler = _file_log(fold_dir / "log.txt") if world.is_main else None
     try:
         log.info(
@@ -185,7 +182,12 @@ def train(
             cfg.device,
         )
         trainer = Trainer(the_plan, config, cfg, store, train_ids, val_ids, fold_dir)
-        trainer.run(resume=resume)
+        if resume:  # before the plan is written: a checkpoint of another plan is refused first
+            trainer.resume()
+        if world.is_main:
+            the_plan.save(model_dir / "plans.json")
+            write_json_atomic(fold_dir / "train_config.json", cfg.to_dict())
+        trainer.run()
         if world.is_main and val_ids:
             labels = {c.case_id: c.label for c in ds.cases if c.label is not None}
             validate_fold(

@@ -14,13 +14,62 @@ from pathlib import Path
 from typing import Any
 
 from autoseg._atomic import write_atomic
+from autoseg._contract import load, parse, to_json
 from autoseg.errors import DatasetError
+
+SOURCE_VERSION = 1
+_SOURCE_FIX = "run `autoseg plan PATH/TO/DATASET` again with this work folder"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file beside ``path``, then rename: never a half-written file."""
     text = json.dumps(obj, indent=2) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """``<work>/<dataset>/source.json``: the dataset folder a planned dataset was read from.
+
+    Later commands take the dataset's name alone, and find-best reads the reference labels
+    from this folder. Version 0 (no ``schema_version``, only ``dataset_folder``: what autoseg
+    wrote before the file was versioned) still loads, so existing work folders keep working.
+
+    Attributes:
+        dataset_folder: absolute path of the dataset folder.
+        schema_version: the file's version.
+    """
+
+    dataset_folder: str
+    schema_version: int = SOURCE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return to_json(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SourceRecord:
+        """Strict inverse of :meth:`to_dict`; a version-0 record is migrated.
+
+        Raises:
+            DatasetError: wrong or missing version, missing or unknown keys, or wrong types.
+        """
+        if isinstance(d, dict) and set(d) == {"dataset_folder"}:
+            d = {**d, "schema_version": SOURCE_VERSION}
+        return parse(
+            cls, d, name="source record", version=SOURCE_VERSION, error=DatasetError, fix=_SOURCE_FIX
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> SourceRecord:
+        """Read and check ``source.json``; every error names the file."""
+        return load(
+            path,
+            cls.from_dict,
+            error=DatasetError,
+            fix=_SOURCE_FIX,
+            missing=f"missing, so the dataset folder is unknown; {_SOURCE_FIX}",
+        )
 
 
 @dataclass(frozen=True)
@@ -41,25 +90,28 @@ class Workspace:
         """``<work>/<name>/plans.json``."""
         return self.dataset_dir(name) / "plans.json"
 
+    def source_path(self, name: str) -> Path:
+        """``<work>/<name>/source.json``."""
+        return self.dataset_dir(name) / "source.json"
+
     def remember_source(self, name: str, source: Path) -> None:
         """Record the dataset folder so that later commands can take the name alone."""
-        write_json_atomic(
-            self.dataset_dir(name) / "source.json", {"dataset_folder": str(Path(source).resolve())}
-        )
+        record = SourceRecord(dataset_folder=str(Path(source).resolve()))
+        write_json_atomic(self.source_path(name), record.to_dict())
 
     def resolve(self, dataset: str) -> tuple[str, Path]:
         """Turn a DATASET argument (a folder path, or a name planned before) into (name, folder).
 
         Raises:
-            DatasetError: neither a dataset folder nor a name known in this work folder.
+            DatasetError: neither a dataset folder nor a name known in this work folder, or its
+                ``source.json`` is invalid.
         """
         p = Path(dataset)
         if (p / "dataset.json").is_file():
             return p.resolve().name, p
-        src = self.dataset_dir(dataset) / "source.json"
+        src = self.source_path(dataset)
         if src.is_file():
-            folder = Path(json.loads(src.read_text())["dataset_folder"])
-            return dataset, folder
+            return dataset, Path(SourceRecord.load(src).dataset_folder)
         if p.is_dir():
             msg = f"{p}: no dataset.json in this folder; point at a dataset folder"
         else:

@@ -112,7 +112,7 @@ def in_process(work: Path, big: Path) -> dict[str, float]:
     t["export (one output plane of all classes at a time)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     props = pre.properties
-    dense = resize_channels(logits.float(), props["shape_after_crop"], z_axis=props.get("z_axis"))
+    dense = resize_channels(logits.float(), props.shape_after_crop, z_axis=props.z_axis)
     full = to_source_grid(dense.argmax(0).to(torch.uint8).numpy(), props, model.plan)
     del dense
     t["export without the memory savings (all 42 classes resized, then argmax)"] = time.perf_counter() - t0

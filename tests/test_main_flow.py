@@ -224,7 +224,7 @@ def test_two_configurations_several_folds(flow: dict, tmp_path: Path, folds: tup
 
 def _model_postprocessing(flow: dict, config: str) -> Postprocessing | None:
     path = flow["ds_dir"] / "models" / config / "postprocessing.json"
-    return Postprocessing.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    return Postprocessing.load(path) if path.is_file() else None
 
 
 def test_onnx_backend_several_folds(flow: dict, tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def sample_patch(
         ValueError: the case has no segmentation, or ``patch_size`` has the wrong length.
     """
     if case.seg is None:
-        msg = f"case {case.properties.get('case_id')!r} has no segmentation to train on"
+        msg = f"case {case.properties.case_id!r} has no segmentation to train on"
         raise ValueError(msg)
     size = tuple(spatial_params(config).initial_patch if patch_size is None else patch_size)
     final = tuple(config.patch_size)

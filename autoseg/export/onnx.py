@@ -46,7 +46,7 @@ def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
         "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None} for n in plan.normalization],
         "spacing": list(cfg.spacing),
         "transpose_forward": list(plan.transpose_forward),
-        "postprocessing": model.postprocessing,
+        "postprocessing": model.postprocessing.to_dict() if model.postprocessing is not None else None,
         "folds": {f: f"fold_{f}/model.{'onnx' if fmt == 'onnx' else 'engine'}" for f in folds},
         "plan": plan.to_dict(),
     }

@@ -1,15 +1,22 @@
-"""The fingerprint as typed, JSON-round-trippable dataclasses (``fingerprint.json``)."""
+"""The fingerprint as typed, JSON-round-trippable dataclasses (``fingerprint.json``).
+
+A versioned contract like the plan: loading is strict (``schema_version``, every key, no other
+key, declared types), so a stale or hand-edited fingerprint is not planned from silently.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autoseg._contract import load, parse, to_json
+from autoseg.errors import PlanError
+
 FINGERPRINT_VERSION = 1
+_FIX = "run `autoseg plan` again"
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,8 @@ class Fingerprint:
         return np.array([c.shape_after_crop for c in self.cases], dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
+        """JSON-ready dict (tuples become lists)."""
+        return to_json(self)
 
     def save(self, path: Path) -> None:
         """Write as JSON atomically."""
@@ -104,33 +111,21 @@ class Fingerprint:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
-        """Inverse of :meth:`to_dict`; rejects unknown or missing keys."""
-        expected = {f.name for f in fields(cls)}
-        if set(d) != expected:
-            msg = f"fingerprint keys {sorted(set(d) ^ expected)} unexpected or missing"
-            raise ValueError(msg)
-        cases = tuple(
-            CaseFingerprint(
-                case_id=c["case_id"],
-                spacing=tuple(c["spacing"]),
-                shape=tuple(c["shape"]),
-                shape_after_crop=tuple(c["shape_after_crop"]),
-                bbox=tuple(tuple(b) for b in c["bbox"]),
-                label_voxels=tuple(c["label_voxels"]),
-            )
-            for c in d["cases"]
-        )
-        return cls(
-            dataset_name=d["dataset_name"],
-            channel_names=tuple(d["channel_names"]),
-            labels=dict(d["labels"]),
-            cases=cases,
-            foreground_intensity=tuple(IntensityStats(**s) for s in d["foreground_intensity"]),
-            median_relative_size_after_crop=d["median_relative_size_after_crop"],
-            schema_version=d["schema_version"],
-        )
+        """Strict inverse of :meth:`to_dict`.
+
+        Raises:
+            PlanError: wrong or missing ``schema_version``, unknown or missing keys, or wrongly
+                typed values.
+        """
+        return parse(cls, d, name="fingerprint", version=FINGERPRINT_VERSION, error=PlanError, fix=_FIX)
 
     @classmethod
     def load(cls, path: Path) -> Fingerprint:
-        """Read ``fingerprint.json``."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read and check ``fingerprint.json``; every error names the file."""
+        return load(
+            path,
+            cls.from_dict,
+            error=PlanError,
+            fix=_FIX,
+            missing="no fingerprint here; run `autoseg plan DATASET` first",
+        )

@@ -10,13 +10,13 @@ per class rather than whole volumes (nnU-Net resamples every class channel, then
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from autoseg.planning.plan import Plan
+from autoseg.preprocessing.properties import CaseProperties
 
 
 def resize_channels(
@@ -117,7 +117,7 @@ def _axis_sampling(n_in: int, n_out: int, *, linear: bool) -> tuple[torch.Tensor
     return i0, (i0 + 1).clamp(max=n_in - 1), src - i0
 
 
-def to_source_grid(classes: np.ndarray, props: dict[str, Any], plan: Plan) -> np.ndarray:
+def to_source_grid(classes: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:
     """Paste a cropped, transposed class map into the source volume and map to label values.
 
     Args:
@@ -128,8 +128,8 @@ def to_source_grid(classes: np.ndarray, props: dict[str, Any], plan: Plan) -> np
     Returns:
         Label values in the source file's axis order and dtype-minimal integer type.
     """
-    full = np.zeros(props["shape_before_crop"], dtype=classes.dtype)
-    full[tuple(slice(lo, hi) for lo, hi in props["bbox"])] = classes
+    full = np.zeros(props.shape_before_crop, dtype=classes.dtype)
+    full[tuple(slice(lo, hi) for lo, hi in props.bbox)] = classes
     return classes_to_values(full.transpose(plan.transpose_backward), plan)
 
 
@@ -140,16 +140,16 @@ def classes_to_values(classes: np.ndarray, plan: Plan) -> np.ndarray:
     return values.astype(out_dtype)[classes]
 
 
-def logits_to_labels(logits: torch.Tensor, props: dict[str, Any], plan: Plan) -> np.ndarray:
+def logits_to_labels(logits: torch.Tensor, props: CaseProperties, plan: Plan) -> np.ndarray:
     """Logits in the preprocessed grid -> label map on the source grid (see module docstring).
 
     The classes are resampled one output plane at a time (:func:`argmax_resampled`).
     """
-    classes = argmax_resampled(logits, props["shape_after_crop"], z_axis=props.get("z_axis"))
+    classes = argmax_resampled(logits, props.shape_after_crop, z_axis=props.z_axis)
     return to_source_grid(classes.cpu().numpy(), props, plan)
 
 
-def probabilities_on_source_grid(logits: torch.Tensor, props: dict[str, Any], plan: Plan) -> np.ndarray:
+def probabilities_on_source_grid(logits: torch.Tensor, props: CaseProperties, plan: Plan) -> np.ndarray:
     """Softmax probabilities ``(n_classes, Z, Y, X)`` float32 on the source grid (background
     1 outside the crop), for ``--save-probabilities``, validation and ensembling.
 
@@ -157,12 +157,12 @@ def probabilities_on_source_grid(logits: torch.Tensor, props: dict[str, Any], pl
     at near-ties; callers store them as float16. The softmax runs in place on the resized
     logits: one full-size float32 array less at the peak.
     """
-    prob = resize_channels(logits.float(), props["shape_after_crop"], z_axis=props.get("z_axis"))
+    prob = resize_channels(logits.float(), props.shape_after_crop, z_axis=props.z_axis)
     if prob.data_ptr() == logits.data_ptr():
         prob = prob.clone()  # not resized: do not overwrite the caller's logits
     prob.sub_(prob.amax(dim=0, keepdim=True)).exp_()
     prob.div_(prob.sum(dim=0, keepdim=True))
-    full = np.zeros((prob.shape[0], *props["shape_before_crop"]), dtype=np.float32)
+    full = np.zeros((prob.shape[0], *props.shape_before_crop), dtype=np.float32)
     full[0] = 1
-    full[(slice(None), *(slice(lo, hi) for lo, hi in props["bbox"]))] = prob.cpu().numpy()
+    full[(slice(None), *(slice(lo, hi) for lo, hi in props.bbox))] = prob.cpu().numpy()
     return full.transpose([0, *(a + 1 for a in plan.transpose_backward)])

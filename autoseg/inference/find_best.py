@@ -18,7 +18,6 @@ and the ensembled label maps of every scored pair under
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import warnings
@@ -32,6 +31,7 @@ import numpy as np
 from autoseg._parallel import parallel_map
 from autoseg.errors import AutosegError, CheckpointError, DatasetError
 from autoseg.evaluation.metrics import dice_per_label
+from autoseg.inference.choice import InferenceChoice
 from autoseg.inference.postprocess import (
     _as_labels,
     _means,
@@ -42,11 +42,10 @@ from autoseg.io.align import read_onto
 from autoseg.io.dataset import load_dataset
 from autoseg.io.image import read_image, write_image
 from autoseg.planning.plan import Plan
-from autoseg.workspace import write_json_atomic
+from autoseg.workspace import SourceRecord
 
 log = logging.getLogger(__name__)
 
-INFERENCE_VERSION = 1
 _ENDING = ".nii.gz"
 #: Voxels per float32 chunk when summing probabilities (bounds the temporary memory, ~64 MB).
 _CHUNK_VOXELS = 1 << 24
@@ -139,7 +138,7 @@ def _references(dataset_dir: Path) -> dict[str, Path]:
             "`autoseg plan PATH/TO/DATASET` with this work folder"
         )
         raise DatasetError(msg)
-    folder = Path(json.loads(src.read_text(encoding="utf-8"))["dataset_folder"])
+    folder = Path(SourceRecord.load(src).dataset_folder)
     return {c.case_id: c.label for c in load_dataset(folder).cases if c.label is not None}
 
 
@@ -289,7 +288,8 @@ def find_best(
         workers: processes reading and scoring cases.
 
     Returns:
-        What is written to ``<dataset_dir>/inference.json``::
+        What is written to ``<dataset_dir>/inference.json``
+        (:class:`~autoseg.inference.choice.InferenceChoice`)::
 
             {"schema_version": 1,
              "best": "3d_fullres" | "2d__3d_fullres",
@@ -377,14 +377,13 @@ def find_best(
         len(cases),
     )
     pp, pp_report = determine_postprocessing(preds, [refs[c] for c in cases], list(fg), workers=workers)
-    info = {
-        "schema_version": INFERENCE_VERSION,
-        "best": best,
-        "configurations": list(chosen),
-        "folds": {c: list(by_name[c].folds) for c in chosen},
-        "postprocessing": pp.to_dict(),
-        "cv_dice": {n: candidates[n]["foreground_mean"] for n in order},
-        "report": {
+    choice = InferenceChoice(
+        best=best,
+        configurations=tuple(chosen),
+        folds={c: tuple(by_name[c].folds) for c in chosen},
+        postprocessing=pp,
+        cv_dice={n: candidates[n]["foreground_mean"] for n in order},
+        report={
             "labels": list(fg),
             "n_cases": len(common),
             "cases": common,
@@ -393,8 +392,8 @@ def find_best(
             "ensemble_folder": ensemble_folder,
             "postprocessing": pp_report,
         },
-    }
+    )
     if len(chosen) == 1:  # an ensemble's post-processing lives in inference.json only
-        write_json_atomic(models / chosen[0] / "postprocessing.json", pp.to_dict())
-    write_json_atomic(dataset_dir / "inference.json", info)
-    return info
+        pp.save(models / chosen[0] / "postprocessing.json")
+    choice.save(dataset_dir / "inference.json")
+    return choice.to_dict()

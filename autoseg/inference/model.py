@@ -8,7 +8,6 @@ evaluates them), in plain torch, so ``autoseg predict`` starts without importing
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,10 @@ from typing import Any
 
 import torch
 
+from autoseg.checkpoint_meta import CheckpointMeta
 from autoseg.errors import CheckpointError
+from autoseg.inference.choice import InferenceChoice
+from autoseg.inference.postprocess import Postprocessing
 from autoseg.networks.unet import build_network
 from autoseg.planning.plan import Configuration, Plan
 
@@ -32,7 +34,7 @@ class TrainedModel:
     networks: list[torch.nn.Module]
     folds: list[str]
     model_dir: Path
-    postprocessing: dict[str, Any] | None = field(default=None)
+    postprocessing: Postprocessing | None = field(default=None)
 
 
 def trained_folds(model_dir: Path, checkpoint: str = "final") -> list[str]:
@@ -91,20 +93,32 @@ def load_model(
     else:
         networks = [_load_torch(model_dir, f, checkpoint, config, plan, device) for f in folds]
     pp_path = model_dir / "postprocessing.json"
-    pp = json.loads(pp_path.read_text()) if pp_path.is_file() else None
+    pp = Postprocessing.load(pp_path) if pp_path.is_file() else None
     return TrainedModel(plan, config, networks, list(folds), model_dir, pp)
 
 
 def _load_torch(
     model_dir: Path, fold: str, checkpoint: str, config: Configuration, plan: Plan, device: torch.device
 ) -> torch.nn.Module:
-    """One fold's torch network from its checkpoint (weights only: no code runs from the file)."""
+    """One fold's torch network from its checkpoint (weights only: no code runs from the file).
+
+    Raises:
+        CheckpointError: unreadable, without valid metadata, or trained for another
+            configuration, plan or class count than ``model_dir/plans.json`` (named with the fix).
+    """
     path = model_dir / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = f"{path}: cannot be read as a checkpoint ({type(e).__name__}); retrain this fold"
         raise CheckpointError(msg) from e
+    CheckpointMeta.from_checkpoint(state, path).check(
+        plan,
+        config,
+        path=path,
+        against=str(model_dir / "plans.json"),
+        fix=f"retrain fold {fold} with this plan, or leave it out (-f with the other folds)",
+    )
     net = build_network(
         config, in_channels=len(plan.channel_names), n_classes=plan.num_classes, deep_supervision=False
     )
@@ -119,7 +133,7 @@ def _load_torch(
     return net.to(device).eval()
 
 
-def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]], dict[str, Any] | None]:
+def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]], Postprocessing | None]:
     """What ``predict`` uses without ``-c``: find-best's choice, else the only trained model.
 
     Returns:
@@ -127,13 +141,13 @@ def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]
         is find-best's (for an ensemble too), else the model folder's own.
 
     Raises:
-        CheckpointError: nothing trained, or several models and no find-best choice.
+        CheckpointError: nothing trained, several models and no find-best choice, or an
+            invalid ``inference.json``.
     """
     info = dataset_dir / "inference.json"
     if info.is_file():
-        data = json.loads(info.read_text())
-        chosen = [(c, data.get("folds", {}).get(c)) for c in data["configurations"]]
-        return chosen, data.get("postprocessing")
+        choice = InferenceChoice.load(info)
+        return [(c, list(choice.folds[c])) for c in choice.configurations], choice.postprocessing
     models = sorted(p.name for p in (dataset_dir / "models").glob("*") if trained_folds(p))
     if len(models) == 1:
         return [(models[0], None)], None

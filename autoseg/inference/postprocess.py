@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from autoseg import errors as errors_module
+from autoseg._contract import load, parse
 from autoseg._parallel import parallel_map
 from autoseg.errors import AutosegError, CheckpointError
 from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Voxel connectivity of the components (26: faces, edges and corners).
 CONNECTIVITY = 26
+#: Version of ``postprocessing.json``.
+POSTPROCESSING_VERSION = 1
+_PP_FIX = "re-run `autoseg find-best`"
 
 
 @dataclass(frozen=True)
@@ -57,35 +61,53 @@ class Postprocessing:
         return not self.foreground_largest_only and not self.largest_only_labels
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the content of ``postprocessing.json``)."""
+        """JSON-ready form, without a version (as embedded in ``inference.json``)."""
         return {
-            "foreground_largest_only": self.foreground_largest_only,
+            "foreground_largest_only": bool(self.foreground_largest_only),
             "largest_only_labels": [int(v) for v in self.largest_only_labels],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Postprocessing:
-        """Inverse of :meth:`to_dict`; strict about keys and types.
+        """Strict inverse of :meth:`to_dict`.
 
         Raises:
             CheckpointError: missing or unknown keys, or values of the wrong type.
         """
-        expected = {"foreground_largest_only", "largest_only_labels"}
-        keys = set(d) if isinstance(d, dict) else set()
-        fg = d.get("foreground_largest_only") if isinstance(d, dict) else None
-        labels = d.get("largest_only_labels") if isinstance(d, dict) else None
-        if (
-            keys != expected
-            or not isinstance(fg, bool)
-            or not isinstance(labels, list)
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
-        ):
-            msg = (
-                f"post-processing should be {{'foreground_largest_only': bool, "
-                f"'largest_only_labels': [int, ...]}}, got {d!r}; re-run `autoseg find-best`"
-            )
-            raise CheckpointError(msg)
-        return cls(fg, tuple(labels))
+        return parse(cls, d, name="post-processing", version=None, error=CheckpointError, fix=_PP_FIX)
+
+    def save(self, path: Path) -> None:
+        """Write ``postprocessing.json`` (with its ``schema_version``) atomically."""
+        from autoseg.workspace import write_json_atomic
+
+        write_json_atomic(path, {"schema_version": POSTPROCESSING_VERSION, **self.to_dict()})
+
+    @classmethod
+    def from_file_dict(cls, d: dict[str, Any]) -> Postprocessing:
+        """The content of ``postprocessing.json``, checked strictly with its version.
+
+        Version 0 (no ``schema_version``, exactly the two fields: what find-best wrote before
+        the file was versioned) is read as version 1, so trained model folders keep working.
+
+        Raises:
+            CheckpointError: wrong or missing version, missing or unknown keys, or wrong types.
+        """
+        if isinstance(d, dict) and set(d) == {"foreground_largest_only", "largest_only_labels"}:
+            d = {**d, "schema_version": POSTPROCESSING_VERSION}
+        return parse(
+            cls, d, name="post-processing", version=POSTPROCESSING_VERSION, error=CheckpointError, fix=_PP_FIX
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Postprocessing:
+        """Read and check ``postprocessing.json``; every error names the file."""
+        return load(
+            path,
+            cls.from_file_dict,
+            error=CheckpointError,
+            fix=_PP_FIX,
+            missing=f"no post-processing decided here; {_PP_FIX}",
+        )
 
 
 def _component_labels(mask: np.ndarray) -> np.ndarray:

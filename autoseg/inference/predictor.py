@@ -8,7 +8,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +22,14 @@ from autoseg.inference.export import (
 )
 from autoseg.inference.inputs import find_cases
 from autoseg.inference.model import TrainedModel
+from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.case import LoadedCase, load_case
 from autoseg.io.dataset import Case, Dataset
 from autoseg.io.image import write_image
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.case import preprocess_arrays
+from autoseg.preprocessing.properties import CaseProperties
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Predictor:
         amp_dtype: torch.dtype | None,
         step: float = 0.5,
         tta: bool = True,
-        postprocessing: dict[str, Any] | None = None,
+        postprocessing: Postprocessing | None = None,
     ) -> None:
         if not models:
             msg = "no model to predict with; train a configuration first"
@@ -134,7 +135,7 @@ class Predictor:
         labels = classes_to_values(probs.argmax(0), self.plan)
         return self._postprocess(labels), probs.astype(np.float16) if with_probabilities else None
 
-    def _network_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _network_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, CaseProperties]:
         """``case`` preprocessed for ``model``'s configuration: its fold-mean logits and its
         preprocessing properties (crop, transpose: what the way back to the source grid needs)."""
         t0 = time.perf_counter()
@@ -153,12 +154,9 @@ class Predictor:
         return logits, pre.properties
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
-        pp = self.postprocessing
-        if not pp:
+        if self.postprocessing is None:
             return labels
-        from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
-
-        return apply_postprocessing(labels, Postprocessing.from_dict(pp))
+        return apply_postprocessing(labels, self.postprocessing)
 
 
 def _dataset_for(plan: Plan, source: Path, cases: list[Case]) -> Dataset:

@@ -47,8 +47,7 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
 
     Raises:
         PlanError: the network description is inconsistent (lengths, dimensions, fewer than 3
-            stages, ``n_conv_per_stage`` other than 2) or the patch size is not divisible by the
-            product of the strides.
+            stages) or the patch size is not divisible by the product of the strides.
         ValueError: ``in_channels`` or ``n_classes`` is below 1.
     """
     if in_channels < 1 or n_classes < 1:
@@ -76,9 +75,6 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
                 f"got {per_stage}"
             )
             raise PlanError(msg)
-    if net.n_conv_per_stage != 2:
-        msg = f"{where}: n_conv_per_stage must be 2 (DynUNet blocks), got {net.n_conv_per_stage}"
-        raise PlanError(msg)
     if kind.stacks_slices and config.in_slices < 1:
         msg = f"{where}: in_slices must be >= 1 for {config.kind}, got {config.in_slices}"
         raise PlanError(msg)

@@ -3,22 +3,29 @@
 On disk it is ``plans.json`` (schema: ``plans/plan.schema.json`` in the repository). Loading is
 strict: unknown or missing keys, or a different ``schema_version``, are errors, so that a stale or
 hand-edited plan fails loudly instead of training the wrong network.
+
+Versions: 2 (this one); 1 also had ``planner`` (always ``"autoseg"``), ``extra`` (always ``{}``)
+and ``network.n_conv_per_stage`` (always 2), which nothing read. Version-1 files (on disk and
+inside trained model folders) are migrated when loaded: those keys are dropped once checked to
+hold the only value they could.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from autoseg._contract import digest, load, parse, to_json
 from autoseg.errors import PlanError
 from autoseg.planning.kinds import ConfigKind
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+_FIX = "run `autoseg plan` again"
+#: Version-1 keys dropped in version 2, with the only value each could hold.
+_V1_PLAN_KEYS = {"planner": "autoseg", "extra": {}}
+_V1_NETWORK_KEYS = {"n_conv_per_stage": 2}
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,6 @@ class Network:
     features_per_stage: tuple[int, ...]
     kernel_sizes: tuple[tuple[int, ...], ...]
     strides: tuple[tuple[int, ...], ...]
-    n_conv_per_stage: int = 2
     deep_supervision: bool = True
 
 
@@ -131,9 +137,7 @@ class Plan:
     gpu_memory_gb: float
     configurations: dict[str, Configuration]
     notes: tuple[str, ...] = ()
-    planner: str = "autoseg"
     schema_version: int = PLAN_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label_values(self) -> tuple[int, ...]:
@@ -159,9 +163,27 @@ class Plan:
             raise PlanError(msg)
         return self.configurations[name]
 
+    def configuration_hash(self, name: str) -> str:
+        """A short hash of everything a network trained for configuration ``name`` depends on.
+
+        The configuration itself (network, patch, spacing, resampling, batch) and what the plan
+        decides for every configuration: channels, labels, transpose and normalisation. Stored in
+        checkpoints, so that a checkpoint is never continued or used for prediction under
+        another plan. Notes, the GPU budget and the dataset-wide medians are left out: they do
+        not change what the network sees or outputs.
+        """
+        part = _Identity(
+            self.channel_names,
+            self.labels,
+            self.transpose_forward,
+            self.normalization,
+            self.configuration(name),
+        )
+        return digest(_Identity, part)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
-        return _lists(dataclasses.asdict(self))
+        return to_json(self)
 
     def save(self, path: Path) -> None:
         """Write ``plans.json`` atomically."""
@@ -171,88 +193,64 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
-        """Strict inverse of :meth:`to_dict`.
+        """Strict inverse of :meth:`to_dict`; a version-1 plan is migrated first.
 
         Raises:
             PlanError: wrong version, unknown or missing keys, or wrongly typed values.
         """
-        if not isinstance(d, dict) or d.get("schema_version") != PLAN_VERSION:
-            found = d.get("schema_version") if isinstance(d, dict) else None
-            msg = (
-                f"plan schema_version is {found!r}, this autoseg reads {PLAN_VERSION}; "
-                "run `autoseg plan` again"
-            )
-            raise PlanError(msg)
-        return _build(cls, d, "plan")
+        if isinstance(d, dict) and type(d.get("schema_version")) is int and d["schema_version"] == 1:
+            d = _migrate_v1(d)
+        return parse(cls, d, name="plan", version=PLAN_VERSION, error=PlanError, fix=_FIX)
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        """Read and check ``plans.json``."""
-        path = Path(path)
-        if not path.is_file():
-            msg = f"{path}: no plan here; run `autoseg plan DATASET` first"
+        """Read and check ``plans.json``; every error names the file."""
+        return load(
+            path,
+            cls.from_dict,
+            error=PlanError,
+            fix=_FIX,
+            missing="no plan here; run `autoseg plan DATASET` first",
+        )
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """What :meth:`Plan.configuration_hash` hashes."""
+
+    channel_names: tuple[str, ...]
+    labels: dict[str, int]
+    transpose_forward: tuple[int, ...]
+    normalization: tuple[Normalization, ...]
+    configuration: Configuration
+
+
+def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 plan as version 2: drop the keys that could hold one value only.
+
+    Raises:
+        PlanError: one of them is missing or holds another value (the file was edited).
+    """
+    d = copy.deepcopy(d)
+    _drop(d, _V1_PLAN_KEYS, "plan")
+    configurations = d.get("configurations")
+    if isinstance(configurations, dict):
+        for name, config in configurations.items():
+            if isinstance(config, dict) and isinstance(config.get("network"), dict):
+                _drop(config["network"], _V1_NETWORK_KEYS, f"plan.configurations.{name}.network")
+    d["schema_version"] = PLAN_VERSION
+    return d
+
+
+def _drop(d: dict[str, Any], keys: dict[str, Any], where: str) -> None:
+    for key, only in keys.items():
+        if key not in d:
+            msg = f"{where}: missing key(s) {[key]} (schema_version 1); {_FIX}"
             raise PlanError(msg)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            msg = f"{path}: invalid JSON ({e}); run `autoseg plan` again"
-            raise PlanError(msg) from e
-        try:
-            return cls.from_dict(data)
-        except PlanError as e:
-            msg = f"{path}: {e}"
-            raise PlanError(msg) from e
-
-
-def _lists(value: Any) -> Any:
-    """``value`` with every tuple turned into a list, as JSON would give it back."""
-    if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_lists(v) for v in value]
-    return value
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    """Turn JSON ``value`` into type ``tp`` (dataclass, tuple, dict, Literal, Optional, scalar)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise PlanError(f"{where}: expected an object")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        if unknown := set(value) - names:
-            raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}")
-        # Every key, defaulted ones too: a plan missing one was hand-edited or is stale.
-        if missing := names - set(value):
-            raise PlanError(f"{where}: missing key(s) {sorted(missing)}")
-        return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value, where)
-    if origin is Literal:
-        if value not in args:
-            raise PlanError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise PlanError(f"{where}: expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise PlanError(f"{where}: expected {len(args)} values")
-        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise PlanError(f"{where}: expected an object")
-        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    raise PlanError(f"{where}: expected {getattr(tp, '__name__', tp)}, found {value!r}")
+        value = d.pop(key)
+        if value != only or type(value) is not type(only):
+            msg = (
+                f"{where}.{key}: {value!r}, but autoseg only ever wrote {only!r} there "
+                f"(schema_version 1, the key is gone in {PLAN_VERSION}); {_FIX}"
+            )
+            raise PlanError(msg)

@@ -11,15 +11,16 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from autoseg.fingerprint.crop import bbox_slices, nonzero_bbox
+from autoseg.io.image import Geometry
 from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.normalize import normalize
+from autoseg.preprocessing.properties import CaseProperties
 from autoseg.preprocessing.resample import needs_separate_z, resize_data, resize_labels
 
 #: Foreground voxel coordinates kept per class for oversampling: up to this many, but at least
@@ -35,13 +36,13 @@ class PreprocessedCase:
         data: ``(C, Z, Y, X)`` float32 at the configuration's spacing, transposed and cropped.
         seg: ``(Z, Y, X)`` class indices (uint8 / int16), or None without a label.
         locations: ``(N, 4)`` int32 rows ``(class, z, y, x)`` of sampled foreground voxels.
-        properties: what is needed to map a prediction back to the source geometry (JSON-ready).
+        properties: what is needed to map a prediction back to the source geometry.
     """
 
     data: np.ndarray
     seg: np.ndarray | None
     locations: np.ndarray
-    properties: dict[str, Any]
+    properties: CaseProperties
 
 
 def target_spacing_for(config: Configuration, case_spacing: Sequence[float]) -> tuple[float, ...]:
@@ -87,7 +88,7 @@ def preprocess_arrays(
     config: Configuration,
     *,
     case_id: str,
-    geometry: dict[str, Any] | None = None,
+    geometry: Geometry | None = None,
 ) -> PreprocessedCase:
     """Preprocess arrays read from files.
 
@@ -127,16 +128,16 @@ def preprocess_arrays(
             seg.astype(dtype), shape, order=rs.seg_order, z_axis=z_axis, z_order=rs.z_order
         )
         locations = class_locations(out_seg, plan.num_classes, seed=zlib.crc32(case_id.encode()) ^ 1234)
-    props = {
-        "case_id": case_id,
-        "spacing_transposed": list(sp),
-        "shape_before_crop": [int(s) for s in shape_before_crop],
-        "bbox": [list(b) for b in bbox],
-        "shape_after_crop": [hi - lo for lo, hi in bbox],
-        "target_spacing": list(target),
-        "shape_after_resample": list(shape),
-        "z_axis": z_axis,
-        "classes_present": sorted({int(c) for c in np.unique(locations[:, 0])}),
-        "geometry": geometry,
-    }
+    props = CaseProperties(
+        case_id=case_id,
+        spacing_transposed=tuple(float(s) for s in sp),
+        shape_before_crop=tuple(int(s) for s in shape_before_crop),
+        bbox=tuple((int(lo), int(hi)) for lo, hi in bbox),
+        shape_after_crop=tuple(int(hi - lo) for lo, hi in bbox),
+        target_spacing=tuple(float(t) for t in target),
+        shape_after_resample=tuple(int(s) for s in shape),
+        z_axis=z_axis,
+        classes_present=tuple(sorted({int(c) for c in np.unique(locations[:, 0])})),
+        geometry=geometry,
+    )
     return PreprocessedCase(data.astype(np.float32, copy=False), out_seg, locations, props)

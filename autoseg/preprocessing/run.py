@@ -29,7 +29,7 @@ def _one(args: tuple[Case, Dataset, Plan, Configuration, Path]) -> list[str]:
         plan,
         config,
         case_id=case.case_id,
-        geometry=loaded.geometry.to_dict(),
+        geometry=loaded.geometry,
     )
     PreprocessedStore(folder).save(pre)
     return []

@@ -6,7 +6,8 @@ Layout of one store (``<work>/<dataset>/preprocessed/<key>/``)::
     CASE.npy              (C, Z, Y, X) float32
     CASE_seg.npy          (Z, Y, X) class indices
     CASE_fg.npy           (N, 4) int32 foreground samples (class, z, y, x)
-    CASE.json             properties; written last, so its presence means the case is complete
+    CASE.json             properties (:class:`~autoseg.preprocessing.properties.CaseProperties`);
+                          written last, so its presence means the case is complete
 
 No pickle anywhere: everything loads with ``allow_pickle=False``.
 """
@@ -24,13 +25,19 @@ from autoseg._atomic import write_atomic
 from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.case import PreprocessedCase
+from autoseg.preprocessing.properties import PROPERTIES_VERSION, CaseProperties
 from autoseg.workspace import write_json_atomic
 
 
 def plan_part(plan: Plan, config: Configuration) -> dict[str, Any]:
-    """What preprocessed arrays depend on; configurations that agree on it share one store."""
+    """What a store's files depend on; configurations that agree on it share one store.
+
+    The properties' format version is part of it: a store written in another format gets
+    another key, so it is preprocessed again instead of being misread.
+    """
     kind = kind_of(config.kind)
     return {
+        "properties_version": PROPERTIES_VERSION,
         "channel_names": list(plan.channel_names),
         "label_values": list(plan.label_values),
         "transpose_forward": list(plan.transpose_forward),
@@ -76,13 +83,13 @@ class PreprocessedStore:
 
     def save(self, case: PreprocessedCase) -> None:
         """Store a case; the properties file goes last and marks it complete."""
-        cid = case.properties["case_id"]
+        cid = case.properties.case_id
         self.folder.mkdir(parents=True, exist_ok=True)
         _save_npy(self.folder / f"{cid}.npy", case.data)
         if case.seg is not None:
             _save_npy(self.folder / f"{cid}_seg.npy", case.seg)
         _save_npy(self.folder / f"{cid}_fg.npy", case.locations)
-        write_json_atomic(self.folder / f"{cid}.json", case.properties)
+        write_json_atomic(self.folder / f"{cid}.json", case.properties.to_dict())
 
     def load(self, case_id: str, *, mmap: bool = True) -> PreprocessedCase:
         """Load a case; arrays memory-mapped read-only unless ``mmap`` is False."""
@@ -91,9 +98,13 @@ class PreprocessedStore:
         seg_path = self.folder / f"{case_id}_seg.npy"
         seg = np.load(seg_path, mmap_mode=mode, allow_pickle=False) if seg_path.is_file() else None
         loc = np.load(self.folder / f"{case_id}_fg.npy", allow_pickle=False)
-        props = json.loads((self.folder / f"{case_id}.json").read_text())
+        props = CaseProperties.load(self.folder / f"{case_id}.json")
         return PreprocessedCase(data, seg, loc, props)
 
-    def properties(self, case_id: str) -> dict[str, Any]:
-        """Only the properties of a case."""
-        return json.loads((self.folder / f"{case_id}.json").read_text())
+    def properties(self, case_id: str) -> CaseProperties:
+        """Only the properties of a case.
+
+        Raises:
+            PreprocessedDataError: the properties file is missing or invalid.
+        """
+        return CaseProperties.load(self.folder / f"{case_id}.json")

@@ -19,8 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg._contract import parse
 from autoseg._precision import amp_dtype_for
+from autoseg.checkpoint_meta import CheckpointMeta
 from autoseg.data.loader import make_loader
+from autoseg.errors import CheckpointError
 from autoseg.networks.unet import build_network
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
@@ -33,8 +36,13 @@ from autoseg.training.schedule import poly_lr
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
 EMA_WEIGHT = 0.9
+#: Training settings that may change when a run continues without a warning: where and how
+#: fast it runs, not what it learns.
+_RUNTIME_SETTINGS = frozenset({"device", "workers", "checkpoint_every"})
+_CONTINUE_FIX = (
+    "train this fold from scratch (without --continue), or continue with the plan it was trained with"
+)
 
 
 class TrainingInterrupted(Exception):
@@ -111,8 +119,9 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     def _checkpoint_state(self) -> dict[str, Any]:
         s = self.state
+        meta = CheckpointMeta.for_training(self.plan, self.config, self.cfg.to_dict())
         return {
-            "format": CHECKPOINT_FORMAT,
+            "meta": meta.to_dict(),
             "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -120,9 +129,6 @@ class Trainer:
             "ema": s.ema,
             "best_ema": s.best_ema,
             "torch_rng": torch.get_rng_state(),
-            "train_config": self.cfg.to_dict(),
-            "configuration": self.config.name,
-            "n_classes": self.plan.num_classes,
         }
 
     def save(self, name: str) -> None:
@@ -131,8 +137,14 @@ class Trainer:
             save_checkpoint(self.out_dir / f"checkpoint_{name}.pt", self._checkpoint_state())
 
     def restore(self, path: Path) -> None:
-        """Load model, optimiser, scaler, epoch, EMA and RNG state from a checkpoint."""
+        """Load model, optimiser, scaler, epoch, EMA and RNG state from a checkpoint.
+
+        Raises:
+            CheckpointError: the checkpoint belongs to another configuration, plan, class count
+                or fold (the message says what differs), or its metadata is invalid.
+        """
         ck = load_checkpoint(path, map_location=self.device)
+        self._check_continues(CheckpointMeta.from_checkpoint(ck, path), path)
         self.network.load_weights(ck["network"], source=str(path))
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
@@ -142,6 +154,45 @@ class Trainer:
         self.state.best_ema = float(ck["best_ema"])
         torch.set_rng_state(ck["torch_rng"].cpu())
         log.info("resumed from %s at epoch %d", path.name, self.state.epoch)
+
+    def _check_continues(self, meta: CheckpointMeta, path: Path) -> None:
+        """Refuse to continue a checkpoint of another run; warn about changed settings."""
+        meta.check(self.plan, self.config, path=path, against="the current plan", fix=_CONTINUE_FIX)
+        old = parse(
+            TrainConfig,
+            meta.train_config,
+            name="checkpoint metadata.train_config",
+            version=None,
+            error=CheckpointError,
+            fix="train this fold from scratch (without --continue)",
+        )
+        if old.fold != self.cfg.fold:
+            msg = f"{path}: trained as fold {old.fold!r}, not fold {self.cfg.fold!r}; {_CONTINUE_FIX}"
+            raise CheckpointError(msg)
+        before, now = old.to_dict(), self.cfg.to_dict()
+        changed = [
+            f"{k} {before[k]!r} -> {now[k]!r}"
+            for k in now
+            if k not in _RUNTIME_SETTINGS and before[k] != now[k]
+        ]
+        if changed and self.world.is_main:
+            log.warning("continuing %s with changed settings: %s", path.name, ", ".join(changed))
+
+    def resume(self) -> bool:
+        """Restore the latest (else the final) checkpoint of this fold, checking it is this run's.
+
+        Returns:
+            Whether a checkpoint was found; without one, training starts from scratch.
+
+        Raises:
+            CheckpointError: the checkpoint belongs to another run (see :meth:`restore`).
+        """
+        for name in ("latest", "final"):
+            if (self.out_dir / f"checkpoint_{name}.pt").is_file():
+                self.restore(self.out_dir / f"checkpoint_{name}.pt")
+                return True
+        log.warning("--continue: no checkpoint in %s; starting from scratch", self.out_dir)
+        return False
 
     # ----------------------------------------------------------------- loop
     def _request_stop(self, signum: int, _frame: object) -> None:
@@ -219,16 +270,12 @@ class Trainer:
         return {"val_loss": float(loss[0] / self.world.size), "pseudo_dice": dice, "pseudo_dice_mean": mean}
 
     def run(self, *, resume: bool = False) -> None:
-        """Train from scratch, or from the latest checkpoint when ``resume``."""
+        """Train from scratch, or from the latest checkpoint when ``resume`` (see :meth:`resume`;
+        a caller that called :meth:`resume` itself passes False)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         records = self.out_dir / "progress.jsonl"
         if resume:
-            for name in ("latest", "final"):
-                if (self.out_dir / f"checkpoint_{name}.pt").is_file():
-                    self.restore(self.out_dir / f"checkpoint_{name}.pt")
-                    break
-            else:
-                log.warning("--continue: no checkpoint in %s; starting from scratch", self.out_dir)
+            self.resume()
         if self.world.is_main and records.is_file():  # a resumed run redoes the epochs it lost
             truncate_records(records, before_epoch=self.state.epoch)
         seed = self.cfg.seed + 1000 * self.state.epoch + 7919 * self.world.rank

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg._atomic import write_atomic
+from autoseg.errors import PreprocessedDataError
 from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
 from autoseg.inference.export import (
     classes_to_values,
@@ -21,7 +22,7 @@ from autoseg.inference.export import (
 )
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.align import read_onto
-from autoseg.io.image import Geometry, write_image
+from autoseg.io.image import write_image
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.workspace import write_json_atomic
@@ -81,7 +82,13 @@ def validate_fold(
             )
         else:
             labels = logits_to_labels(logits, case.properties, plan)
-        geometry = Geometry.from_dict(case.properties["geometry"])
+        geometry = case.properties.geometry
+        if geometry is None:
+            msg = (
+                f"{store.folder / (cid + '.json')}: no source geometry in the case properties; "
+                f"delete {store.folder} and preprocess again"
+            )
+            raise PreprocessedDataError(msg)
         write_image(labels, geometry, out_dir / f"{cid}.nii.gz")
         ref = np.rint(
             read_onto(label_files[cid], geometry, labels.shape, grid_of=f"case {cid}'s image")

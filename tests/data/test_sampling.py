@@ -15,13 +15,25 @@ from batchgenerators.augmentations.utils import (
 from autoseg.data.geometry import initial_patch_size, spatial_params
 from autoseg.data.sampling import crop_padded, place_patch, sample_patch
 from autoseg.preprocessing.case import PreprocessedCase
+from autoseg.preprocessing.properties import CaseProperties
 
 KINDS = ["3d_fullres", "2d", "2.5d"]
 
 
+def _props(case_id: str, shape: tuple[int, ...]) -> CaseProperties:
+    """Properties of an uncropped, unresampled case of ``shape`` (sampling reads only the id)."""
+    shape = tuple(int(s) for s in shape)
+    one = (1.0,) * len(shape)
+    return CaseProperties(
+        case_id, one, shape, tuple((0, s) for s in shape), shape, one, shape, None, (), None
+    )
+
+
 def _case(data: np.ndarray, seg: np.ndarray, locations: list[list[int]]) -> PreprocessedCase:
     loc = np.asarray(locations, dtype=np.int32).reshape(-1, 4)
-    return PreprocessedCase(data.astype(np.float32), seg.astype(np.uint8), loc, {"case_id": "synthetic"})
+    return PreprocessedCase(
+        data.astype(np.float32), seg.astype(np.uint8), loc, _props("synthetic", seg.shape)
+    )
 
 
 def _centre(arr: np.ndarray, final: tuple[int, ...]) -> np.ndarray:
@@ -204,6 +216,8 @@ class TestPadding:
 
 
 def test_needs_a_segmentation(prepared):
-    case = PreprocessedCase(np.zeros((1, 4, 4, 4), np.float32), None, np.zeros((0, 4), np.int32), {})
+    case = PreprocessedCase(
+        np.zeros((1, 4, 4, 4), np.float32), None, np.zeros((0, 4), np.int32), _props("c", (4, 4, 4))
+    )
     with pytest.raises(ValueError, match="no segmentation"):
         sample_patch(case, prepared.config("3d_fullres"), force_fg=False, rng=np.random.default_rng(0))

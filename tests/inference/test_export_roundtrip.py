@@ -79,7 +79,7 @@ def test_crop_is_undone_with_background_outside() -> None:
     seg_p[5:-5, 5:-5, 5:-5] = seg
     plan, cfg = _plan_variant()
     pre = preprocess_arrays(padded, seg_p, sp, plan, cfg, case_id="x")
-    assert pre.properties["bbox"] == [[5, s - 5] for s in padded.shape[1:]]
+    assert pre.properties.bbox == tuple((5, s - 5) for s in padded.shape[1:])
     back = logits_to_labels(_one_hot_logits(pre.seg, plan.num_classes), pre.properties, plan)
     np.testing.assert_array_equal(back, seg_p)
     prob = probabilities_on_source_grid(_one_hot_logits(pre.seg, 3), pre.properties, plan)
@@ -116,8 +116,8 @@ def test_probabilities_are_float32_softmax_and_leave_the_logits(spacing: tuple[f
     prob = probabilities_on_source_grid(logits, pre.properties, plan)
     assert torch.equal(logits, before)
     assert prob.dtype == np.float32
-    expected = torch.softmax(resize_channels(logits, pre.properties["shape_after_crop"], z_axis=None), 0)
-    bbox = tuple(slice(lo, hi) for lo, hi in pre.properties["bbox"])
+    expected = torch.softmax(resize_channels(logits, pre.properties.shape_after_crop, z_axis=None), 0)
+    bbox = tuple(slice(lo, hi) for lo, hi in pre.properties.bbox)
     np.testing.assert_allclose(prob[(slice(None), *bbox)], expected.numpy(), atol=1e-6)
     labels = logits_to_labels(logits, pre.properties, plan)
     top2 = np.sort(prob, axis=0)[-2:]

@@ -17,8 +17,9 @@ import pytest
 
 from autoseg.errors import CheckpointError, DatasetError
 from autoseg.evaluation.metrics import dice_per_label
+from autoseg.inference.choice import InferenceChoice
 from autoseg.inference.find_best import ensemble_labels, find_best
-from autoseg.inference.postprocess import Postprocessing
+from autoseg.inference.postprocess import POSTPROCESSING_VERSION, Postprocessing
 from autoseg.io.image import read_image, write_image
 from autoseg.io.samples import copy_sample_subset
 from autoseg.planning.plan import Plan
@@ -152,8 +153,10 @@ class TestFindBest:
         assert report["postprocessing"]["n_cases"] == N_CASES
         assert report["postprocessing"]["final"]["foreground_mean"] == 1.0
         assert json.loads((d / "inference.json").read_text()) == info
-        pp = json.loads((d / "models" / "3d_fullres" / "postprocessing.json").read_text())
-        assert Postprocessing.from_dict(pp) == Postprocessing(True, ())
+        assert InferenceChoice.load(d / "inference.json").postprocessing == Postprocessing(True, ())
+        pp_path = d / "models" / "3d_fullres" / "postprocessing.json"
+        assert json.loads(pp_path.read_text())["schema_version"] == POSTPROCESSING_VERSION
+        assert Postprocessing.load(pp_path) == Postprocessing(True, ())
         assert not (d / "models" / "2d" / "postprocessing.json").exists()
 
     def test_ensemble_wins(self, make_dataset_dir, source):

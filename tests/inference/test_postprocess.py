@@ -6,6 +6,8 @@ label 2, so that every expected Dice can be counted.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from autoseg.errors import CheckpointError, DatasetError, ImageReadError
 from autoseg.inference.postprocess import (
+    POSTPROCESSING_VERSION,
     Postprocessing,
     apply_postprocessing,
     determine_postprocessing,
@@ -112,8 +115,82 @@ class TestPostprocessingDict:
         ids=["missing-key", "int-flag", "str-label", "unknown-key"],
     )
     def test_rejects_malformed(self, bad):
-        with pytest.raises(CheckpointError, match="post-processing should be"):
+        with pytest.raises(CheckpointError, match=r"^post-processing.*; re-run `autoseg find-best`$"):
             Postprocessing.from_dict(bad)
+
+
+class TestPostprocessingFile:
+    """``postprocessing.json``: the same fields with a ``schema_version``, loaded strictly."""
+
+    FIX = "; re-run `autoseg find-best`"
+
+    def _write(self, tmp_path, d) -> Path:
+        path = tmp_path / "postprocessing.json"
+        path.write_text(json.dumps(d))
+        return path
+
+    def test_save_and_load(self, tmp_path):
+        pp = Postprocessing(True, (2,))
+        path = tmp_path / "m" / "postprocessing.json"
+        pp.save(path)
+        assert json.loads(path.read_text()) == {
+            "schema_version": POSTPROCESSING_VERSION,
+            "foreground_largest_only": True,
+            "largest_only_labels": [2],
+        }
+        assert Postprocessing.load(path) == pp
+
+    def test_version_0_still_loads(self, tmp_path):
+        # what find-best wrote into trained model folders before the file had a version
+        path = self._write(tmp_path, {"foreground_largest_only": True, "largest_only_labels": [1]})
+        assert Postprocessing.load(path) == Postprocessing(True, (1,))
+
+    @pytest.mark.parametrize("version", [2, 0, "1", None], ids=["2", "0", "str", "none"])
+    def test_wrong_version(self, tmp_path, version):
+        d = {"schema_version": version, "foreground_largest_only": True, "largest_only_labels": []}
+        path = self._write(tmp_path, d)
+        with pytest.raises(
+            CheckpointError,
+            match=rf"^{re.escape(str(path))}: post-processing schema_version is {re.escape(repr(version))}, "
+            rf"this autoseg reads 1{re.escape(self.FIX)}$",
+        ):
+            Postprocessing.load(path)
+
+    def test_missing_version(self, tmp_path):
+        # without a version only the exact version-0 form is accepted
+        path = self._write(tmp_path, {"foreground_largest_only": True})
+        with pytest.raises(
+            CheckpointError, match=rf"^{re.escape(str(path))}: post-processing schema_version is missing"
+        ):
+            Postprocessing.load(path)
+
+    def test_missing_key(self, tmp_path):
+        path = self._write(tmp_path, {"schema_version": 1, "foreground_largest_only": True})
+        with pytest.raises(
+            CheckpointError,
+            match=rf"^{re.escape(str(path))}: post-processing: missing key\(s\) \['largest_only_labels'\]"
+            rf"{re.escape(self.FIX)}$",
+        ):
+            Postprocessing.load(path)
+
+    def test_extra_key(self, tmp_path):
+        d = {"schema_version": 1, "foreground_largest_only": True, "largest_only_labels": [], "min_size": 3}
+        path = self._write(tmp_path, d)
+        with pytest.raises(
+            CheckpointError,
+            match=rf"^{re.escape(str(path))}: post-processing: unknown key\(s\) \['min_size'\]",
+        ):
+            Postprocessing.load(path)
+
+    def test_wrong_type(self, tmp_path):
+        d = {"schema_version": 1, "foreground_largest_only": True, "largest_only_labels": [True]}
+        path = self._write(tmp_path, d)
+        with pytest.raises(
+            CheckpointError,
+            match=rf"^{re.escape(str(path))}: post-processing\.largest_only_labels\[0\]: "
+            r"expected int, found True",
+        ):
+            Postprocessing.load(path)
 
 
 class TestDeterminePostprocessing:

@@ -98,7 +98,6 @@ def _config(kind: str, patch: tuple[int, ...], in_slices: int = 1) -> Configurat
         features_per_stage=(4, 8, 8),
         kernel_sizes=((3,) * dims,) * 3,
         strides=((1,) * dims, (2,) * dims, (2,) * dims),
-        n_conv_per_stage=2,
         deep_supervision=True,
     )
     return Configuration(

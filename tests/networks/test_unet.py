@@ -32,7 +32,6 @@ def make_config(
     features: tuple[int, ...] = (4, 8, 16),
     in_slices: int = 1,
     deep_supervision: bool = True,
-    n_conv_per_stage: int = 2,
     kernels: tuple[tuple[int, ...], ...] | None = None,
 ) -> Configuration:
     dims = 3 if kind == "3d" else 2
@@ -44,7 +43,6 @@ def make_config(
         features_per_stage=features,
         kernel_sizes=kernels or ((3,) * dims,) * n_stages,
         strides=strides,
-        n_conv_per_stage=n_conv_per_stage,
         deep_supervision=deep_supervision,
     )
     return Configuration(
@@ -254,10 +252,6 @@ class TestPlanChecks:
         with pytest.raises(PlanError, match="needs 3 values"):
             build_network(config, in_channels=1, n_classes=2)
 
-    def test_n_conv_per_stage(self):
-        with pytest.raises(PlanError, match="n_conv_per_stage must be 2"):
-            build_network(make_config("3d", n_conv_per_stage=3), in_channels=1, n_classes=2)
-
     @pytest.mark.parametrize(("in_channels", "n_classes"), [(0, 2), (1, 0)], ids=["no_input", "no_class"])
     def test_channel_counts(self, in_channels, n_classes):
         with pytest.raises(ValueError, match="must be >= 1"):
@@ -335,6 +329,7 @@ class TestSameAsDynUNet:
 
 def test_mismatched_checkpoint_is_a_checkpoint_error(tmp_path):
     """A fold whose weights do not fit the plan's network: a one-line error naming the file."""
+    from autoseg.checkpoint_meta import CheckpointMeta
     from autoseg.inference.model import load_model
 
     plan = Plan.load(HIPPOCAMPUS_PLAN)
@@ -342,6 +337,8 @@ def test_mismatched_checkpoint_is_a_checkpoint_error(tmp_path):
     (model_dir / "fold_0").mkdir(parents=True)
     plan.save(model_dir / "plans.json")
     other = build_network(plan.configuration("2d"), in_channels=1, n_classes=plan.num_classes)
-    torch.save({"network": other.state_dict()}, model_dir / "fold_0" / "checkpoint_final.pt")
+    # metadata that fits the plan (see tests/test_checkpoint_meta.py), weights that do not
+    meta = CheckpointMeta.for_training(plan, plan.configuration("3d_fullres"), {}).to_dict()
+    torch.save({"meta": meta, "network": other.state_dict()}, model_dir / "fold_0" / "checkpoint_final.pt")
     with pytest.raises(CheckpointError, match=r"checkpoint_final\.pt: its weights do not fit"):
         load_model(model_dir)

@@ -7,6 +7,7 @@ values are derived in the comments from the rules (see ``test_rules.py`` for the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -397,7 +398,9 @@ class TestStrictLoading:
 
     def test_unknown_key(self, d):
         d["surprise"] = 1
-        with pytest.raises(PlanError, match=r"^plan: unknown key\(s\) \['surprise'\]$"):
+        with pytest.raises(
+            PlanError, match=r"^plan: unknown key\(s\) \['surprise'\]; run `autoseg plan` again$"
+        ):
             Plan.from_dict(d)
 
     def test_unknown_nested_key(self, d):
@@ -425,22 +428,27 @@ class TestStrictLoading:
         with pytest.raises(
             PlanError,
             match=rf"^{re.escape(where)}: missing key\(s\) "
-            rf"\['{path[-1]}'\]$",
+            rf"\['{path[-1]}'\]; run `autoseg plan` again$",
         ):
             Plan.from_dict(d)
 
-    @pytest.mark.parametrize("version", [2, 0, "1", None], ids=["2", "0", "str", "none"])
+    @pytest.mark.parametrize("version", [3, 0, "2", None, True], ids=["3", "0", "str", "none", "bool"])
     def test_wrong_schema_version(self, d, version):
         d["schema_version"] = version
         with pytest.raises(
             PlanError,
             match=rf"schema_version is {re.escape(repr(version))}, "
-            r"this autoseg reads 1; run `autoseg plan` again",
+            r"this autoseg reads 2; run `autoseg plan` again",
         ):
             Plan.from_dict(d)
 
+    def test_missing_schema_version(self, d):
+        del d["schema_version"]
+        with pytest.raises(PlanError, match=r"^plan schema_version is missing, this autoseg reads 2; "):
+            Plan.from_dict(d)
+
     def test_not_a_dict(self):
-        with pytest.raises(PlanError, match="schema_version is None"):
+        with pytest.raises(PlanError, match=r"^plan: expected a JSON object, found list; run `autoseg plan`"):
             Plan.from_dict([])  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
@@ -561,6 +569,104 @@ class TestStrictLoading:
         path.write_text(json.dumps(d))
         with pytest.raises(PlanError, match=rf"^{re.escape(str(path))}: plan schema_version is 99"):
             Plan.load(path)
+
+
+V1_PLAN = Path(__file__).resolve().parent / "data" / "plans_v1_hippocampus_sample.json"
+V2_PLAN = Path(__file__).resolve().parents[2] / "plans" / "hippocampus_sample" / "plans.json"
+
+
+class TestVersion1Migration:
+    """A version-1 plans.json (as written before ``planner``, ``extra`` and
+    ``n_conv_per_stage`` were dropped) still loads; anything else in it stays strict."""
+
+    @pytest.fixture
+    def v1(self) -> dict:
+        return json.loads(V1_PLAN.read_text())
+
+    def test_stored_v1_plan_loads_as_the_v2_plan(self):
+        # the fixture is the golden plan as committed at schema_version 1
+        assert json.loads(V1_PLAN.read_text())["schema_version"] == 1
+        plan = Plan.load(V1_PLAN)
+        assert plan == Plan.load(V2_PLAN)
+        assert plan.schema_version == 2
+        assert "planner" not in plan.to_dict()
+
+    @pytest.mark.parametrize(
+        ("path", "value", "message"),
+        [
+            (("planner",), "nnunet", r"plan\.planner: 'nnunet', but autoseg only ever wrote 'autoseg'"),
+            (("extra",), {"a": 1}, r"plan\.extra: \{'a': 1\}, but autoseg only ever wrote \{\}"),
+            (
+                ("configurations", "2d", "network", "n_conv_per_stage"),
+                3,
+                r"plan\.configurations\.2d\.network\.n_conv_per_stage: 3, but autoseg only ever wrote 2",
+            ),
+        ],
+        ids=["planner", "extra", "n_conv_per_stage"],
+    )
+    def test_a_dropped_key_with_another_value_is_refused(self, v1, tmp_path, path, value, message):
+        _parent(v1, path)[path[-1]] = value
+        f = tmp_path / "plans.json"
+        f.write_text(json.dumps(v1))
+        with pytest.raises(PlanError, match=rf"^{re.escape(str(f))}: {message}.*run `autoseg plan` again$"):
+            Plan.load(f)
+
+    def test_a_dropped_key_missing_is_refused(self, v1):
+        del v1["extra"]
+        with pytest.raises(PlanError, match=r"^plan: missing key\(s\) \['extra'\] \(schema_version 1\)"):
+            Plan.from_dict(v1)
+
+    def test_v1_stays_strict_otherwise(self, v1):
+        v1["surprise"] = 1
+        with pytest.raises(PlanError, match=r"^plan: unknown key\(s\) \['surprise'\]"):
+            Plan.from_dict(v1)
+
+    def test_v2_refuses_the_dropped_keys(self):
+        d = json.loads(V2_PLAN.read_text())
+        d["planner"] = "autoseg"
+        with pytest.raises(PlanError, match=r"^plan: unknown key\(s\) \['planner'\]"):
+            Plan.from_dict(d)
+
+    def test_migration_leaves_the_input_alone(self, v1):
+        before = copy.deepcopy(v1)
+        Plan.from_dict(v1)
+        assert v1 == before
+
+
+class TestConfigurationHash:
+    def test_same_plan_same_hash_through_json(self):
+        plan = make_plan(small_iso())
+        back = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+        for name in plan.configurations:
+            assert back.configuration_hash(name) == plan.configuration_hash(name)
+
+    def test_v1_and_v2_files_hash_alike(self):
+        v1, v2 = Plan.load(V1_PLAN), Plan.load(V2_PLAN)
+        assert v1.configuration_hash("3d_fullres") == v2.configuration_hash("3d_fullres")
+
+    def test_what_changes_the_hash(self):
+        plan = make_plan(small_iso())
+        h = plan.configuration_hash("3d_fullres")
+        assert plan.configuration_hash("2d") != h
+        config = plan.configuration("3d_fullres")
+        other = dataclasses.replace(config, patch_size=tuple(p * 2 for p in config.patch_size))
+        changed = dataclasses.replace(plan, configurations={**plan.configurations, "3d_fullres": other})
+        assert changed.configuration_hash("3d_fullres") != h
+        relabelled = dataclasses.replace(plan, labels={**plan.labels, "extra": 9})
+        assert relabelled.configuration_hash("3d_fullres") != h
+        # notes and the GPU budget do not change what the network sees or outputs
+        noted = dataclasses.replace(plan, notes=("hello",), gpu_memory_gb=99.0)
+        assert noted.configuration_hash("3d_fullres") == h
+        # ints in float fields hash like the floats they load as
+        as_ints = dataclasses.replace(
+            plan,
+            configurations={
+                **plan.configurations,
+                "3d_fullres": dataclasses.replace(config, spacing=tuple(int(s) for s in config.spacing)),
+            },
+        )
+        assert config.spacing == (1.0, 1.0, 1.0)
+        assert as_ints.configuration_hash("3d_fullres") == h
 
 
 class TestPlanProperties:

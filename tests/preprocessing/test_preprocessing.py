@@ -36,7 +36,7 @@ def test_store_contents(dataset: Path, tmp_path: Path) -> None:
     locs = case.locations
     assert locs.shape[1] == 4
     assert (case.seg[tuple(locs[:, 1:].T)] == locs[:, 0]).all()  # each location has its class
-    assert case.properties["classes_present"] == [1, 2]
+    assert case.properties.classes_present == (1, 2)
     part = json.loads((store.folder / "plan_part.json").read_text())
     assert part["spacing"] == [1.0, 1.0, 1.0]
 

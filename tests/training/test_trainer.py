@@ -8,6 +8,7 @@ show mechanics, not accuracy; accuracy lives in benchmarks/.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -248,3 +249,83 @@ def test_two_ddp_processes_stay_in_sync(dataset: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "parameter checksums of 2 ranks" in out.stderr
+
+
+def _trainer(dataset: Path, fold_dir: Path, fold: int, plan=None):
+    from autoseg.data.splits import fold_cases, load_or_create_splits
+    from autoseg.planning.plan import Plan
+    from autoseg.preprocessing.store import PreprocessedStore
+    from autoseg.training.config import TrainConfig
+    from autoseg.training.trainer import Trainer
+
+    plan = plan or Plan.load(_work(dataset) / "hippo/plans.json")
+    config = plan.configuration("2d")
+    store = PreprocessedStore.for_config(_work(dataset) / "hippo", plan, config)
+    splits = load_or_create_splits(_work(dataset) / "hippo/splits.json", [])
+    tr, va = fold_cases(splits, fold)
+    cfg = TrainConfig("2d", fold, epochs=2, device="cpu", batch_size=4, precision="fp32")
+    return Trainer(plan, config, cfg, store, tr, va, fold_dir)
+
+
+def test_continue_refuses_a_checkpoint_of_another_run(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--continue checks the checkpoint's metadata before anything is written: another plan or
+    fold is refused naming what differs; changed settings are a warning; format 1 still resumes."""
+    args = _train_args(
+        dataset,
+        "2d",
+        "3",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "1",
+        "--val-iters",
+        "1",
+        "--no-val-probabilities",
+    )
+    assert main(args) == 0
+    fold = _work(dataset) / "hippo/models/2d/fold_3"
+    latest = fold / "checkpoint_latest.pt"  # what --continue takes before checkpoint_final.pt
+    model_plan = (fold.parent / "plans.json").read_text()
+
+    # the dataset re-planned: the 2d configuration differs (its batch size, say)
+    plans = _work(dataset) / "hippo/plans.json"
+    original = plans.read_text()
+    d = json.loads(original)
+    d["configurations"]["2d"]["batch_size"] += 1
+    try:
+        plans.write_text(json.dumps(d))
+        capsys.readouterr()
+        assert main([*args, "--continue"]) == 2
+        err = capsys.readouterr().err
+        assert f"{latest}: does not fit the current plan: it was trained with another plan of 2d" in err
+        assert "without --continue" in err
+        # refused before the model folder's plan was overwritten: its other folds still fit it
+        assert (fold.parent / "plans.json").read_text() == model_plan
+    finally:
+        plans.write_text(original)
+
+    from autoseg.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"trained as fold 3, not fold 4"):
+        _trainer(dataset, fold, 4).restore(latest)
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # whatever the CLI did to the autoseg logger's handlers
+    logging.getLogger("autoseg").addHandler(handler)
+    try:
+        _trainer(dataset, fold, 3).restore(latest)
+    finally:
+        logging.getLogger("autoseg").removeHandler(handler)
+    messages = [r.getMessage() for r in seen]
+    assert any("continuing checkpoint_latest.pt with changed settings: epochs 1 -> 2" in m for m in messages)
+
+    ck = load_checkpoint(latest)
+    meta = ck.pop("meta")
+    ck.update(format=1, train_config=meta["train_config"], configuration="2d", n_classes=meta["n_classes"])
+    torch.save(ck, latest)
+    trainer = _trainer(dataset, fold, 3)
+    assert trainer.resume()
+    assert trainer.state.epoch == 1
