@@ -164,20 +164,29 @@ class Plan:
         return self.configurations[name]
 
     def configuration_hash(self, name: str) -> str:
-        """A short hash of everything a network trained for configuration ``name`` depends on.
+        """A short hash of everything a network trained for configuration ``name`` takes in and
+        puts out.
 
-        The configuration itself (network, patch, spacing, resampling, batch) and what the plan
-        decides for every configuration: channels, labels, transpose and normalisation. Stored in
-        checkpoints, so that a checkpoint is never continued or used for prediction under
-        another plan. Notes, the GPU budget and the dataset-wide medians are left out: they do
-        not change what the network sees or outputs.
+        The network, patch, kind, slices, spacing and resampling of the configuration, and what
+        the plan decides for every configuration: channels, labels, transpose and normalisation.
+        Stored in checkpoints, so that a checkpoint is never continued or used for prediction
+        under another plan. Left out because the weights stay valid without them: the batch
+        size and batch Dice (how training ran), the medians and memory estimate, the cascade
+        links, notes and the GPU budget. A re-plan with another budget that changes only the
+        batch size keeps the trained folds usable.
         """
+        config = self.configuration(name)
         part = _Identity(
             self.channel_names,
             self.labels,
             self.transpose_forward,
             self.normalization,
-            self.configuration(name),
+            config.kind,
+            config.spacing,
+            config.patch_size,
+            config.in_slices,
+            config.network,
+            config.resampling,
         )
         return digest(_Identity, part)
 
@@ -222,7 +231,12 @@ class _Identity:
     labels: dict[str, int]
     transpose_forward: tuple[int, ...]
     normalization: tuple[Normalization, ...]
-    configuration: Configuration
+    kind: ConfigKind
+    spacing: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    in_slices: int
+    network: Network
+    resampling: Resampling
 
 
 def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:

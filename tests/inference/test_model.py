@@ -74,7 +74,7 @@ def test_a_format_1_checkpoint_still_loads_to_the_same_network(model_dir: Path) 
 def test_a_checkpoint_of_another_plan_is_refused(model_dir: Path) -> None:
     plans = model_dir / "plans.json"
     d = json.loads(plans.read_text())
-    d["configurations"]["2d"]["batch_size"] += 1  # re-planned with another budget, say
+    d["configurations"]["2d"]["patch_size"][0] += 8  # re-planned with another budget, say
     plans.write_text(json.dumps(d))
     with pytest.raises(
         CheckpointError,
@@ -83,6 +83,14 @@ def test_a_checkpoint_of_another_plan_is_refused(model_dir: Path) -> None:
         r"retrain fold all with this plan, or leave it out \(-f with the other folds\)$",
     ):
         load_model(model_dir, folds=["all"])
+
+
+def test_a_replan_that_changes_only_the_batch_keeps_the_folds(model_dir: Path) -> None:
+    plans = model_dir / "plans.json"
+    d = json.loads(plans.read_text())
+    d["configurations"]["2d"]["batch_size"] += 1
+    plans.write_text(json.dumps(d))
+    assert load_model(model_dir, folds=["all"]).folds == ["all"]
 
 
 @pytest.mark.parametrize("fmt", [1, 2])

@@ -657,6 +657,25 @@ class TestConfigurationHash:
         # notes and the GPU budget do not change what the network sees or outputs
         noted = dataclasses.replace(plan, notes=("hello",), gpu_memory_gb=99.0)
         assert noted.configuration_hash("3d_fullres") == h
+        # neither does how training ran: a re-plan that only changes the batch keeps the folds
+        rebatched = dataclasses.replace(
+            plan,
+            configurations={
+                **plan.configurations,
+                "3d_fullres": dataclasses.replace(
+                    config, batch_size=config.batch_size + 3, batch_dice=not config.batch_dice
+                ),
+            },
+        )
+        assert rebatched.configuration_hash("3d_fullres") == h
+        spaced = dataclasses.replace(
+            plan,
+            configurations={
+                **plan.configurations,
+                "3d_fullres": dataclasses.replace(config, spacing=(1.0, 1.0, 1.5)),
+            },
+        )
+        assert spaced.configuration_hash("3d_fullres") != h
         # ints in float fields hash like the floats they load as
         as_ints = dataclasses.replace(
             plan,
