@@ -289,11 +289,11 @@ def test_continue_refuses_a_checkpoint_of_another_run(
     latest = fold / "checkpoint_latest.pt"  # what --continue takes before checkpoint_final.pt
     model_plan = (fold.parent / "plans.json").read_text()
 
-    # the dataset re-planned: the 2d configuration differs (its batch size, say)
+    # the dataset re-planned: the 2d configuration's network input differs (its patch, say)
     plans = _work(dataset) / "hippo/plans.json"
     original = plans.read_text()
     d = json.loads(original)
-    d["configurations"]["2d"]["batch_size"] += 1
+    d["configurations"]["2d"]["patch_size"][0] += 8
     try:
         plans.write_text(json.dumps(d))
         capsys.readouterr()
