@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
@@ -27,3 +29,9 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON through :func:`write_atomic`: never a half-written file."""
+    text = json.dumps(obj, indent=2) + "\n"
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,4 +1,12 @@
-"""Run a function over cases in worker processes, with a progress bar, results in input order."""
+"""Run a function over cases in worker processes, with a progress bar, results in input order.
+
+:func:`map_cases` is what every stage that reads many cases uses (fingerprint, preprocessing,
+evaluation, find-best, post-processing): the function raises an
+:class:`~autoseg.errors.AutosegError` for a bad case, which is kept as that case's
+:class:`Outcome` so that the other cases still run, and every problem is reported together
+(:func:`values_or_raise`). The exception itself comes back from the worker (pickled), so its type
+is kept, never rebuilt from a name.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from functools import partial
+from typing import Generic, TypeVar
 
 from tqdm import tqdm
+
+from autoseg.errors import AutosegError, DatasetError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,3 +85,53 @@ def parallel_map(
             return out
     finally:
         bar.close()
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """One case's result: its value, or the user-fixable error it raised (exactly one is set)."""
+
+    value: R | None = None
+    error: AutosegError | None = None
+
+
+def _capture(fn: Callable[[T], R], item: T) -> Outcome[R]:
+    try:
+        return Outcome(value=fn(item))
+    except AutosegError as e:
+        return Outcome(error=e)
+
+
+def map_cases(
+    fn: Callable[[T], R], items: Sequence[T] | Iterable[T], *, workers: int, desc: str, unit: str = "case"
+) -> list[Outcome[R]]:
+    """:func:`parallel_map` of ``fn``, each :class:`~autoseg.errors.AutosegError` kept as its
+    case's outcome (other exceptions are bugs and propagate). ``fn`` must be module-level."""
+    return parallel_map(partial(_capture, fn), items, workers=workers, desc=desc, unit=unit)
+
+
+def problems_of(error: AutosegError) -> list[str]:
+    """The one-line problems an error reports (a :class:`DatasetError` may hold several)."""
+    return list(error.problems) if isinstance(error, DatasetError) else [str(error)]
+
+
+def values_or_raise(outcomes: Sequence[Outcome[R]]) -> list[R]:
+    """The values, or every case's problems raised together.
+
+    One failed case re-raises its own error. Several: a :class:`DatasetError` listing every
+    problem, unless they are all of one other type, which is then raised with the list.
+
+    Raises:
+        AutosegError: the collected errors (see above).
+    """
+    errors = [o.error for o in outcomes if o.error is not None]
+    if not errors:
+        return [o.value for o in outcomes]  # type: ignore[misc]
+    if len(errors) == 1:
+        raise errors[0]
+    problems = [p for e in errors for p in problems_of(e)]
+    kinds = {type(e) for e in errors}
+    if len(kinds) == 1 and not issubclass(kind := kinds.pop(), DatasetError):
+        msg = f"{len(errors)} cases failed:\n  " + "\n  ".join(problems)
+        raise kind(msg)
+    raise DatasetError(problems)

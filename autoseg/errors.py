@@ -7,7 +7,10 @@ The tree::
      ├── ImageReadError           one image file or DICOM folder cannot be read
      ├── PlanError                plans.json or fingerprint.json missing, invalid, or lacks a configuration
      ├── PreprocessedDataError    a preprocessed case's files are invalid or of another version
-     ├── CheckpointError          a checkpoint or trained model is missing, corrupt or mismatched
+     ├── ModelError               a trained model's files other than checkpoints are missing, unreadable
+     │    │                       or inconsistent (its plan, validation outputs, post-processing,
+     │    │                       find-best's choice, exported networks)
+     │    └── CheckpointError     a checkpoint file is missing, corrupt or from another run
      └── MissingDependencyError   an optional extra is not installed (also an ImportError)
 
 Anything else that escapes is a bug and keeps its traceback.
@@ -35,6 +38,10 @@ class DatasetError(AutosegError):
             msg = f"{len(self.problems)} problems found:\n  " + "\n  ".join(self.problems)
         super().__init__(msg)
 
+    def __reduce__(self) -> tuple[type[DatasetError], tuple[list[str]]]:
+        """Pickle with the problem list (errors travel back from worker processes)."""
+        return (type(self), (self.problems,))
+
 
 class ImageReadError(AutosegError):
     """An image file or DICOM series cannot be read."""
@@ -48,8 +55,13 @@ class PreprocessedDataError(AutosegError):
     """A preprocessed case (``<work>/<dataset>/preprocessed/...``) is invalid or of another version."""
 
 
-class CheckpointError(AutosegError):
-    """A checkpoint or trained model is missing, corrupt, or from another run."""
+class ModelError(AutosegError):
+    """A trained model's files (``<work>/<dataset>/models/...``) other than its checkpoints are
+    missing, unreadable or do not fit together."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint file (``checkpoint_*.pt``) is missing, corrupt, or from another run."""
 
 
 class MissingDependencyError(AutosegError, ImportError):

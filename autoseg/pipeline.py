@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoseg._parallel import problems_of
 from autoseg.command_options import PredictOptions
 from autoseg.errors import DatasetError, PlanError
 from autoseg.fingerprint.extract import extract_fingerprint, fingerprint_cases
@@ -45,11 +46,11 @@ def verify(dataset_dir: Path, *, workers: int) -> VerifyReport:
         DatasetError: dataset.json or the folder listing is wrong (cases cannot even be listed).
     """
     dataset = load_dataset(dataset_dir)
-    results = fingerprint_cases(dataset, workers=workers)
+    outcomes = fingerprint_cases(dataset, workers=workers)
     return VerifyReport(
         n_cases=len(dataset.cases),
-        problems=[p for r in results for p in r.problems],
-        warnings=[w for r in results for w in r.warnings],
+        problems=[p for o in outcomes if o.error is not None for p in problems_of(o.error)],
+        warnings=[w for o in outcomes if o.value is not None for w in o.value.warnings],
     )
 
 
@@ -128,13 +129,13 @@ def train(
         PlanError: the plan lacks the configuration (the message lists those it has).
         DatasetError: a case cannot be read, or the fold does not exist.
     """
+    from autoseg._atomic import write_json_atomic
     from autoseg._parallel import default_workers
     from autoseg.data.splits import fold_cases, groups_from_regex, load_or_create_splits
     from autoseg.preprocessing.run import preprocess_dataset
     from autoseg.training import distributed as dist
     from autoseg.training.trainer import Trainer
     from autoseg.training.validate import validate_fold
-    from autoseg.workspace import write_json_atomic
 
     name, folder = workspace.resolve(dataset)
     the_plan = _load_plan(workspace, name)
@@ -295,8 +296,8 @@ def predict(
 
 def find_best(dataset: str, workspace: Workspace, *, configurations: list[str] | None, workers: int) -> dict:
     """Choose the configuration or ensemble with the best cross-validation Dice, and its
-    post-processing (see :mod:`autoseg.inference.find_best`)."""
-    from autoseg.inference.find_best import find_best as _find_best
+    post-processing (see :mod:`autoseg.evaluation.find_best`)."""
+    from autoseg.evaluation.find_best import find_best as _find_best
 
     name, _ = workspace.resolve(dataset)
     return _find_best(workspace.dataset_dir(name), configurations=configurations, workers=workers)

@@ -8,23 +8,16 @@ never at import time).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg._atomic import write_atomic
+from autoseg._atomic import write_json_atomic
 from autoseg._contract import load, parse, to_json
 from autoseg.errors import DatasetError
 
 SOURCE_VERSION = 1
 _SOURCE_FIX = "run `autoseg plan PATH/TO/DATASET` again with this work folder"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename: never a half-written file."""
-    text = json.dumps(obj, indent=2) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from autoseg._atomic import write_json_atomic
 from autoseg.errors import DatasetError
-from autoseg.workspace import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -28,20 +28,20 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg._atomic import write_atomic
-from autoseg._parallel import parallel_map
-from autoseg.errors import AutosegError, DatasetError
+from autoseg._atomic import write_atomic, write_json_atomic
+from autoseg._parallel import map_cases, values_or_raise
+from autoseg.errors import DatasetError
 from autoseg.evaluation.metrics import (
     HD_PERCENTILE,
     METRICS,
     absent_label_metrics,
+    as_labels,
     case_metrics,
+    mean_per_label,
     nan_to_none,
-    nanmean,
 )
 from autoseg.io.align import find_reorientation
 from autoseg.io.image import Geometry, has_image_ending, read_image, strip_ending
-from autoseg.workspace import write_json_atomic
 
 #: Largest spacing difference (mm, per axis) between a prediction and its reference.
 SPACING_ATOL_MM = 1e-3
@@ -93,10 +93,7 @@ def evaluate_folders(
 
     fixed = None if labels is None else tuple(int(v) for v in labels)
     jobs = [(pred, ref, fixed, float(tolerance_mm)) for _, pred, ref in pairs]
-    results = parallel_map(_score_case, jobs, workers=workers, desc="Evaluating")
-    errors = [r["error"] for r in results if "error" in r]
-    if errors:
-        raise DatasetError(errors)
+    results = values_or_raise(map_cases(_score_case, jobs, workers=workers, desc="Evaluating"))
     if fixed is None:
         fixed = tuple(sorted({v for r in results for v in r["ref_labels"]}))
         if not fixed:
@@ -110,14 +107,14 @@ def evaluate_folders(
             for lab in fixed
         }
         per_case.append({"case": case, "prediction": str(pred), "reference": str(ref), "metrics": scores})
-    per_label = {
-        str(lab): {m: nanmean([c["metrics"][str(lab)][m] for c in per_case]) for m in METRICS}
-        for lab in fixed
+    per_metric = {
+        m: mean_per_label([{lab: c["metrics"][str(lab)][m] for lab in fixed} for c in per_case], fixed)
+        for m in METRICS
     }
     summary = {
         "per_case": per_case,
-        "per_label": per_label,
-        "mean": {m: nanmean([per_label[str(lab)][m] for lab in fixed]) for m in METRICS},
+        "per_label": {str(lab): {m: per_metric[m]["mean"][str(lab)] for m in METRICS} for lab in fixed},
+        "mean": {m: per_metric[m]["foreground_mean"] for m in METRICS},
         "settings": {
             "pred_dir": str(pred_dir),
             "ref_dir": str(ref_dir),
@@ -231,30 +228,28 @@ def _check_pair(pred: Path, ref: Path) -> list[str]:
     return []
 
 
-def _as_labels(arr: np.ndarray) -> np.ndarray:
-    return arr if np.issubdtype(arr.dtype, np.integer) else np.rint(arr).astype(np.int32)
-
-
 def _present_labels(arr: np.ndarray) -> set[int]:
     return {int(v) for v in np.unique(arr) if v != 0}
 
 
 def _score_case(job: tuple[Path, Path, tuple[int, ...] | None, float]) -> dict[str, Any]:
-    """Metrics of one case: ``{"metrics": {label: {...}}, "ref_labels": [...], "n_voxels": n}``
-    or ``{"error": message}``. Without fixed labels it scores the labels present in either map;
-    the caller fills in the labels absent from both."""
+    """Metrics of one case: ``{"metrics": {label: {...}}, "ref_labels": [...], "n_voxels": n}``.
+    Without fixed labels it scores the labels present in either map; the caller fills in the
+    labels absent from both.
+
+    Raises:
+        AutosegError: a file cannot be read, or changed since its header was checked.
+    """
     pred_path, ref_path, labels, tolerance_mm = job
-    try:
-        ref_img, pred_img = read_image(ref_path), read_image(pred_path)
-    except AutosegError as e:
-        return {"error": str(e)}
-    ref, pred = _as_labels(ref_img.array), _as_labels(pred_img.array)
+    ref_img, pred_img = read_image(ref_path), read_image(pred_path)
+    ref, pred = as_labels(ref_img.array), as_labels(pred_img.array)
     if ref.ndim == 3:
         how = find_reorientation(pred_img.geometry, pred.shape, ref_img.geometry, ref.shape)
         if how is not None:
             pred = how.apply(pred)
     if pred.shape != ref.shape:  # the header check passed, so the file changed under us
-        return {"error": f"{pred_path} has shape {pred.shape} but {ref_path} has {ref.shape}"}
+        msg = f"{pred_path} has shape {pred.shape} but {ref_path} has {ref.shape}"
+        raise DatasetError(msg)
     ref_labels = _present_labels(ref)
     todo = labels if labels is not None else sorted(ref_labels | _present_labels(pred))
     metrics = case_metrics(pred, ref, todo, spacing=ref_img.spacing, tolerance_mm=tolerance_mm)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -262,3 +262,34 @@ def nan_to_none(obj: Any) -> Any:
     if isinstance(obj, list):
         return [nan_to_none(v) for v in obj]
     return obj
+
+
+def as_labels(arr: np.ndarray) -> np.ndarray:
+    """The integer label map of a label image: integer arrays as they are, float ones rounded
+    (label files are sometimes stored as float32 holding integers).
+
+    Examples:
+        >>> as_labels(np.array([0.0, 1.0, 2.0], np.float32))
+        array([0, 1, 2], dtype=int32)
+    """
+    return np.rint(arr).astype(np.int32) if arr.dtype.kind == "f" else arr
+
+
+def mean_per_label(per_case: Sequence[Mapping[int, float]], labels: Sequence[int]) -> dict[str, Any]:
+    """The summary every score table shares: the mean over cases of each label (NaN-aware: a case
+    where the label is absent from both maps is left out) and the mean of those means.
+
+    Args:
+        per_case: per case, a value (Dice, say) per label.
+        labels: the labels to summarise, in order.
+
+    Returns:
+        ``{"mean": {"<label>": value}, "foreground_mean": value}``, NaN where undefined (see
+        :func:`nan_to_none` for JSON).
+
+    Examples:
+        >>> mean_per_label([{1: 0.5, 2: float("nan")}, {1: 1.0, 2: 0.4}], [1, 2])
+        {'mean': {'1': 0.75, '2': 0.4}, 'foreground_mean': 0.575}
+    """
+    mean = {str(lab): nanmean([c[lab] for c in per_case]) for lab in labels}
+    return {"mean": mean, "foreground_mean": nanmean(list(mean.values()))}

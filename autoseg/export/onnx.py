@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from autoseg._atomic import write_atomic
+from autoseg._atomic import write_atomic, write_json_atomic
 from autoseg._optional import get_onnx
 from autoseg.inference.model import load_model
-from autoseg.workspace import write_json_atomic
 
 log = logging.getLogger(__name__)
 

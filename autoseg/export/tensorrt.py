@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from autoseg._atomic import write_atomic
+from autoseg._atomic import write_atomic, write_json_atomic
 from autoseg._optional import get_tensorrt
 from autoseg.export.onnx import export_onnx, sidecar
 from autoseg.inference.model import trained_folds
-from autoseg.workspace import write_json_atomic
 
 log = logging.getLogger(__name__)
 

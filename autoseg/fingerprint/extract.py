@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoseg._parallel import parallel_map
-from autoseg.errors import DatasetError
+from autoseg._parallel import Outcome, map_cases, values_or_raise
 from autoseg.fingerprint.crop import nonzero_bbox
 from autoseg.fingerprint.model import CaseFingerprint, Fingerprint, IntensityStats
 from autoseg.io.case import load_case
@@ -28,10 +27,11 @@ SAMPLES_MIN_PER_CASE = 2_000
 
 
 @dataclass
-class _CaseResult:
-    fingerprint: CaseFingerprint | None
+class CaseResult:
+    """One case read and measured: its fingerprint, foreground samples per channel, warnings."""
+
+    fingerprint: CaseFingerprint
     samples: list[np.ndarray]
-    problems: list[str]
     warnings: list[str]
 
 
@@ -40,12 +40,10 @@ def _case_seed(case_id: str) -> int:
     return zlib.crc32(case_id.encode()) ^ 1234
 
 
-def _fingerprint_case(args: tuple[Case, Dataset, int]) -> _CaseResult:
+def _fingerprint_case(args: tuple[Case, Dataset, int]) -> CaseResult:
+    """Read, check and measure one case (raises :class:`DatasetError` for a bad one)."""
     case, dataset, n_samples = args
-    try:
-        loaded = load_case(case, dataset)
-    except DatasetError as e:
-        return _CaseResult(None, [], e.problems, [])
+    loaded = load_case(case, dataset)
     data, label = loaded.data, loaded.label
     bbox = nonzero_bbox(data)
     values = dataset.label_values
@@ -69,14 +67,14 @@ def _fingerprint_case(args: tuple[Case, Dataset, int]) -> _CaseResult:
         bbox=bbox,
         label_voxels=tuple(counts),
     )
-    return _CaseResult(fp, samples, [], loaded.warnings)
+    return CaseResult(fp, samples, loaded.warnings)
 
 
-def fingerprint_cases(dataset: Dataset, *, workers: int) -> list[_CaseResult]:
-    """Read and measure every case; problems are returned, not raised."""
+def fingerprint_cases(dataset: Dataset, *, workers: int) -> list[Outcome[CaseResult]]:
+    """Read and measure every case; each case's problems are its outcome's error, not raised."""
     n = max(SAMPLES_MIN_PER_CASE, SAMPLES_TOTAL // len(dataset.cases))
     jobs = [(c, dataset, n) for c in dataset.cases]
-    return parallel_map(_fingerprint_case, jobs, workers=workers, desc="Reading cases")
+    return map_cases(_fingerprint_case, jobs, workers=workers, desc="Reading cases")
 
 
 def extract_fingerprint(dataset: Dataset, *, workers: int = 1) -> Fingerprint:
@@ -93,14 +91,12 @@ def extract_fingerprint(dataset: Dataset, *, workers: int = 1) -> Fingerprint:
     Raises:
         DatasetError: listing every problem in every case.
     """
-    results = fingerprint_cases(dataset, workers=workers)
-    problems = [p for r in results for p in r.problems]
-    for r in results:
-        for w in r.warnings:
+    outcomes = fingerprint_cases(dataset, workers=workers)
+    for o in outcomes:
+        for w in o.value.warnings if o.value is not None else ():
             log.warning(w)
-    if problems:
-        raise DatasetError(problems)
-    cases = tuple(r.fingerprint for r in results if r.fingerprint is not None)
+    results = values_or_raise(outcomes)
+    cases = tuple(r.fingerprint for r in results)
     stats = []
     for c in range(dataset.num_channels):
         pooled = [r.samples[c] for r in results if r.samples]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from autoseg._atomic import write_json_atomic
 from autoseg._contract import load, parse, to_json
 from autoseg.errors import PlanError
 
@@ -105,8 +106,6 @@ class Fingerprint:
 
     def save(self, path: Path) -> None:
         """Write as JSON atomically."""
-        from autoseg.workspace import write_json_atomic
-
         write_json_atomic(path, self.to_dict())
 
     @classmethod

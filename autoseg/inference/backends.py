@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from autoseg._optional import get_onnxruntime, get_tensorrt
-from autoseg.errors import CheckpointError
+from autoseg.errors import AutosegError, ModelError
 
 
 class OnnxNetwork:
@@ -22,7 +22,7 @@ class OnnxNetwork:
         ort = get_onnxruntime()
         if not path.is_file():
             msg = f"{path}: no ONNX model; run `autoseg export DATASET CONFIG --format onnx` first"
-            raise CheckpointError(msg)
+            raise ModelError(msg)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -54,10 +54,10 @@ class TensorRTNetwork:
         trt = get_tensorrt()
         if device.type != "cuda":
             msg = "the TensorRT backend runs on a CUDA device; use --device cuda"
-            raise CheckpointError(msg)
+            raise AutosegError(msg)
         if not path.is_file():
             msg = f"{path}: no TensorRT engine; run `autoseg export ... --format tensorrt` first"
-            raise CheckpointError(msg)
+            raise ModelError(msg)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         self.context = self.engine.create_execution_context()

@@ -1,6 +1,6 @@
 """``<work>/<dataset>/inference.json``: find-best's choice, which ``predict`` uses without ``-c``.
 
-A typed, versioned contract: find-best writes it (:func:`autoseg.inference.find_best.find_best`),
+A typed, versioned contract: find-best writes it (:func:`autoseg.evaluation.find_best.find_best`),
 :func:`autoseg.inference.model.default_models` reads it strictly, so a stale or edited file is an
 error naming it instead of a prediction with the wrong models or post-processing.
 """
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoseg._atomic import write_json_atomic
 from autoseg._contract import load, parse, to_json
-from autoseg.errors import CheckpointError
+from autoseg.errors import ModelError
 from autoseg.inference.postprocess import Postprocessing
 
 INFERENCE_VERSION = 1
@@ -53,8 +54,6 @@ class InferenceChoice:
 
     def save(self, path: Path) -> None:
         """Write ``inference.json`` atomically."""
-        from autoseg.workspace import write_json_atomic
-
         write_json_atomic(path, self.to_dict())
 
     @classmethod
@@ -62,23 +61,19 @@ class InferenceChoice:
         """Strict inverse of :meth:`to_dict`.
 
         Raises:
-            CheckpointError: wrong or missing version, missing or unknown keys, wrongly typed
+            ModelError: wrong or missing version, missing or unknown keys, wrongly typed
                 values, or no configuration, or one without its folds.
         """
-        choice = parse(
-            cls, d, name="inference choice", version=INFERENCE_VERSION, error=CheckpointError, fix=_FIX
-        )
+        choice = parse(cls, d, name="inference choice", version=INFERENCE_VERSION, error=ModelError, fix=_FIX)
         if not choice.configurations or set(choice.folds) != set(choice.configurations):
             msg = (
                 f"inference choice: configurations {list(choice.configurations)} and the "
                 f"configurations with folds {sorted(choice.folds)} differ; {_FIX}"
             )
-            raise CheckpointError(msg)
+            raise ModelError(msg)
         return choice
 
     @classmethod
     def load(cls, path: Path) -> InferenceChoice:
         """Read and check ``inference.json``; every error names the file."""
-        return load(
-            path, cls.from_dict, error=CheckpointError, fix=_FIX, missing=f"no choice made here; {_FIX}"
-        )
+        return load(path, cls.from_dict, error=ModelError, fix=_FIX, missing=f"no choice made here; {_FIX}")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from autoseg.checkpoint_meta import CheckpointMeta
-from autoseg.errors import CheckpointError
+from autoseg.errors import CheckpointError, ModelError
 from autoseg.inference.choice import InferenceChoice
 from autoseg.inference.postprocess import Postprocessing
 from autoseg.networks.unet import build_network
@@ -68,7 +68,7 @@ def load_model(
     plan_path = model_dir / "plans.json"
     if not plan_path.is_file():
         msg = f"{model_dir}: no trained model here (plans.json missing); run `autoseg train` first"
-        raise CheckpointError(msg)
+        raise ModelError(msg)
     plan = Plan.load(plan_path)
     config = plan.configuration(model_dir.name)
     available = trained_folds(model_dir, checkpoint)
@@ -158,4 +158,4 @@ def default_models(dataset_dir: Path) -> tuple[list[tuple[str, list[str] | None]
             f"{dataset_dir}: several trained models ({', '.join(models)}); choose one with -c "
             "or run `autoseg find-best`"
         )
-    raise CheckpointError(msg)
+    raise ModelError(msg)

@@ -14,16 +14,16 @@ import torch
 from tqdm import tqdm
 
 from autoseg._atomic import write_atomic
-from autoseg.errors import CheckpointError, DatasetError
-from autoseg.inference.export import (
-    classes_to_values,
-    logits_to_labels,
-    probabilities_on_source_grid,
-)
+from autoseg.errors import DatasetError, ModelError
 from autoseg.inference.inputs import find_cases
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
 from autoseg.inference.sliding_window import predict_logits
+from autoseg.inference.source_grid import (
+    classes_to_values,
+    logits_to_labels,
+    probabilities_on_source_grid,
+)
 from autoseg.io.case import LoadedCase, load_case
 from autoseg.io.dataset import Case, Dataset
 from autoseg.io.image import write_image
@@ -67,7 +67,7 @@ class Predictor:
     ) -> None:
         if not models:
             msg = "no model to predict with; train a configuration first"
-            raise CheckpointError(msg)
+            raise ModelError(msg)
         self.models, self.device, self.amp_dtype = models, device, amp_dtype
         self.step, self.tta = step, tta
         self.plan = models[0].plan
@@ -101,7 +101,7 @@ class Predictor:
             del out
         if total is None:
             msg = f"{model.model_dir}: no fold network loaded"
-            raise CheckpointError(msg)
+            raise ModelError(msg)
         return total.div_(len(model.networks))
 
     @torch.inference_mode()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from autoseg._atomic import write_json_atomic
 from autoseg._contract import digest, load, parse, to_json
 from autoseg.errors import PlanError
 from autoseg.planning.kinds import ConfigKind
@@ -196,8 +197,6 @@ class Plan:
 
     def save(self, path: Path) -> None:
         """Write ``plans.json`` atomically."""
-        from autoseg.workspace import write_json_atomic
-
         write_json_atomic(path, self.to_dict())
 
     @classmethod

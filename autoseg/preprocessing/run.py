@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from autoseg._parallel import parallel_map
-from autoseg.errors import DatasetError
+from autoseg._parallel import map_cases, values_or_raise
 from autoseg.io.case import load_case
 from autoseg.io.dataset import Case, Dataset
 from autoseg.planning.plan import Configuration, Plan
@@ -16,12 +15,10 @@ from autoseg.preprocessing.store import PreprocessedStore
 log = logging.getLogger(__name__)
 
 
-def _one(args: tuple[Case, Dataset, Plan, Configuration, Path]) -> list[str]:
+def _one(args: tuple[Case, Dataset, Plan, Configuration, Path]) -> None:
+    """Read, check, preprocess and store one case (raises :class:`DatasetError` for a bad one)."""
     case, dataset, plan, config, folder = args
-    try:
-        loaded = load_case(case, dataset)
-    except DatasetError as e:
-        return e.problems
+    loaded = load_case(case, dataset)
     pre = preprocess_arrays(
         loaded.data,
         loaded.label,
@@ -32,7 +29,6 @@ def _one(args: tuple[Case, Dataset, Plan, Configuration, Path]) -> list[str]:
         geometry=loaded.geometry,
     )
     PreprocessedStore(folder).save(pre)
-    return []
 
 
 def preprocess_dataset(
@@ -54,7 +50,5 @@ def preprocess_dataset(
         "preprocessing %d of %d cases for %s -> %s", len(todo), len(dataset.cases), config.name, store.folder
     )
     jobs = [(c, dataset, plan, config, store.folder) for c in todo]
-    problems = [p for ps in parallel_map(_one, jobs, workers=workers, desc="Preprocessing") for p in ps]
-    if problems:
-        raise DatasetError(problems)
+    values_or_raise(map_cases(_one, jobs, workers=workers, desc="Preprocessing"))
     return store

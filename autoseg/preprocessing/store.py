@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from autoseg._atomic import write_atomic
+from autoseg._atomic import write_atomic, write_json_atomic
 from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.case import PreprocessedCase
 from autoseg.preprocessing.properties import PROPERTIES_VERSION, CaseProperties
-from autoseg.workspace import write_json_atomic
 
 
 def plan_part(plan: Plan, config: Configuration) -> dict[str, Any]:

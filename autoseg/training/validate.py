@@ -12,34 +12,30 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg._atomic import write_atomic
+from autoseg._atomic import write_atomic, write_json_atomic
 from autoseg.errors import PreprocessedDataError
-from autoseg.evaluation.metrics import dice_per_label, nan_to_none, nanmean
-from autoseg.inference.export import (
+from autoseg.evaluation.metrics import dice_per_label, mean_per_label, nan_to_none
+from autoseg.inference.sliding_window import predict_logits
+from autoseg.inference.source_grid import (
     classes_to_values,
     logits_to_labels,
     probabilities_on_source_grid,
 )
-from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.align import read_onto
 from autoseg.io.image import write_image
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
-from autoseg.workspace import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
 def summarize(per_case: list[dict[str, Any]], label_values: list[int]) -> dict[str, Any]:
-    """Mean Dice per label over cases (NaN-aware) and the foreground mean; NaN (a label absent
-    from both maps) is written as null, since JSON has no NaN."""
-    mean = {str(v): nanmean([c["dice"][str(v)] for c in per_case]) for v in label_values}
+    """Mean Dice per label over cases and the foreground mean
+    (:func:`~autoseg.evaluation.metrics.mean_per_label`); NaN (a label absent from both maps) is
+    written as null, since JSON has no NaN."""
+    means = mean_per_label([{v: c["dice"][str(v)] for v in label_values} for c in per_case], label_values)
     cases = [{**c, "dice": {k: nan_to_none(v) for k, v in c["dice"].items()}} for c in per_case]
-    return {
-        "per_case": cases,
-        "mean": {k: nan_to_none(v) for k, v in mean.items()},
-        "foreground_mean": nan_to_none(nanmean(list(mean.values()))),
-    }
+    return {"per_case": cases, **nan_to_none(means)}
 
 
 @torch.inference_mode()

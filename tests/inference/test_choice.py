@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoseg.errors import CheckpointError
+from autoseg.errors import ModelError
 from autoseg.inference.choice import INFERENCE_VERSION, InferenceChoice
 from autoseg.inference.model import default_models
 from autoseg.inference.postprocess import Postprocessing
@@ -60,7 +60,7 @@ def test_wrong_version(tmp_path, d, version):
     d["schema_version"] = version
     path = _write(tmp_path, d)
     with pytest.raises(
-        CheckpointError,
+        ModelError,
         match=rf"^{re.escape(str(path))}: inference choice schema_version is {re.escape(repr(version))}, "
         rf"this autoseg reads 1{re.escape(FIX)}$",
     ):
@@ -71,7 +71,7 @@ def test_missing_version(tmp_path, d):
     del d["schema_version"]
     path = _write(tmp_path, d)
     with pytest.raises(
-        CheckpointError, match=rf"^{re.escape(str(path))}: inference choice schema_version is missing"
+        ModelError, match=rf"^{re.escape(str(path))}: inference choice schema_version is missing"
     ):
         InferenceChoice.load(path)
 
@@ -80,7 +80,7 @@ def test_missing_key(tmp_path, d):
     del d["folds"]
     path = _write(tmp_path, d)
     with pytest.raises(
-        CheckpointError,
+        ModelError,
         match=rf"^{re.escape(str(path))}: inference choice: missing key\(s\) \['folds'\]{re.escape(FIX)}$",
     ):
         default_models(tmp_path)
@@ -90,7 +90,7 @@ def test_extra_key(tmp_path, d):
     d["postprocessing"]["min_size"] = 10
     path = _write(tmp_path, d)
     with pytest.raises(
-        CheckpointError,
+        ModelError,
         match=rf"^{re.escape(str(path))}: inference choice\.postprocessing: unknown key\(s\) \['min_size'\]",
     ):
         InferenceChoice.load(path)
@@ -100,7 +100,7 @@ def test_wrong_type(tmp_path, d):
     d["folds"]["2d"] = "0,1"
     path = _write(tmp_path, d)
     with pytest.raises(
-        CheckpointError, match=rf"^{re.escape(str(path))}: inference choice\.folds\.2d: expected a list"
+        ModelError, match=rf"^{re.escape(str(path))}: inference choice\.folds\.2d: expected a list"
     ):
         InferenceChoice.load(path)
 
@@ -109,7 +109,7 @@ def test_every_configuration_needs_its_folds(tmp_path, d):
     del d["folds"]["3d_fullres"]
     path = _write(tmp_path, d)
     with pytest.raises(
-        CheckpointError,
+        ModelError,
         match=rf"^{re.escape(str(path))}: inference choice: configurations \['2d', '3d_fullres'\] and the "
         r"configurations with folds \['2d'\] differ",
     ):

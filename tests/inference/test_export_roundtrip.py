@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autoseg.evaluation.metrics import dice_per_label
-from autoseg.inference.export import (
+from autoseg.inference.source_grid import (
     argmax_resampled,
     logits_to_labels,
     probabilities_on_source_grid,

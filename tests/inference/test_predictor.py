@@ -107,7 +107,7 @@ def test_configurations_are_averaged_as_probabilities(
 
 
 def test_no_model_is_refused() -> None:
-    from autoseg.errors import CheckpointError
+    from autoseg.errors import ModelError
 
-    with pytest.raises(CheckpointError, match="no model to predict with"):
+    with pytest.raises(ModelError, match="no model to predict with"):
         Predictor([], device=torch.device("cpu"), amp_dtype=None)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.errors import CheckpointError, DatasetError
+from autoseg.errors import DatasetError, ModelError
+from autoseg.evaluation.find_best import ensemble_labels, find_best
 from autoseg.evaluation.metrics import dice_per_label
 from autoseg.inference.choice import InferenceChoice
-from autoseg.inference.find_best import ensemble_labels, find_best
 from autoseg.inference.postprocess import POSTPROCESSING_VERSION, Postprocessing
 from autoseg.io.image import read_image, write_image
 from autoseg.io.samples import copy_sample_subset
@@ -226,11 +226,11 @@ class TestFindBest:
         assert info["report"]["postprocessing"]["n_cases"] == N_CASES  # all the winner's cases
 
     def test_nothing_trained(self, tmp_path):
-        with pytest.raises(CheckpointError, match="no configuration has validation predictions"):
+        with pytest.raises(ModelError, match="no configuration has validation predictions"):
             find_best(tmp_path / "hippo")
         (tmp_path / "hippo" / "models" / "2d").mkdir(parents=True)
         with (
-            pytest.raises(CheckpointError, match="run `autoseg train`"),
+            pytest.raises(ModelError, match="run `autoseg train`"),
             pytest.warns(UserWarning, match="no plans.json"),
         ):
             find_best(tmp_path / "hippo")

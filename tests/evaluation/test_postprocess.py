@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.errors import CheckpointError, DatasetError, ImageReadError
+from autoseg.errors import DatasetError, ImageReadError, ModelError
+from autoseg.evaluation.postprocess_choice import determine_postprocessing
 from autoseg.inference.postprocess import (
     POSTPROCESSING_VERSION,
     Postprocessing,
     apply_postprocessing,
-    determine_postprocessing,
     keep_largest_component,
 )
 from autoseg.io.image import Geometry, write_image
@@ -115,7 +115,7 @@ class TestPostprocessingDict:
         ids=["missing-key", "int-flag", "str-label", "unknown-key"],
     )
     def test_rejects_malformed(self, bad):
-        with pytest.raises(CheckpointError, match=r"^post-processing.*; re-run `autoseg find-best`$"):
+        with pytest.raises(ModelError, match=r"^post-processing.*; re-run `autoseg find-best`$"):
             Postprocessing.from_dict(bad)
 
 
@@ -150,7 +150,7 @@ class TestPostprocessingFile:
         d = {"schema_version": version, "foreground_largest_only": True, "largest_only_labels": []}
         path = self._write(tmp_path, d)
         with pytest.raises(
-            CheckpointError,
+            ModelError,
             match=rf"^{re.escape(str(path))}: post-processing schema_version is {re.escape(repr(version))}, "
             rf"this autoseg reads 1{re.escape(self.FIX)}$",
         ):
@@ -160,14 +160,14 @@ class TestPostprocessingFile:
         # without a version only the exact version-0 form is accepted
         path = self._write(tmp_path, {"foreground_largest_only": True})
         with pytest.raises(
-            CheckpointError, match=rf"^{re.escape(str(path))}: post-processing schema_version is missing"
+            ModelError, match=rf"^{re.escape(str(path))}: post-processing schema_version is missing"
         ):
             Postprocessing.load(path)
 
     def test_missing_key(self, tmp_path):
         path = self._write(tmp_path, {"schema_version": 1, "foreground_largest_only": True})
         with pytest.raises(
-            CheckpointError,
+            ModelError,
             match=rf"^{re.escape(str(path))}: post-processing: missing key\(s\) \['largest_only_labels'\]"
             rf"{re.escape(self.FIX)}$",
         ):
@@ -177,7 +177,7 @@ class TestPostprocessingFile:
         d = {"schema_version": 1, "foreground_largest_only": True, "largest_only_labels": [], "min_size": 3}
         path = self._write(tmp_path, d)
         with pytest.raises(
-            CheckpointError,
+            ModelError,
             match=rf"^{re.escape(str(path))}: post-processing: unknown key\(s\) \['min_size'\]",
         ):
             Postprocessing.load(path)
@@ -186,7 +186,7 @@ class TestPostprocessingFile:
         d = {"schema_version": 1, "foreground_largest_only": True, "largest_only_labels": [True]}
         path = self._write(tmp_path, d)
         with pytest.raises(
-            CheckpointError,
+            ModelError,
             match=rf"^{re.escape(str(path))}: post-processing\.largest_only_labels\[0\]: "
             r"expected int, found True",
         ):

@@ -28,16 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from autoseg._parallel import parallel_map
-from autoseg.errors import AutosegError, CheckpointError, DatasetError
-from autoseg.evaluation.metrics import dice_per_label
+from autoseg._parallel import map_cases, values_or_raise
+from autoseg.errors import DatasetError, ModelError
+from autoseg.evaluation.metrics import as_labels, dice_per_label, mean_per_label, nan_to_none
+from autoseg.evaluation.postprocess_choice import determine_postprocessing
 from autoseg.inference.choice import InferenceChoice
-from autoseg.inference.postprocess import (
-    _as_labels,
-    _means,
-    _raise_collected,
-    determine_postprocessing,
-)
 from autoseg.io.align import read_onto
 from autoseg.io.dataset import load_dataset
 from autoseg.io.image import read_image, write_image
@@ -118,7 +113,7 @@ def _discover(model_dir: Path) -> _Run | str:
                     f"and {fold_dir.name}; the folds come from different splits, retrain them "
                     "with one split"
                 )
-                raise CheckpointError(msg)
+                raise ModelError(msg)
             label_maps[cid] = val / f"{cid}{_ENDING}"
             if (val / f"{cid}.npz").is_file():
                 probabilities[cid] = val / f"{cid}.npz"
@@ -148,13 +143,13 @@ def _load_probabilities(path: Path, n_classes: int, shape: tuple[int, ...]) -> n
             prob = f["probabilities"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         msg = f"{path}: cannot read 'probabilities' ({e}); re-run the validation of this fold"
-        raise CheckpointError(msg) from e
+        raise ModelError(msg) from e
     if prob.shape != (n_classes, *shape):
         msg = (
             f"{path}: probabilities of shape {prob.shape}, expected {(n_classes, *shape)} "
             "(classes, then the label map's shape); re-run the validation of this fold"
         )
-        raise CheckpointError(msg)
+        raise ModelError(msg)
     return prob
 
 
@@ -189,34 +184,36 @@ def ensemble_labels(probabilities: list[np.ndarray], label_values: tuple[int, ..
     return values.astype(dtype)[classes]
 
 
-def _score_case(job: _CaseJob) -> dict[str, Any]:
-    """Dice of every configuration and pair on one case; writes the pairs' label maps."""
+def _score_case(job: _CaseJob) -> dict[str, dict[str, dict[int, float]]]:
+    """Dice per label of every configuration and pair on one case; writes the pairs' label maps.
+
+    Returns:
+        ``{"single": {config: {label: Dice}}, "pairs": {pair: {label: Dice}}}``.
+
+    Raises:
+        AutosegError: a file cannot be read or does not lie on the case's grid.
+    """
     fg = job.label_values[1:]
-    try:
-        # every prediction is on the scan's grid (the first one's); the reference joins it
-        grid = read_image(job.label_maps[0][1])
-        ref = _as_labels(read_onto(job.reference, grid.geometry, grid.array.shape, grid_of=str(grid.path)))
-        single: dict[str, list[float]] = {}
-        for name, path in job.label_maps:
-            img = grid if path == grid.path else read_image(path)
-            if img.array.shape != grid.array.shape or not img.geometry.same_grid(grid.geometry):
-                msg = (
-                    f"{path}: not on the grid of {grid.path} (another prediction of the same "
-                    "case); re-run the validation of this fold"
-                )
-                raise CheckpointError(msg)
-            single[name] = list(dice_per_label(img.array, ref, fg).values())
-        probs = {
-            name: _load_probabilities(p, len(job.label_values), ref.shape) for name, p in job.probabilities
-        }
-        pairs: dict[str, list[float]] = {}
-        for a, b in job.pairs:
-            labels = ensemble_labels([probs[a], probs[b]], job.label_values)
-            out = job.ensembles_dir / pair_name(a, b) / f"{job.case_id}{_ENDING}"
-            write_image(labels, grid.geometry, out)
-            pairs[pair_name(a, b)] = list(dice_per_label(labels, ref, fg).values())
-    except AutosegError as e:
-        return {"error": (type(e).__name__, str(e))}
+    # every prediction is on the scan's grid (the first one's); the reference joins it
+    grid = read_image(job.label_maps[0][1])
+    ref = as_labels(read_onto(job.reference, grid.geometry, grid.array.shape, grid_of=str(grid.path)))
+    single = {}
+    for name, path in job.label_maps:
+        img = grid if path == grid.path else read_image(path)
+        if img.array.shape != grid.array.shape or not img.geometry.same_grid(grid.geometry):
+            msg = (
+                f"{path}: not on the grid of {grid.path} (another prediction of the same "
+                "case); re-run the validation of this fold"
+            )
+            raise ModelError(msg)
+        single[name] = dice_per_label(img.array, ref, fg)
+    probs = {name: _load_probabilities(p, len(job.label_values), ref.shape) for name, p in job.probabilities}
+    pairs = {}
+    for a, b in job.pairs:
+        labels = ensemble_labels([probs[a], probs[b]], job.label_values)
+        out = job.ensembles_dir / pair_name(a, b) / f"{job.case_id}{_ENDING}"
+        write_image(labels, grid.geometry, out)
+        pairs[pair_name(a, b)] = dice_per_label(labels, ref, fg)
     return {"single": single, "pairs": pairs}
 
 
@@ -254,7 +251,7 @@ def _common_cases(runs: list[_Run], refs: dict[str, Path]) -> list[str]:
         )
     if not common:
         msg = "the configurations share no validated case; train the same folds for each"
-        raise CheckpointError(msg)
+        raise ModelError(msg)
     return common
 
 
@@ -318,12 +315,12 @@ def find_best(
             f"{dataset_dir}: no configuration has validation predictions under "
             f"{models}/<config>/fold_<k>/validation/; run `autoseg train` for at least one fold"
         )
-        raise CheckpointError(msg)
+        raise ModelError(msg)
     label_values = runs[0].label_values
     if any(r.label_values != label_values for r in runs):
         found = ", ".join(f"{r.name}: {list(r.label_values)}" for r in runs)
         msg = f"{models}: the configurations' plans have different labels ({found}); retrain from one plan"
-        raise CheckpointError(msg)
+        raise ModelError(msg)
     fg = label_values[1:]
     refs = _references(dataset_dir)
     common = _common_cases(runs, refs)
@@ -341,17 +338,17 @@ def find_best(
         )
         for cid in common
     ]
-    scores = parallel_map(_score_case, jobs, workers=workers, desc="Scoring configurations")
-    errors = [s["error"] for s in scores if "error" in s]
-    if errors:
-        _raise_collected(errors)
+    scores = values_or_raise(map_cases(_score_case, jobs, workers=workers, desc="Scoring configurations"))
+
+    def means(per_case: list[dict[int, float]]) -> dict[str, Any]:
+        return nan_to_none(mean_per_label(per_case, fg))
 
     candidates: dict[str, dict[str, Any]] = {}
     for r in runs:
-        candidates[r.name] = {"configurations": [r.name], **_means([s["single"][r.name] for s in scores], fg)}
+        candidates[r.name] = {"configurations": [r.name], **means([s["single"][r.name] for s in scores])}
     for a, b in pairs:
         name = pair_name(a, b)
-        candidates[name] = {"configurations": [a, b], **_means([s["pairs"][name] for s in scores], fg)}
+        candidates[name] = {"configurations": [a, b], **means([s["pairs"][name] for s in scores])}
     order = list(candidates)
 
     def rank(name: str) -> tuple[float, int, int]:
