@@ -137,6 +137,7 @@ def train(
     from autoseg.training.trainer import Trainer
     from autoseg.training.validate import validate_fold
 
+    cfg.check_components()
     name, folder = workspace.resolve(dataset)
     the_plan = _load_plan(workspace, name)
     config = the_plan.configuration(cfg.configuration)

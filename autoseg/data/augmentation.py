@@ -14,14 +14,19 @@ batchgenerators draws from the *global* ``numpy.random`` and ``random`` states. 
 therefore runs these pipelines inside :func:`seeded_global_rng`, which seeds both from the
 loader's own ``numpy.random.Generator`` and restores them afterwards, so a batch depends only on
 that generator and nothing outside is disturbed.
+
+Training chooses its pipeline by name from :data:`AUGMENTATIONS` (``--augmentation``): ``default``
+(nnU-Net's) or ``none`` (no augmentation: patches cut at the network's size); register others as
+:mod:`autoseg._registry` explains.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,7 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 from batchgenerators.transforms.utility_transforms import NumpyToTensor, RenameTransform
 
+from autoseg._registry import Registry
 from autoseg.data.geometry import SpatialParams, spatial_params
 from autoseg.planning.plan import Configuration
 
@@ -104,6 +110,38 @@ def training_transforms(config: Configuration, *, tensors: bool = True) -> Compo
 def validation_transforms(config: Configuration, *, tensors: bool = True) -> Compose:
     """The validation pipeline: only the centre crop to ``config.patch_size``, then tensors."""
     return Compose([CenterCropTransform(tuple(config.patch_size)), *_finish(tensors)])
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A training pipeline and the patch size it needs cut (larger than the network's patch when
+    the pipeline rotates and scales, so that no padding shows after the centre crop).
+
+    Attributes:
+        cut_size: the spatial size of the patches the loader cuts.
+        transforms: numpy in, numpy out (``tensors=False``; see the module docstring).
+    """
+
+    cut_size: tuple[int, ...]
+    transforms: Compose
+
+
+#: Training augmentation pipelines by name: ``(configuration) -> Augmentation``.
+AUGMENTATIONS: Registry[Callable[[Configuration], Augmentation]] = Registry(
+    "augmentation", flag="--augmentation"
+)
+
+
+@AUGMENTATIONS.register("default")
+def default_augmentation(config: Configuration) -> Augmentation:
+    """nnU-Net's pipeline (:func:`training_transforms`) on enlarged patches."""
+    return Augmentation(spatial_params(config).initial_patch, training_transforms(config, tensors=False))
+
+
+@AUGMENTATIONS.register("none")
+def no_augmentation(config: Configuration) -> Augmentation:
+    """No augmentation: patches cut at the network's size (what validation batches use)."""
+    return Augmentation(tuple(config.patch_size), validation_transforms(config, tensors=False))
 
 
 def to_tensors(batch: dict[str, Any]) -> dict[str, Any]:

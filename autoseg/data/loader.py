@@ -29,13 +29,7 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.transforms.abstract_transforms import Compose
 
-from autoseg.data.augmentation import (
-    seeded_global_rng,
-    to_tensors,
-    training_transforms,
-    validation_transforms,
-)
-from autoseg.data.geometry import spatial_params
+from autoseg.data.augmentation import AUGMENTATIONS, seeded_global_rng, to_tensors
 from autoseg.data.sampling import sample_patch
 from autoseg.errors import DatasetError
 from autoseg.planning.plan import Configuration
@@ -77,6 +71,7 @@ class PatchDataset(SlimDataLoaderBase):
         oversample: share of each batch forced to contain foreground.
         seed: base seed; the stream of worker ``i`` is ``SeedSequence([seed, i])``.
         augment: training augmentation (True) or the validation centre crop (False).
+        augmentation: the training pipeline's name (see :func:`make_loader`).
     """
 
     def __init__(
@@ -89,6 +84,7 @@ class PatchDataset(SlimDataLoaderBase):
         oversample: float,
         seed: int,
         augment: bool,
+        augmentation: str = "default",
     ) -> None:
         super().__init__(None, batch_size)
         self.folder = Path(folder)
@@ -97,12 +93,9 @@ class PatchDataset(SlimDataLoaderBase):
         self.forced = forced_foreground(batch_size, oversample)
         self.seed = seed
         self.augment = augment
-        self.patch_size = spatial_params(config).initial_patch if augment else tuple(config.patch_size)
-        self.transform: Compose = (
-            training_transforms(config, tensors=False)
-            if augment
-            else validation_transforms(config, tensors=False)
-        )
+        pipeline = AUGMENTATIONS.get(augmentation if augment else "none")(config)
+        self.patch_size = pipeline.cut_size
+        self.transform: Compose = pipeline.transforms
         self._cases: dict[str, PreprocessedCase] = {}
         self._rng: np.random.Generator | None = None
 
@@ -209,6 +202,7 @@ def make_loader(
     workers: int,
     seed: int,
     augment: bool,
+    augmentation: str = "default",
 ) -> BatchLoader:
     """Endless batches of patches from ``case_ids`` of a preprocessed store.
 
@@ -220,8 +214,11 @@ def make_loader(
         oversample: share of each batch (the last samples) forced to contain foreground.
         workers: 0 for in-process loading, else the number of worker processes.
         seed: makes the batch sequence reproducible (for a given ``workers``).
-        augment: True for the training pipeline (enlarged patches, augmentation), False for
-            validation (patches cut at ``patch_size``, no augmentation).
+        augment: True for the training pipeline (``augmentation``), False for validation
+            (patches cut at ``patch_size``, no augmentation).
+        augmentation: the training pipeline's name in
+            :data:`~autoseg.data.augmentation.AUGMENTATIONS` (``"default"``: nnU-Net's, on
+            enlarged patches).
 
     Returns:
         A :class:`BatchLoader`; ``next()`` gives ``{"data": float32 (B, C_in, *patch),
@@ -241,7 +238,14 @@ def make_loader(
     folder = store.folder if isinstance(store, PreprocessedStore) else Path(store)
     _check_cases(folder, case_ids)
     dataset = PatchDataset(
-        folder, case_ids, config, batch_size=batch_size, oversample=oversample, seed=seed, augment=augment
+        folder,
+        case_ids,
+        config,
+        batch_size=batch_size,
+        oversample=oversample,
+        seed=seed,
+        augment=augment,
+        augmentation=augmentation,
     )
     log.debug(
         "loader: %d cases, batch %d, patch %s cut at %s, %d workers",

@@ -13,6 +13,10 @@ from typing import Any, Literal
 
 from autoseg.options import Device, Precision, option
 
+#: Settings added after checkpoints with metadata were first written, with the value that an
+#: older stored ``train_config`` (which lacks them) meant: such a run continues unchanged.
+ADDED_SETTINGS: dict[str, Any] = {"optimizer": "sgd", "schedule": "poly", "augmentation": "default"}
+
 
 @dataclass
 class TrainConfig:
@@ -28,7 +32,12 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         grad_clip: gradient-norm clipping.
-        loss: "dice_ce", or "dice_focal" for strong class imbalance.
+        loss: the loss by name (:data:`autoseg.training.losses.LOSSES`): "dice_ce", "dice_focal"
+            for strong class imbalance, or a registered one.
+        optimizer: the optimiser by name (:data:`autoseg.training.schedule.OPTIMIZERS`).
+        schedule: the learning-rate schedule by name (:data:`autoseg.training.schedule.SCHEDULES`).
+        augmentation: the augmentation pipeline by name
+            (:data:`autoseg.data.augmentation.AUGMENTATIONS`): "default" or "none".
         device: "cuda" or "cpu".
         precision: "auto" (fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32),
             "fp32", "bf16", "fp16".
@@ -52,7 +61,14 @@ class TrainConfig:
     momentum: float = 0.99
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
-    loss: Literal["dice_ce", "dice_focal"] = option("dice_ce", "dice_focal for strong class imbalance")
+    loss: str = option(
+        "dice_ce", "loss: dice_ce (nnU-Net's), dice_focal (strong class imbalance), or a registered one"
+    )
+    optimizer: str = option("sgd", "optimiser: sgd (nnU-Net's, Nesterov momentum), or a registered one")
+    schedule: str = option("poly", "learning-rate schedule: poly (nnU-Net's), or a registered one")
+    augmentation: str = option(
+        "default", "augmentation: default (nnU-Net's), none, or a registered one", metavar="NAME"
+    )
     device: Device = option("cpu", "where the network trains", run_time_default="cuda when available")
     precision: Precision = option(
         "auto", "auto: fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32"
@@ -73,6 +89,24 @@ class TrainConfig:
     batch_size: int | None = option(
         None, "override the plan's batch size", metavar="N", minimum=1, run_time_default="the plan's"
     )
+
+    def check_components(self) -> None:
+        """Refuse unknown component names before anything runs (the registries say which exist).
+
+        Raises:
+            AutosegError: a loss, optimiser, schedule or augmentation name nothing registered.
+        """
+        from autoseg.data.augmentation import AUGMENTATIONS
+        from autoseg.training.losses import LOSSES
+        from autoseg.training.schedule import OPTIMIZERS, SCHEDULES
+
+        for registry, name in (
+            (LOSSES, self.loss),
+            (OPTIMIZERS, self.optimizer),
+            (SCHEDULES, self.schedule),
+            (AUGMENTATIONS, self.augmentation),
+        ):
+            registry.get(name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

@@ -23,16 +23,15 @@ resolutions, or one tensor) and the integer label map ``(B, 1, *spatial)``, and 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from torch import nn
 
-__all__ = ["DeepSupervisionLoss", "DiceFocalLoss", "LossKind", "deep_supervision_weights", "make_loss"]
+from autoseg._registry import Registry
 
-LossKind = Literal["dice_ce", "dice_focal"]
+__all__ = ["LOSSES", "DeepSupervisionLoss", "DiceFocalLoss", "deep_supervision_weights", "make_loss"]
 
 SMOOTH = 1e-5
 
@@ -149,13 +148,39 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSupervisionLoss:
+#: Base losses by name: ``(batch_dice=...) -> loss(logits (B, C, *s), target (B, 1, *s))``;
+#: :func:`make_loss` wraps the chosen one for deep supervision.
+LOSSES: Registry[Callable[..., Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = Registry(
+    "loss", flag="--loss"
+)
+
+
+@LOSSES.register("dice_ce")
+def dice_ce(*, batch_dice: bool) -> nn.Module:
+    """nnU-Net's loss: soft Dice over the foreground classes plus cross-entropy over all classes,
+    weight 1 each, smooth 1e-5."""
+    return DiceCELoss(
+        include_background=False,
+        to_onehot_y=True,
+        softmax=True,
+        batch=batch_dice,
+        smooth_nr=SMOOTH,
+        smooth_dr=SMOOTH,
+    )
+
+
+@LOSSES.register("dice_focal")
+def dice_focal(*, batch_dice: bool) -> nn.Module:
+    """The same Dice plus a softmax focal loss with gamma 2 (:class:`DiceFocalLoss`)."""
+    return DiceFocalLoss(batch_dice=batch_dice)
+
+
+def make_loss(kind: str, *, n_outputs: int, batch_dice: bool) -> DeepSupervisionLoss:
     """The training loss for a network with ``n_outputs`` outputs (1 without deep supervision).
 
     Args:
-        kind: ``"dice_ce"`` (nnU-Net's: soft Dice over the foreground classes plus cross-entropy
-            over all classes, weight 1 each, smooth 1e-5) or ``"dice_focal"`` (the same Dice plus a
-            softmax focal loss with gamma 2, see :class:`DiceFocalLoss`).
+        kind: a name in :data:`LOSSES`: ``"dice_ce"`` (nnU-Net's, :func:`dice_ce`),
+            ``"dice_focal"`` (:func:`dice_focal`) or one registered by the user.
         n_outputs: outputs the network returns in training (``n_stages - 1`` for a
             :class:`~autoseg.networks.unet.UNet` with deep supervision, else 1).
         batch_dice: the configuration's ``batch_dice``.
@@ -164,7 +189,8 @@ def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSuperv
         A :class:`DeepSupervisionLoss` with :func:`deep_supervision_weights` weights.
 
     Raises:
-        ValueError: unknown ``kind`` or ``n_outputs`` below 1.
+        AutosegError: unknown ``kind``.
+        ValueError: ``n_outputs`` below 1.
 
     Examples:
         >>> loss = make_loss("dice_ce", n_outputs=3, batch_dice=False)
@@ -174,22 +200,7 @@ def make_loss(kind: LossKind, *, n_outputs: int, batch_dice: bool) -> DeepSuperv
         torch.Size([])
     """
     weights = deep_supervision_weights(n_outputs)
-    base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    if kind == "dice_ce":
-        base = DiceCELoss(
-            include_background=False,
-            to_onehot_y=True,
-            softmax=True,
-            batch=batch_dice,
-            smooth_nr=SMOOTH,
-            smooth_dr=SMOOTH,
-        )
-    elif kind == "dice_focal":
-        base = DiceFocalLoss(batch_dice=batch_dice)
-    else:
-        msg = f"loss kind must be one of ['dice_ce', 'dice_focal'], got {kind!r}"
-        raise ValueError(msg)
-    return DeepSupervisionLoss(base, weights)
+    return DeepSupervisionLoss(LOSSES.get(kind)(batch_dice=batch_dice), weights)
 
 
 def _check_target(logits: torch.Tensor, target: torch.Tensor) -> None:

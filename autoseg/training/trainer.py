@@ -29,10 +29,10 @@ from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.training import distributed as dist
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
-from autoseg.training.config import TrainConfig
+from autoseg.training.config import ADDED_SETTINGS, TrainConfig
 from autoseg.training.losses import make_loss
 from autoseg.training.progress import append_record, plot_progress, read_records, truncate_records
-from autoseg.training.schedule import poly_lr
+from autoseg.training.schedule import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,8 @@ class Trainer:
         net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
         self.network = net.to(self.device)
         self.model = dist.wrap(self.network, self.device)
-        self.optimizer = torch.optim.SGD(
-            self.network.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=True,
-            weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(self.network.parameters(), cfg)
+        self.schedule = SCHEDULES.get(cfg.schedule)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
@@ -160,7 +155,7 @@ class Trainer:
         meta.check(self.plan, self.config, path=path, against="the current plan", fix=_CONTINUE_FIX)
         old = parse(
             TrainConfig,
-            meta.train_config,
+            {**ADDED_SETTINGS, **meta.train_config},
             name="checkpoint metadata.train_config",
             version=None,
             error=CheckpointError,
@@ -203,7 +198,7 @@ class Trainer:
 
     def _train_epoch(self, loader: Any) -> float:
         self.model.train()
-        lr = poly_lr(self.cfg.lr, self.state.epoch, self.cfg.epochs)
+        lr = self.schedule(self.cfg.lr, self.state.epoch, self.cfg.epochs)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         losses = []
@@ -287,6 +282,7 @@ class Trainer:
             workers=self.cfg.workers,
             seed=seed,
             augment=True,
+            augmentation=self.cfg.augmentation,
         )
         val_ids = self.val_ids or self.train_ids
         val_loader = make_loader(

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from autoseg._device import cuda_available
+from autoseg.errors import AutosegError
 from autoseg.networks import build_network
 from autoseg.planning.plan import Configuration, Network, Resampling
 from autoseg.training.losses import DeepSupervisionLoss, DiceFocalLoss, deep_supervision_weights, make_loss
@@ -174,8 +175,8 @@ class TestTargets:
             make_loss("dice_ce", n_outputs=3, batch_dice=False)(logits_for(target, 1.0), target[:, 0])
 
     def test_unknown_kind(self):
-        with pytest.raises(ValueError, match="loss kind must be one of"):
-            make_loss("dice", n_outputs=1, batch_dice=False)  # type: ignore[arg-type]
+        with pytest.raises(AutosegError, match=r"--loss 'dice': no loss of that name; choose one of "):
+            make_loss("dice", n_outputs=1, batch_dice=False)
 
     def test_negative_weights(self):
         with pytest.raises(ValueError, match="values >= 0"):
