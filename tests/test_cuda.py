@@ -20,8 +20,8 @@ from autoseg.io.samples import sample_dataset_dir
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")]
 
 
-def test_train_and_predict_on_cuda(trained_work: Path, tmp_path: Path) -> None:
-    common = ["--work-dir", str(trained_work), "-q"]
+def test_train_and_predict_on_cuda(trained_copy: Path, tmp_path: Path) -> None:
+    common = ["--work-dir", str(trained_copy), "-q"]
     assert (
         main(
             [

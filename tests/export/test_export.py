@@ -34,10 +34,10 @@ def inputs(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("config", ["3d_fullres", "2d"])
-def test_onnx_backend_matches_torch(trained_work: Path, inputs: Path, tmp_path: Path, config: str) -> None:
+def test_onnx_backend_matches_torch(trained_copy: Path, inputs: Path, tmp_path: Path, config: str) -> None:
     copy = tmp_path / "exported"
-    assert _cli(trained_work, "export", "hippo", config, "--format", "onnx", "-o", str(copy)) == 0
-    model_dir = trained_work / "hippo" / "models" / config
+    assert _cli(trained_copy, "export", "hippo", config, "--format", "onnx", "-o", str(copy)) == 0
+    model_dir = trained_copy / "hippo" / "models" / config
     assert (model_dir / "fold_all" / "model.onnx").is_file()
     assert (copy / "fold_all" / "model.onnx").is_file()
     side = json.loads((model_dir / "export.json").read_text())
@@ -52,7 +52,7 @@ def test_onnx_backend_matches_torch(trained_work: Path, inputs: Path, tmp_path: 
         out = tmp_path / backend
         assert (
             _cli(
-                trained_work,
+                trained_copy,
                 "predict",
                 "-i",
                 str(inputs),
@@ -90,7 +90,7 @@ def test_onnx_backend_matches_torch(trained_work: Path, inputs: Path, tmp_path: 
             assert float(diff.max()) <= 1e-3
 
 
-def test_onnx_probabilities_within_1e4_in_float32(trained_work: Path) -> None:
+def test_onnx_probabilities_within_1e4_in_float32(trained_copy: Path) -> None:
     """The acceptance bound, on the float32 probabilities before they are stored."""
     import torch
 
@@ -98,7 +98,7 @@ def test_onnx_probabilities_within_1e4_in_float32(trained_work: Path) -> None:
     from autoseg.inference.model import load_model
     from autoseg.inference.sliding_window import predict_logits
 
-    model_dir = trained_work / "hippo" / "models" / "3d_fullres"
+    model_dir = trained_copy / "hippo" / "models" / "3d_fullres"
     export_onnx(model_dir)
     t = load_model(model_dir, backend="torch")
     o = load_model(model_dir, backend="onnx")
@@ -114,13 +114,12 @@ def test_onnx_probabilities_within_1e4_in_float32(trained_work: Path) -> None:
 
 
 def test_onnx_backend_without_export_is_a_clear_error(
-    trained_work: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained_copy: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for f in (trained_work / "hippo" / "models" / "2d").glob("fold_*/model.onnx"):
-        f.unlink()
+    assert not list((trained_copy / "hippo" / "models" / "2d").glob("fold_*/model.onnx"))  # never exported
     assert (
         _cli(
-            trained_work,
+            trained_copy,
             "predict",
             "-i",
             str(inputs),
@@ -145,20 +144,20 @@ def test_onnx_backend_without_export_is_a_clear_error(
     reason="TensorRT is installed here; this test is for machines without it",
 )
 def test_tensorrt_absent_fails_cleanly(
-    trained_work: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained_copy: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(MissingDependencyError, match=r"pip install 'autoseg\[tensorrt\]'"):
         get_tensorrt()
-    engine_dir = trained_work / "hippo" / "models" / "3d_fullres"
+    engine_dir = trained_copy / "hippo" / "models" / "3d_fullres"
     before = sorted(p.name for p in engine_dir.rglob("*"))
-    assert _cli(trained_work, "export", "hippo", "3d_fullres", "--format", "tensorrt") == 2
+    assert _cli(trained_copy, "export", "hippo", "3d_fullres", "--format", "tensorrt") == 2
     err = capsys.readouterr().err
     assert "TensorRT is not installed" in err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in engine_dir.rglob("*")) == before  # nothing written
     assert (
         _cli(
-            trained_work,
+            trained_copy,
             "predict",
             "-i",
             str(inputs),
