@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from autoseg._atomic import write_atomic
+from autoseg.evaluation.metrics import as_labels
+from autoseg.io.align import read_onto
 from autoseg.io.image import Image, read_image, strip_ending
 
 
@@ -47,7 +49,14 @@ def save_overlay(image: Image, ref: np.ndarray, pred: np.ndarray, path: Path, *,
 
 def save_overlays(images_dir: Path, ref_dir: Path, pred_dir: Path, out_dir: Path) -> list[Path]:
     """One overlay PNG per predicted case that has a scan (``CASE.nii.gz`` or ``CASE_0000``)
-    and a reference in the given folders."""
+    and a reference in the given folders.
+
+    Prediction and reference are drawn on the scan's grid (stored flipped or with permuted axes,
+    they are reoriented exactly first).
+
+    Raises:
+        DatasetError: a prediction or reference does not lie on its scan's grid.
+    """
     written = []
     for pred_path in sorted(pred_dir.glob("*.nii.gz")):
         cid = strip_ending(pred_path.name)
@@ -55,7 +64,9 @@ def save_overlays(images_dir: Path, ref_dir: Path, pred_dir: Path, out_dir: Path
         refs = sorted(ref_dir.glob(f"{cid}.*"))
         if not scans or not refs:
             continue
-        pred = read_image(pred_path).array
-        ref = np.rint(read_image(refs[0]).array).astype(pred.dtype)
-        written.append(save_overlay(read_image(scans[0]), ref, pred, out_dir / f"{cid}.png", title=cid))
+        scan = read_image(scans[0])
+        on_scan = {"geometry": scan.geometry, "shape": scan.array.shape, "grid_of": str(scans[0])}
+        pred = as_labels(read_onto(pred_path, **on_scan))
+        ref = as_labels(read_onto(refs[0], **on_scan))
+        written.append(save_overlay(scan, ref, pred, out_dir / f"{cid}.png", title=cid))
     return written
