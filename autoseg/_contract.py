@@ -146,7 +146,7 @@ def build(tp: Any, value: Any, where: str) -> Any:
     """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _Invalid(f"{where}: expected an object")
         hints = typing.get_type_hints(tp)

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoseg import __version__
 from autoseg.command_options import (
@@ -34,6 +34,9 @@ from autoseg.command_options import (
 from autoseg.errors import AutosegError
 from autoseg.options import describe, from_values, parse_fold
 from autoseg.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from autoseg.workspace import Workspace
 
 log = logging.getLogger("autoseg")
 
@@ -53,7 +56,7 @@ COMMAND_OPTIONS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _workspace(args: argparse.Namespace):
+def _workspace(args: argparse.Namespace) -> Workspace:
     from autoseg.workspace import Workspace
 
     root = args.work_dir or os.environ.get("AUTOSEG_WORK") or "autoseg_work"
@@ -347,7 +350,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _command(
-    sub: Any, name: str, common: argparse.ArgumentParser, func: Callable, **kw: str
+    sub: Any, name: str, common: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int], **kw: str
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, parents=[common], formatter_class=_Formatter, **kw)
     parser.set_defaults(func=func)
@@ -486,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only from Python 3.11
     """Writes to whatever ``sys.stderr`` is at the time (test harnesses swap it)."""
 
     def emit(self, record: logging.LogRecord) -> None:

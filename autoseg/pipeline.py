@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autoseg._parallel import problems_of
 from autoseg.command_options import PredictOptions
@@ -166,6 +166,7 @@ def train(
     dist.barrier()
     if not world.is_main:
         store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=1)
+    val_ids: list[str]
     if cfg.fold == "all":  # no split needed (and small datasets may not have 5 folds' worth)
         train_ids, val_ids = sorted(ids), []
     else:
@@ -295,7 +296,9 @@ def predict(
     )
 
 
-def find_best(dataset: str, workspace: Workspace, *, configurations: list[str] | None, workers: int) -> dict:
+def find_best(
+    dataset: str, workspace: Workspace, *, configurations: list[str] | None, workers: int
+) -> dict[str, Any]:
     """Choose the configuration or ensemble with the best cross-validation Dice, and its
     post-processing (see :mod:`autoseg.evaluation.find_best`)."""
     from autoseg.evaluation.find_best import find_best as _find_best

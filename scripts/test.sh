@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The test command: set up the environment, lint and format check, run the test suite.
+# The test command: set up the environment, lint and format check, type check (mypy, the
+# package only), run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy autoseg
 if [ $# -eq 0 ]; then
   # The whole suite (tests/ and the package's doctests), with coverage of the package, child
   # processes included, and its floor (pyproject.toml [tool.coverage.report] fail_under).

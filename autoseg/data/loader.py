@@ -74,6 +74,9 @@ class PatchDataset(SlimDataLoaderBase):
         augmentation: the training pipeline's name (see :func:`make_loader`).
     """
 
+    #: Set by the (untyped) batchgenerators base class from ``batch_size``.
+    batch_size: int
+
     def __init__(
         self,
         folder: Path,

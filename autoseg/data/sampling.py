@@ -23,6 +23,7 @@ the voxel stays inside the final patch after that shift.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import EllipsisType
 
 import numpy as np
 
@@ -124,7 +125,7 @@ def place_patch(
     final: Sequence[int],
     rng: np.random.Generator,
     *,
-    point: Sequence[int] | None = None,
+    point: Sequence[int] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Start corner of a patch of ``size`` in an image of ``shape`` (see the module docstring).
 
@@ -158,7 +159,7 @@ def place_patch(
     return np.clip(np.asarray(point, dtype=np.int64) - offset, lo, hi)
 
 
-def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+def crop_padded(array: np.ndarray, start: Sequence[int] | np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Copy ``array[..., start:start + size]`` over the last axes, zero where it leaves the array.
 
     Only the part inside the array is read, so this is cheap on memory-mapped arrays.
@@ -178,12 +179,15 @@ def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int]) ->
     n = len(size)
     lead = array.shape[: array.ndim - n]
     out = np.zeros((*lead, *size), dtype=array.dtype)
-    src, dst = [], []
+    src: list[slice] = []
+    dst: list[slice] = []
     for s, p, dim in zip(start, size, array.shape[-n:], strict=True):
         a, b = max(int(s), 0), min(int(s) + int(p), dim)
         if a >= b:
             return out
         src.append(slice(a, b))
         dst.append(slice(a - int(s), b - int(s)))
-    out[(..., *dst)] = array[(..., *src)]
+    src_index: tuple[EllipsisType | slice, ...] = (..., *src)
+    dst_index: tuple[EllipsisType | slice, ...] = (..., *dst)
+    out[dst_index] = array[src_index]
     return out

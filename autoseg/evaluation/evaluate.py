@@ -100,7 +100,7 @@ def evaluate_folders(
             msg = f"{ref_dir}: the references hold no nonzero label; pass the labels to score"
             raise DatasetError(msg)
 
-    per_case = []
+    per_case: list[dict[str, Any]] = []
     for (case, pred, ref), r in zip(pairs, results, strict=True):
         scores = {
             str(lab): r["metrics"][lab] if lab in r["metrics"] else absent_label_metrics(r["n_voxels"])

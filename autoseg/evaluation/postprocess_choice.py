@@ -151,7 +151,7 @@ def determine_postprocessing(
             for c, s in zip(final_per_case, scores, strict=True):
                 c[lab] = s[key_on][lab]
     pp = Postprocessing(fg_kept, tuple(kept_labels))
-    report = {
+    report: dict[str, Any] = {
         "labels": list(fg_labels),
         "n_cases": len(scores),
         "connectivity": CONNECTIVITY,

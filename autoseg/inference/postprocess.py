@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from autoseg.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Voxel connectivity of the components (26: faces, edges and corners).
-CONNECTIVITY = 26
+CONNECTIVITY: Final = 26
 #: Version of ``postprocessing.json``.
 POSTPROCESSING_VERSION = 1
 _PP_FIX = "re-run `autoseg find-best`"

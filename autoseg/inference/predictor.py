@@ -4,10 +4,12 @@ post-processing, written atomically one file per case."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +82,7 @@ class Predictor:
         blending moves to the CPU and the fold is tried again."""
         total: torch.Tensor | None = None
         for net in model.networks:
-            kw = {
+            kw: dict[str, Any] = {
                 "config": model.config,
                 "step": self.step,
                 "tta": self.tta,
@@ -212,8 +214,8 @@ def predict_path(
         if probs is not None:
             write_atomic(
                 out_dir / f"{case.case_id}.npz",
-                lambda tmp, p=probs: np.savez_compressed(
-                    tmp, probabilities=p, label_values=np.asarray(plan.label_values)
+                functools.partial(
+                    np.savez_compressed, probabilities=probs, label_values=np.asarray(plan.label_values)
                 ),
             )
         write_image(labels, loaded.geometry, dest)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -179,7 +180,10 @@ def make_predictor(
         batch = torch.cat([torch.flip(w, f) if f else w for f in flips])
         out = torch.cat([run(chunk) for chunk in batch.split(max_batch)])
         parts = out.split(w.shape[0])
-        acc = sum((torch.flip(p, f) if f else p) for p, f in zip(parts, flips, strict=True))
+        # sum() starts from the int 0, so its type includes int; the result is a tensor.
+        acc = cast(
+            torch.Tensor, sum((torch.flip(p, f) if f else p) for p, f in zip(parts, flips, strict=True))
+        )
         return acc / len(flips)
 
     return predictor

@@ -61,7 +61,7 @@ class Reorientation:
         if self.is_identity:
             return array
         out = np.transpose(array, self.source_axes)
-        out = np.flip(out, axis=[a for a in range(3) if self.flipped[a]])
+        out = np.flip(out, axis=tuple(a for a in range(3) if self.flipped[a]))
         return np.ascontiguousarray(out)
 
 

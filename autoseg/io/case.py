@@ -183,10 +183,11 @@ def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> Loade
     ]
     data = None
     if not problems:
-        data = np.stack(arrays).astype(np.float32, copy=False)
+        on_grid = [a for a in arrays if a is not None]  # all of them: None comes with a problem
+        data = np.stack(on_grid).astype(np.float32, copy=False)
         if not np.isfinite(data).all():
-            for img, arr in zip(images, arrays, strict=True):
-                if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+            for img, channel in zip(images, on_grid, strict=True):
+                if not np.isfinite(channel.astype(np.float32, copy=False)).all():
                     problems.append(f"{img.path}: image holds NaN or inf values; fix or remove the case")
     label = None
     if with_label and case.label is not None:

@@ -207,7 +207,7 @@ def _nnunet_cases(
         for f in labels_dir.iterdir()
         if f.name.endswith(ending) and not f.name.startswith(".")
     }
-    patients = data.get("patients") if isinstance(data.get("patients"), dict) else {}
+    patients = given if isinstance(given := data.get("patients"), dict) else {}
     cases = []
     for cid in sorted(found | dict.fromkeys(label_ids)):
         chans = found.get(cid, {})

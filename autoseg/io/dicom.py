@@ -189,6 +189,8 @@ def _order_by_position(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     off = np.flatnonzero(np.abs(orientations - orientations[0]).max(1) > _ORIENTATION_TOLERANCE)
     if off.size:
         a, b = slices[0], slices[int(off[0])]
+        assert a.orientation is not None  # every slice has one (checked above)
+        assert b.orientation is not None
         msg = (
             f"{folder}: slices differ in orientation ({a.path.name}: {np.round(a.orientation, 4)}"
             f", {b.path.name}: {np.round(b.orientation, 4)}); put each stack in its own folder"

@@ -16,8 +16,8 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from io import BufferedIOBase
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
@@ -96,7 +96,7 @@ def check_gzip_stream(path: Path) -> None:
         raise ImageReadError(msg) from e
 
 
-def _chunks(f: BinaryIO) -> Iterator[bytes]:
+def _chunks(f: BufferedIOBase) -> Iterator[bytes]:
     while chunk := f.read(1 << 22):
         yield chunk
 

@@ -30,7 +30,7 @@ uses the patch size, so it never sees another size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,8 @@ __all__ = ["UNet", "build_network"]
 
 _SLOPE = 0.01
 #: Convolution, transposed convolution and instance norm per number of spatial dimensions.
-_LAYERS = {
+#: (Typed as factories: kernel, stride and padding are tuples whose length is ``dims``.)
+_LAYERS: dict[int, tuple[Callable[..., nn.Module], Callable[..., nn.Module], Callable[..., nn.Module]]] = {
     3: (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d),
     2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d),
 }

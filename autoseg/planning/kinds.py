@@ -21,6 +21,8 @@ from autoseg.planning.rules import REFERENCE_2D, REFERENCE_3D
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import numpy as np
+
 ConfigKind = Literal["3d", "2d", "2.5d"]
 
 
@@ -66,7 +68,7 @@ class Kind:
         """
         return image_channels * (in_slices if self.stacks_slices else 1)
 
-    def planned_axes(self, values: Sequence[float]) -> list[float]:
+    def planned_axes(self, values: Sequence[float] | np.ndarray) -> list[float]:
         """The axes of a 3-axis spacing or shape that the patch spans (2D kinds: axes 1, 2).
 
         Examples:

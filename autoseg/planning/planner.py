@@ -35,7 +35,9 @@ LOWRES_STEP = 1.03
 LOWRES_MIN_REDUCTION = 2.0
 
 
-def _median_shape(fp: Fingerprint, spacing: Sequence[float], forward: Sequence[int]) -> np.ndarray:
+def _median_shape(
+    fp: Fingerprint, spacing: Sequence[float] | np.ndarray, forward: Sequence[int]
+) -> np.ndarray:
     """Median cropped shape when every case is resampled to ``spacing`` (transposed order)."""
     sp = fp.spacings[:, list(forward)]
     shapes = fp.shapes_after_crop[:, list(forward)]
@@ -80,8 +82,8 @@ def _plan_patch(
 def plan_configuration(
     name: str,
     kind: ConfigKind,
-    spacing: Sequence[float],
-    median_shape: Sequence[float],
+    spacing: Sequence[float] | np.ndarray,
+    median_shape: Sequence[float] | np.ndarray,
     *,
     n_cases: int,
     n_classes: int,

@@ -28,8 +28,8 @@ def needs_separate_z(
         >>> needs_separate_z((1.0, 1.0, 1.0), (1.5, 1.5, 1.5)) is None
         True
     """
-    for sp in (spacing, target):
-        sp = np.asarray(sp, dtype=np.float64)
+    for given in (spacing, target):
+        sp = np.asarray(given, dtype=np.float64)
         if sp.max() / sp.min() > anisotropy:
             return int(np.argmax(sp))
     return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class PreprocessedStore:
 
     def load(self, case_id: str, *, mmap: bool = True) -> PreprocessedCase:
         """Load a case; arrays memory-mapped read-only unless ``mmap`` is False."""
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         data = np.load(self.folder / f"{case_id}.npy", mmap_mode=mode, allow_pickle=False)
         seg_path = self.folder / f"{case_id}_seg.npy"
         seg = np.load(seg_path, mmap_mode=mode, allow_pickle=False) if seg_path.is_file() else None

@@ -4,6 +4,7 @@ numbers are what a user would measure on their own data."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,7 @@ def validate_fold(
             prob = probabilities_on_source_grid(logits, case.properties, plan)
             labels = classes_to_values(prob.argmax(0), plan)
             half = prob.astype(np.float16)
-            write_atomic(
-                out_dir / f"{cid}.npz", lambda tmp, p=half: np.savez_compressed(tmp, probabilities=p)
-            )
+            write_atomic(out_dir / f"{cid}.npz", functools.partial(np.savez_compressed, probabilities=half))
         else:
             labels = logits_to_labels(logits, case.properties, plan)
         geometry = case.properties.geometry
