@@ -65,8 +65,9 @@ def save_overlays(images_dir: Path, ref_dir: Path, pred_dir: Path, out_dir: Path
         if not scans or not refs:
             continue
         scan = read_image(scans[0])
-        on_scan = {"geometry": scan.geometry, "shape": scan.array.shape, "grid_of": str(scans[0])}
-        pred = as_labels(read_onto(pred_path, **on_scan))
-        ref = as_labels(read_onto(refs[0], **on_scan))
+        pred, ref = (
+            as_labels(read_onto(p, scan.geometry, scan.array.shape, grid_of=str(scans[0])))
+            for p in (pred_path, refs[0])
+        )
         written.append(save_overlay(scan, ref, pred, out_dir / f"{cid}.png", title=cid))
     return written
