@@ -84,7 +84,7 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
             str(args.iters),
             "--val-iters",
             str(args.val_iters),
-            "--workers",
+            "--augment-workers",
             str(args.workers),
             "--precision",
             args.precision,
@@ -97,7 +97,7 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     return {
         "tool": "autoseg",
-        "run": f"{args.precision}, seed {seed}",
+        "run": f"{args.precision}, seed {seed}" + (f" ({args.note})" if args.note else ""),
         "date": _today(),
         "epoch_s": [r["seconds"] for r in recs],
         "iters": args.iters,
@@ -288,6 +288,13 @@ def main() -> int:
     )
     ap.add_argument("--table", action="store_true", help="only rewrite the table from the kept runs")
     ap.add_argument("--fresh", action="store_true", help="forget the kept runs first")
+    ap.add_argument(
+        "--keep-work",
+        type=Path,
+        default=None,
+        help="keep the work folders here (e.g. for bench_predict.py --work DIR/autoseg<seed>)",
+    )
+    ap.add_argument("--note", default="", help="appended to each run's label (e.g. what changed)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = [] if args.fresh or not RUNS.is_file() else json.loads(RUNS.read_text())
@@ -295,7 +302,8 @@ def main() -> int:
         rows.append(reference_nnunet())
     if not args.table:
         data = args.data.resolve()
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            tmp = args.keep_work or Path(tmp_dir)
             for seed in args.seeds:
                 rows.append(run_autoseg(data, Path(tmp) / f"autoseg{seed}", seed, args))
                 RUNS.write_text(json.dumps(rows, indent=1))
