@@ -21,7 +21,6 @@ import itertools
 import logging
 import math
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from autoseg.errors import DatasetError, ModelError
 from autoseg.evaluation.metrics import as_labels, dice_per_label, mean_per_label, nan_to_none
 from autoseg.evaluation.postprocess_choice import determine_postprocessing
 from autoseg.inference.choice import InferenceChoice
+from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.io.align import read_onto
 from autoseg.io.dataset import load_dataset
 from autoseg.io.image import read_image, write_image
@@ -137,22 +137,6 @@ def _references(dataset_dir: Path) -> dict[str, Path]:
     return {c.case_id: c.label for c in load_dataset(folder).cases if c.label is not None}
 
 
-def _load_probabilities(path: Path, n_classes: int, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            prob = f["probabilities"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        msg = f"{path}: cannot read 'probabilities' ({e}); re-run the validation of this fold"
-        raise ModelError(msg) from e
-    if prob.shape != (n_classes, *shape):
-        msg = (
-            f"{path}: probabilities of shape {prob.shape}, expected {(n_classes, *shape)} "
-            "(classes, then the label map's shape); re-run the validation of this fold"
-        )
-        raise ModelError(msg)
-    return prob
-
-
 def ensemble_labels(probabilities: list[np.ndarray], label_values: tuple[int, ...]) -> np.ndarray:
     """Label map of the mean of several models' probabilities.
 
@@ -207,7 +191,10 @@ def _score_case(job: _CaseJob) -> dict[str, dict[str, dict[int, float]]]:
             )
             raise ModelError(msg)
         single[name] = dice_per_label(img.array, ref, fg)
-    probs = {name: _load_probabilities(p, len(job.label_values), ref.shape) for name, p in job.probabilities}
+    probs = {
+        name: ProbabilityMap.load(p, label_values=job.label_values, shape=ref.shape).probabilities
+        for name, p in job.probabilities
+    }
     pairs = {}
     for a, b in job.pairs:
         labels = ensemble_labels([probs[a], probs[b]], job.label_values)

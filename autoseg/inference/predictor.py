@@ -4,7 +4,6 @@ post-processing, written atomically one file per case."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,11 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg._atomic import write_atomic
 from autoseg.errors import DatasetError, ModelError
 from autoseg.inference.inputs import find_cases
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
+from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.inference.source_grid import (
     classes_to_values,
@@ -212,12 +211,7 @@ def predict_path(
             log.warning(w)
         labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
         if probs is not None:
-            write_atomic(
-                out_dir / f"{case.case_id}.npz",
-                functools.partial(
-                    np.savez_compressed, probabilities=probs, label_values=np.asarray(plan.label_values)
-                ),
-            )
+            ProbabilityMap(probs, plan.label_values).save(out_dir / f"{case.case_id}.npz")
         write_image(labels, loaded.geometry, dest)
         report.written.append(case.case_id)
     return report

@@ -4,7 +4,6 @@ numbers are what a user would measure on their own data."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg._atomic import write_atomic, write_json_atomic
+from autoseg._atomic import write_json_atomic
 from autoseg.errors import PreprocessedDataError
 from autoseg.evaluation.metrics import dice_per_label, mean_per_label, nan_to_none
+from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.inference.source_grid import (
     classes_to_values,
@@ -73,8 +73,7 @@ def validate_fold(
             # one resampling of the logits serves both: labels from the float32 probabilities
             prob = probabilities_on_source_grid(logits, case.properties, plan)
             labels = classes_to_values(prob.argmax(0), plan)
-            half = prob.astype(np.float16)
-            write_atomic(out_dir / f"{cid}.npz", functools.partial(np.savez_compressed, probabilities=half))
+            ProbabilityMap(prob, plan.label_values).save(out_dir / f"{cid}.npz")
         else:
             labels = logits_to_labels(logits, case.properties, plan)
         geometry = case.properties.geometry
