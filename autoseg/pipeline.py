@@ -172,6 +172,7 @@ def train(
     else:
         splits = load_or_create_splits(ds_dir / "splits.json", ids, groups=groups)
         train_ids, val_ids = fold_cases(splits, cfg.fold)
+    store.check([*train_ids, *val_ids])
     model_dir = ds_dir / "models" / config.name
     fold_dir = model_dir / cfg.fold_name
     handler = _file_log(fold_dir / "log.txt") if world.is_main else None

@@ -242,7 +242,7 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...] | None, float]) -> dict[s
     """
     pred_path, ref_path, labels, tolerance_mm = job
     ref_img, pred_img = read_image(ref_path), read_image(pred_path)
-    ref, pred = as_labels(ref_img.array), as_labels(pred_img.array)
+    ref, pred = as_labels(ref_img.array, source=ref_path), as_labels(pred_img.array, source=pred_path)
     if ref.ndim == 3:
         how = find_reorientation(pred_img.geometry, pred.shape, ref_img.geometry, ref.shape)
         if how is not None:

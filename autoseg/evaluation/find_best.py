@@ -180,7 +180,10 @@ def _score_case(job: _CaseJob) -> dict[str, dict[str, dict[int, float]]]:
     fg = job.label_values[1:]
     # every prediction is on the scan's grid (the first one's); the reference joins it
     grid = read_image(job.label_maps[0][1])
-    ref = as_labels(read_onto(job.reference, grid.geometry, grid.array.shape, grid_of=str(grid.path)))
+    ref = as_labels(
+        read_onto(job.reference, grid.geometry, grid.array.shape, grid_of=str(grid.path)),
+        source=job.reference,
+    )
     single = {}
     for name, path in job.label_maps:
         img = grid if path == grid.path else read_image(path)

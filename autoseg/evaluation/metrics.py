@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.errors import DatasetError
+
 #: Keys of the per-label dict :func:`case_metrics` returns, in a fixed order (CSV columns).
 METRICS: tuple[str, ...] = (
     "dice",
@@ -264,15 +266,32 @@ def nan_to_none(obj: Any) -> Any:
     return obj
 
 
-def as_labels(arr: np.ndarray) -> np.ndarray:
-    """The integer label map of a label image: integer arrays as they are, float ones rounded
-    (label files are sometimes stored as float32 holding integers).
+def as_labels(arr: np.ndarray, *, source: object = "label map") -> np.ndarray:
+    """The integer label map of a label image: integer arrays as they are, float ones holding
+    integers converted (label files are sometimes stored as float32).
+
+    Raises:
+        DatasetError: float values that are not integers (0.5, NaN): a probability map or a
+            resampled label given as a label map; the message names ``source``.
 
     Examples:
         >>> as_labels(np.array([0.0, 1.0, 2.0], np.float32))
         array([0, 1, 2], dtype=int32)
     """
-    return np.rint(arr).astype(np.int32) if arr.dtype.kind == "f" else arr
+    if arr.dtype.kind == "b":
+        return arr.astype(np.uint8)
+    if arr.dtype.kind in "iu":
+        return arr
+    rounded = np.rint(arr)
+    bad = rounded != arr  # NaN too
+    if bad.any():
+        examples = ", ".join(f"{v:g}" for v in np.unique(arr[bad])[:3])
+        msg = (
+            f"{source}: holds non-integer values (e.g. {examples}); a label map holds integer "
+            "labels (round it, or give the label file rather than probabilities)"
+        )
+        raise DatasetError(msg)
+    return rounded.astype(np.int32)
 
 
 def mean_per_label(per_case: Sequence[Mapping[int, float]], labels: Sequence[int]) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def save_overlays(images_dir: Path, ref_dir: Path, pred_dir: Path, out_dir: Path
             continue
         scan = read_image(scans[0])
         pred, ref = (
-            as_labels(read_onto(p, scan.geometry, scan.array.shape, grid_of=str(scans[0])))
+            as_labels(read_onto(p, scan.geometry, scan.array.shape, grid_of=str(scans[0])), source=p)
             for p in (pred_path, refs[0])
         )
         written.append(save_overlay(scan, ref, pred, out_dir / f"{cid}.png", title=cid))

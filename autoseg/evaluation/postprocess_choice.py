@@ -57,8 +57,10 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...]]) -> dict[str, Scores]:
     """
     pred_path, ref_path, labels = job
     pred_img = read_image(pred_path)
-    pred = as_labels(pred_img.array)
-    ref = as_labels(read_onto(ref_path, pred_img.geometry, pred.shape, grid_of=str(pred_path)))
+    pred = as_labels(pred_img.array, source=pred_path)
+    ref = as_labels(
+        read_onto(ref_path, pred_img.geometry, pred.shape, grid_of=str(pred_path)), source=ref_path
+    )
     base = dice_per_label(pred, ref, labels)
     fg_pred = _remove_small(pred, pred != 0) if pred.any() else None
     fg = base if fg_pred is None else dice_per_label(fg_pred, ref, labels)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from autoseg._atomic import write_atomic, write_json_atomic
+from autoseg.errors import PreprocessedDataError
 from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.case import PreprocessedCase
@@ -91,14 +92,60 @@ class PreprocessedStore:
         write_json_atomic(self.folder / f"{cid}.json", case.properties.to_dict())
 
     def load(self, case_id: str, *, mmap: bool = True) -> PreprocessedCase:
-        """Load a case; arrays memory-mapped read-only unless ``mmap`` is False."""
+        """Load a case; arrays memory-mapped read-only unless ``mmap`` is False.
+
+        Raises:
+            PreprocessedDataError: a file is missing, unreadable, or holds an array of the wrong
+                kind (an object array, another dtype or number of axes, shapes that disagree).
+        """
         mode: Literal["r"] | None = "r" if mmap else None
-        data = np.load(self.folder / f"{case_id}.npy", mmap_mode=mode, allow_pickle=False)
-        seg_path = self.folder / f"{case_id}_seg.npy"
-        seg = np.load(seg_path, mmap_mode=mode, allow_pickle=False) if seg_path.is_file() else None
-        loc = np.load(self.folder / f"{case_id}_fg.npy", allow_pickle=False)
         props = CaseProperties.load(self.folder / f"{case_id}.json")
+        data = self._array(f"{case_id}.npy", mode, kinds="f", ndim=4)
+        seg_path = self.folder / f"{case_id}_seg.npy"
+        seg = self._array(seg_path.name, mode, kinds="iu", ndim=3) if seg_path.is_file() else None
+        loc = self._array(f"{case_id}_fg.npy", None, kinds="iu", ndim=2)
+        if seg is not None and seg.shape != data.shape[1:]:
+            raise self._refuse(seg_path, f"segmentation of shape {seg.shape}, data {data.shape[1:]}")
+        if loc.shape[1:] != (4,):
+            raise self._refuse(self.folder / f"{case_id}_fg.npy", f"shape {loc.shape}, expected (N, 4)")
         return PreprocessedCase(data, seg, loc, props)
+
+    def check(self, case_ids: list[str]) -> None:
+        """Load every case's headers (memory-mapped, so cheap) before training starts, so that
+        a damaged store is one clear error listing every bad file, not a crash in a worker.
+
+        Raises:
+            PreprocessedDataError: listing every problem.
+        """
+        problems = []
+        for cid in case_ids:
+            try:
+                self.load(cid)
+            except PreprocessedDataError as e:
+                problems.append(str(e))
+        if problems:
+            raise PreprocessedDataError(
+                "\n  ".join([f"{len(problems)} preprocessed case(s) unusable:", *problems])
+            )
+
+    def _refuse(self, path: Path, why: str) -> PreprocessedDataError:
+        return PreprocessedDataError(
+            f"{path}: {why}; delete {self.folder} and run `autoseg preprocess` (or train) again"
+        )
+
+    def _array(self, name: str, mode: Literal["r"] | None, *, kinds: str, ndim: int) -> np.ndarray:
+        """One stored array, checked: plain numbers of the expected kind and number of axes."""
+        path = self.folder / name
+        try:
+            arr = np.load(path, mmap_mode=mode, allow_pickle=False)
+        except FileNotFoundError as e:
+            raise self._refuse(path, "missing") from e
+        except (ValueError, OSError, EOFError) as e:  # object arrays, truncated or foreign files
+            raise self._refuse(path, f"not a plain numeric array ({e})") from e
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kinds or arr.ndim != ndim:
+            what = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise self._refuse(path, f"holds {what}, expected {ndim} axes of kind {kinds!r}")
+        return arr
 
     def properties(self, case_id: str) -> CaseProperties:
         """Only the properties of a case.
