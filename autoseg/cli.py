@@ -186,6 +186,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg,
             resume=run.resume,
             group_by=run.group_by,
+            n_folds=run.n_folds,
             preprocess_workers=workers,
         )
     except TrainingInterrupted:
@@ -422,11 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         common,
         _cmd_train,
         help="train one configuration on one fold",
-        description="Train CONFIG on FOLD (0-4 or all) of a planned dataset.",
+        description="Train CONFIG on FOLD (0-4 with the default 5 folds, see --n-folds; or all) of a "
+        "planned dataset.",
     )
     tr.add_argument("dataset", help="dataset folder or planned name")
     tr.add_argument("configuration", help="a configuration of the plan (2d, 2.5d, 3d_fullres, ...)")
-    tr.add_argument("fold", type=_checked(parse_fold), help="0-4, or all")
+    tr.add_argument("fold", type=_checked(parse_fold), help="a fold (0-4 with 5 folds), or all")
 
     pr = _command(
         sub,

@@ -100,6 +100,13 @@ class TrainRunOptions:
     """``autoseg train`` options that are not training settings (those are TrainConfig's)."""
 
     resume: bool = option(False, "resume from the latest checkpoint of this fold", flags=("--continue",))
+    n_folds: int = option(
+        5,
+        "cross-validation folds, when the splits are first made (FOLD is then 0 to N-1); folds the "
+        "dataset folder brings as splits.json or splits_final.json, or a stored splits.json, win",
+        metavar="N",
+        minimum=2,
+    )
     group_by: str | None = option(
         None,
         "case-name pattern whose first group names the patient (no patient in both training and validation)",

@@ -254,14 +254,15 @@ def regex(text: str) -> str:
 
 
 def parse_fold(text: str) -> int | Literal["all"]:
-    """A fold argument: 0-4 (the five cross-validation folds) or ``all`` (every case, no validation).
+    """A fold argument: a cross-validation fold (0-4 with the default five; checked against the
+    splits when training starts) or ``all`` (every case, no validation).
 
     Raises:
         ValueError: anything else.
     """
     if text == "all":
         return "all"
-    if text.isdigit() and 0 <= int(text) <= 4:
+    if text.isdigit():
         return int(text)
-    msg = f"FOLD must be 0-4 or 'all', got {text!r}"
+    msg = f"FOLD must be a fold number (0-4 with 5 folds) or 'all', got {text!r}"
     raise ValueError(msg)

@@ -116,6 +116,7 @@ def train(
     resume: bool = False,
     group_by: str | None = None,
     preprocess_workers: int | None = None,
+    n_folds: int = 5,
 ) -> Path:
     """Train one configuration on one fold (preprocessing first if needed).
 
@@ -170,7 +171,9 @@ def train(
     if cfg.fold == "all":  # no split needed (and small datasets may not have 5 folds' worth)
         train_ids, val_ids = sorted(ids), []
     else:
-        splits = load_or_create_splits(ds_dir / "splits.json", ids, groups=groups)
+        splits = load_or_create_splits(
+            ds_dir / "splits.json", ids, groups=groups, n_folds=n_folds, dataset_folder=folder, fold=cfg.fold
+        )
         train_ids, val_ids = fold_cases(splits, cfg.fold)
     store.check([*train_ids, *val_ids])
     model_dir = ds_dir / "models" / config.name

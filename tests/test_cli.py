@@ -92,8 +92,12 @@ def test_bad_number_exits_2_naming_flag_value_and_range(
     [
         ([*TRAIN, "--group-by", "(pat"], "invalid regular expression '(pat'"),
         ([*TRAIN, "--group-by", "pat[0-"], "invalid regular expression 'pat[0-'"),
-        (["train", "ds", "3d_fullres", "5"], "FOLD must be 0-4 or 'all', got '5'"),
-        (["train", "ds", "3d_fullres", "-1"], "FOLD must be 0-4 or 'all'"),
+        (
+            ["train", "ds", "3d_fullres", "first"],
+            "FOLD must be a fold number (0-4 with 5 folds) or 'all', got 'first'",
+        ),
+        (["train", "ds", "3d_fullres", "-1"], "FOLD must be a fold number"),
+        (["train", "ds", "3d_fullres", "0", "--n-folds", "1"], "--n-folds: N must be an integer >= 2"),
         ([*PREDICT, "--checkpoint", "last"], "argument --checkpoint: invalid choice: 'last'"),
         ([*TRAIN, "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
     ],

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 Splits = list[dict[str, list[str]]]
 
+#: What a dataset too small for its folds can do instead.
+_FEWER_FOLDS = (
+    "train fold 'all' (every case, no validation), choose fewer folds with --n-folds (2 to {n}), "
+    "or give your own folds as splits.json"
+)
+#: Folds the dataset folder may bring (nnU-Net's name, and ours), used when none are stored yet.
+DATASET_SPLITS = ("splits.json", "splits_final.json")
+
 
 def make_splits(
     case_ids: Sequence[str], *, n_folds: int = 5, seed: int = 12345, groups: Mapping[str, str] | None = None
@@ -68,7 +76,7 @@ def make_splits(
     rs = np.random.RandomState(seed)
     if groups is None:
         if len(ids) < n_folds:
-            msg = f"{len(ids)} cases cannot make {n_folds} folds; use fewer folds"
+            msg = f"{len(ids)} case(s) cannot make {n_folds} folds; {_FEWER_FOLDS.format(n=len(ids))}"
             raise DatasetError(msg)
         order = np.arange(len(ids))
         rs.shuffle(order)
@@ -89,8 +97,8 @@ def _group_folds(
         members.setdefault(str(groups[c]), []).append(c)
     if len(members) < n_folds:
         msg = (
-            f"{len(members)} patients cannot make {n_folds} folds without a patient "
-            "in both training and validation; use fewer folds"
+            f"{len(members)} patient(s) cannot make {n_folds} folds without a patient "
+            f"in both training and validation; {_FEWER_FOLDS.format(n=len(members))}"
         )
         raise DatasetError(msg)
     patients = sorted(members)
@@ -150,33 +158,57 @@ def load_or_create_splits(
     groups: Mapping[str, str] | None = None,
     n_folds: int = 5,
     seed: int = 12345,
+    dataset_folder: Path | None = None,
+    fold: int | Literal["all"] | None = None,
 ) -> Splits:
-    """Read the splits at ``path``, or make them with :func:`make_splits` and write them there.
+    """Read the splits at ``path``, or make them and write them there.
 
-    A stored file wins: users may edit it by hand. If it does not cover exactly ``case_ids`` a
-    warning is logged and it is used anyway.
+    A stored file wins: users may edit it by hand. Without one, folds that the dataset folder
+    brings (``splits.json`` or nnU-Net's ``splits_final.json``) are copied; else
+    :func:`make_splits` makes ``n_folds``. A stored file that does not cover exactly
+    ``case_ids`` is used anyway, with a warning.
 
     Args:
-        path: the JSON file (``splits.json``).
+        path: the JSON file (``<work>/<dataset>/splits.json``).
         case_ids: the dataset's cases.
         groups: case id -> patient; checked against the stored folds too.
         n_folds: folds to make when creating.
         seed: seed when creating.
+        dataset_folder: where a user's own splits may lie.
+        fold: the fold about to be trained: new splits are written only once it exists in them.
 
     Returns:
         The splits.
 
     Raises:
-        DatasetError: the stored file is not valid splits JSON, or a stored fold has a patient in
-            both its training and validation sets (when ``groups`` is given).
+        DatasetError: the stored or given file is not valid splits JSON, a fold has a patient in
+            both its training and validation sets (with ``groups``), the dataset is too small
+            for ``n_folds`` (the message says what to do instead), or ``fold`` is not in the
+            splits.
     """
     path = Path(path)
-    if not path.is_file():
-        splits = make_splits(case_ids, n_folds=n_folds, seed=seed, groups=groups)
+    given = [dataset_folder / n for n in DATASET_SPLITS] if dataset_folder is not None else []
+    source = path if path.is_file() else next((p for p in given if p.is_file()), None)
+    if source is None:
+        try:
+            splits = make_splits(case_ids, n_folds=n_folds, seed=seed, groups=groups)
+        except DatasetError as e:
+            msg = f'{e} (as {path}: a list of {{"train": [ids], "val": [ids]}})'
+            raise DatasetError(msg) from e
+    else:
+        splits = _read_splits(source)
+        _check_stored(source, splits, case_ids, groups)
+    if fold is not None:
+        fold_cases(splits, fold)  # raises, before anything is written, for a fold not in them
+    if source != path:
         write_json_atomic(path, splits)
-        log.info("wrote %d-fold splits to %s", len(splits), path)
-        return splits
-    splits = _read_splits(path)
+        log.info("wrote %d-fold splits to %s%s", len(splits), path, f" (from {source})" if source else "")
+    return splits
+
+
+def _check_stored(
+    path: Path, splits: Splits, case_ids: Sequence[str], groups: Mapping[str, str] | None
+) -> None:
     stored = {c for fold in splits for key in ("train", "val") for c in fold[key]}
     if stored != set(case_ids):
         log.warning(
@@ -194,7 +226,6 @@ def load_or_create_splits(
         ]
         if leaks:
             raise DatasetError(leaks)
-    return splits
 
 
 def fold_cases(splits: Splits, fold: int | Literal["all"]) -> tuple[list[str], list[str]]:

@@ -10,6 +10,7 @@ at no extra I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -175,46 +176,51 @@ def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> Loade
     problems: list[str] = []
     warnings: list[str] = []
     images = _read_channels(case, dataset, problems)
-    if problems:
-        raise DatasetError(problems)
-    ref = images[0]
-    arrays = [ref.array] + [
-        _onto_grid(ref, img, f"channel {c}", problems, warnings) for c, img in enumerate(images[1:], start=1)
-    ]
+    # A broken image does not stop the label's checks: every problem of the case is reported.
+    ref = images[0] if images and not problems else None
     data = None
-    if not problems:
-        on_grid = [a for a in arrays if a is not None]  # all of them: None comes with a problem
-        data = np.stack(on_grid).astype(np.float32, copy=False)
-        if not np.isfinite(data).all():
-            for img, channel in zip(images, on_grid, strict=True):
-                if not np.isfinite(channel.astype(np.float32, copy=False)).all():
-                    problems.append(f"{img.path}: image holds NaN or inf values; fix or remove the case")
+    if ref is not None:
+        arrays = [ref.array] + [
+            _onto_grid(ref, img, f"channel {c}", problems, warnings)
+            for c, img in enumerate(images[1:], start=1)
+        ]
+        if not problems:
+            on_grid = [a for a in arrays if a is not None]  # all of them: None comes with a problem
+            data = np.stack(on_grid).astype(np.float32, copy=False)
+            if not np.isfinite(data).all():
+                for img, channel in zip(images, on_grid, strict=True):
+                    if not np.isfinite(channel.astype(np.float32, copy=False)).all():
+                        problems.append(f"{img.path}: image holds NaN or inf values; fix or remove the case")
     label = None
     if with_label and case.label is not None:
-        if not case.label.is_file():
-            problems.append(
-                f"{case.label}: label file of case {case.case_id} not found; add it or remove the case"
-            )
-        else:
-            try:
-                lab_img = read_image(case.label)
-            except ImageReadError as e:
-                problems.append(str(e))
-            else:
-                if lab_img.array.ndim != 3:
-                    problems.append(
-                        f"{case.label}: label map is {lab_img.array.ndim}D "
-                        f"(shape {lab_img.array.shape}); it must be 3D"
-                    )
-                else:
-                    arr = _onto_grid(ref, lab_img, "label", problems, warnings)
-                    if arr is not None:
-                        label = _check_label(
-                            Image(arr, ref.geometry, lab_img.path),
-                            set(dataset.label_values),
-                            problems,
-                            warnings,
-                        )
-    if problems or data is None:
+        label = _read_label(case.label, case.case_id, dataset, ref, problems, warnings)
+    if problems or data is None or ref is None:
         raise DatasetError(problems)
     return LoadedCase(case.case_id, data, label, ref.geometry, warnings)
+
+
+def _read_label(
+    path: Path, case_id: str, dataset: Dataset, ref: Image | None, problems: list[str], warnings: list[str]
+) -> np.ndarray | None:
+    """The case's label map on the image grid (``ref``), checked; without a readable image, its
+    own values are still checked so that a broken label is reported beside a broken image."""
+    if not path.is_file():
+        problems.append(f"{path}: label file of case {case_id} not found; add it or remove the case")
+        return None
+    try:
+        lab_img = read_image(path)
+    except ImageReadError as e:
+        problems.append(str(e))
+        return None
+    if lab_img.array.ndim != 3:
+        problems.append(
+            f"{path}: label map is {lab_img.array.ndim}D (shape {lab_img.array.shape}); it must be 3D"
+        )
+        return None
+    if ref is None:
+        _check_label(lab_img, set(dataset.label_values), problems, warnings)
+        return None
+    arr = _onto_grid(ref, lab_img, "label", problems, warnings)
+    if arr is None:
+        return None
+    return _check_label(Image(arr, ref.geometry, lab_img.path), set(dataset.label_values), problems, warnings)

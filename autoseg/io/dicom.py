@@ -269,8 +269,27 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> Image:
             "images (a localizer?), remove the odd ones or put each series in its own folder"
         )
         raise ImageReadError(msg)
+    ordered = _order_by_position(folder, slices)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(s.path) for s in _order_by_position(folder, slices)])
+    reader.SetFileNames([str(s.path) for s in ordered])
     reader.MetaDataDictionaryArrayUpdateOff()
     reader.LoadPrivateTagsOff()
-    return _to_image(folder, reader.Execute)
+    try:
+        return _to_image(folder, reader.Execute)
+    except ImageReadError as e:
+        # SimpleITK names no file: read the slices one by one to name the damaged ones.
+        bad = [s.path for s in ordered if not _readable_slice(s.path)]
+        if not bad:
+            raise
+        more = f" (and {len(bad) - 1} more: {', '.join(p.name for p in bad[1:4])})" if len(bad) > 1 else ""
+        msg = f"{bad[0]}: this slice's pixel data cannot be read (truncated?){more}; re-copy the series"
+        raise ImageReadError(msg) from e
+
+
+def _readable_slice(path: Path) -> bool:
+    """Whether SimpleITK reads one slice file whole (only asked once the series failed)."""
+    try:
+        sitk.ReadImage(str(path))
+    except RuntimeError:
+        return False
+    return True

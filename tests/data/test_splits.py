@@ -51,7 +51,7 @@ class TestMakeSplits:
     @pytest.mark.parametrize(
         ("ids", "n_folds", "match"),
         [
-            (["a", "b"], 5, "2 cases cannot make 5 folds"),
+            (["a", "b"], 5, r"2 case\(s\) cannot make 5 folds; train fold .all. .*--n-folds \(2 to 2\)"),
             (["a", "a", "b"], 2, "duplicate case ids: a"),
             (["a", "b"], 1, "at least 2"),
         ],
@@ -77,7 +77,9 @@ class TestGroups:
 
     def test_fewer_patients_than_folds(self):
         groups = {"a": "p1", "b": "p1", "c": "p2"}
-        with pytest.raises(DatasetError, match="2 patients cannot make 5 folds"):
+        with pytest.raises(
+            DatasetError, match=r"2 patient\(s\) cannot make 5 folds .*train fold 'all'.*--n-folds \(2 to 2\)"
+        ):
             make_splits(["a", "b", "c"], groups=groups)
 
     def test_case_without_group(self):
