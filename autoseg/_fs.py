@@ -121,6 +121,22 @@ def access_problem(path: Path) -> str | None:
     return None
 
 
+def read_problem(path: Path) -> str | None:
+    """Why the file ``path`` cannot be opened for reading (see :func:`access_problem`; also
+    permission denied on the file itself), or None. A reader that is not Python's (SimpleITK)
+    would report it as an unknown format."""
+    if (problem := access_problem(path)) is not None:
+        return problem
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{path}: cannot be read ({cause(e)}); {default_fix(e)}"
+    return None
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` or its nearest ancestor that exists (as a link, at least)."""
     existing = path

@@ -261,7 +261,9 @@ def _nnunet_cases(
         return _explicit_cases(root, explicit, problems)
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     for d in (images_dir, labels_dir):
-        if not d.is_dir():
+        if (problem := access_problem(d)) is not None:  # a dangling link or a loop
+            problems.append(problem)
+        elif not d.is_dir():
             problems.append(f"{d}: folder not found; nnU-Net layout needs imagesTr/ and labelsTr/")
     if problems:
         return []
