@@ -68,6 +68,13 @@ def is_environment_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS and e.filename is not None
 
 
+def shown(path: Path | str) -> str:
+    """``path`` for a one-line message: as it is, or quoted with escapes when it holds a control
+    character (a newline in a file name would otherwise split the message)."""
+    text = str(path)
+    return repr(text) if any(ord(ch) < 32 or ord(ch) == 127 for ch in text) else text
+
+
 def fs_error(e: OSError, path: Path | str, *, doing: str, fix: str | None = None) -> FileSystemError:
     """One line for an ``OSError`` met while ``doing`` something to ``path``.
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from autoseg._fs import access_problem, cause, default_fix, list_dir
+from autoseg._fs import access_problem, cause, default_fix, list_dir, shown
 from autoseg.errors import DatasetError, FileSystemError
 from autoseg.io.image import IMAGE_ENDINGS, is_dicom_folder
 
@@ -312,7 +312,7 @@ def _nnunet_cases(
     for cid in sorted(found | dict.fromkeys(label_ids)):
         chans = found.get(cid, {})
         named_by = next(iter(chans.values()), labels_dir / f"{cid}{ending}")
-        _check_case_id(cid, str(named_by), "so rename the file", problems)  # refuses the dataset
+        _check_case_id(cid, shown(named_by), "so rename the file", problems)  # refuses the dataset
         if extra := sorted(c for c in chans if c >= n_channels):
             problems.append(
                 f"{chans[extra[0]]}: channel {extra[0]} but dataset.json declares {n_channels} channel(s)"
@@ -338,7 +338,7 @@ def _msd_cases(root: Path, data: dict[str, Any], problems: list[str]) -> list[Ca
         img = _inside(root, entry["image"], problems, f"{json_path}: training entry {i} image")
         lab = _inside(root, entry["label"], problems, f"{json_path}: training entry {i} label")
         cid = next((img.name[: -len(e)] for e in IMAGE_ENDINGS if img.name.endswith(e)), img.stem)
-        _check_case_id(cid, f"{json_path}: training entry {i} ({img})", "so rename the file", problems)
+        _check_case_id(cid, f"{json_path}: training entry {i} ({shown(img)})", "so rename the file", problems)
         cases.append(Case(cid, (img,), lab, entry.get("patient")))  # a bad id refuses the dataset
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
