@@ -199,6 +199,9 @@ def output_file_problem(path: Path, *, fix: str) -> str | None:
     path = Path(path)
     if path.is_dir():
         return f"{path}: is a folder, not a file; {fix}"
+    existing = _nearest_existing(path.parent)
+    if existing.is_file():
+        return f"{path}: cannot create it ({existing} is a file, not a folder); {fix}"
     return output_dir_problem(path.parent, fix=fix)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg._atomic import write_atomic, write_json_atomic
-from autoseg._fs import list_dir, output_dir_problem, read_problem
+from autoseg._fs import list_dir, output_file_problem, read_problem
 from autoseg._parallel import map_cases, values_or_raise
 from autoseg.errors import DatasetError, FileSystemError
 from autoseg.evaluation.metrics import (
@@ -161,7 +161,7 @@ def _output_problems(out_json: Path, *, plot: bool) -> list[str]:
                 problems.append(
                     f"{out}: is a folder where evaluate writes a file; move it or choose another -o"
                 )
-        if (problem := output_dir_problem(out_json.parent, fix="choose another -o")) is not None:
+        if (problem := output_file_problem(out_json, fix="choose another -o")) is not None:
             problems.append(problem)
     return problems
 
