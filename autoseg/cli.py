@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoseg import __version__
+from autoseg._fs import fs_error, is_environment_error
 from autoseg.command_options import (
     CommonOptions,
     EvaluateOptions,
@@ -232,10 +233,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from autoseg._fs import check_output_dir
     from autoseg.evaluation.evaluate import evaluate_folders
 
     opts = _options(EvaluateOptions, args)
     out = args.output
+    overlays = out.parent / f"{out.stem}_overlays"
+    if opts.images is not None:  # before scoring: a bad location must not leave the summary alone
+        check_output_dir(overlays, fix="choose another -o (the overlays go beside it)")
     summary = evaluate_folders(
         args.pred,
         args.ref,
@@ -258,8 +263,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if opts.images is not None:
         from autoseg.evaluation.overlay import save_overlays
 
-        pngs = save_overlays(opts.images, args.ref, args.pred, out.parent / f"{out.stem}_overlays")
-        lines.append(f"{len(pngs)} overlay PNGs -> {out.parent / f'{out.stem}_overlays'}")
+        pngs = save_overlays(opts.images, args.ref, args.pred, overlays)
+        lines.append(f"{len(pngs)} overlay PNGs -> {overlays}")
     log.info("\n".join(lines))
     return 0
 
@@ -519,6 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutosegError as e:
         msg = str(e)
         log.error("autoseg: error: %s", msg)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # permission denied, read-only or full disk: the machine, not a bug
+        if not is_environment_error(e):
+            raise
+        log.error("autoseg: error: %s", fs_error(e, e.filename, doing="use this path"))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         log.error("autoseg: interrupted")

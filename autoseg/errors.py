@@ -5,6 +5,9 @@ The tree::
     AutosegError                  anything the user can fix; the CLI prints it and exits 2
      ├── DatasetError             dataset folder, dataset.json or case files are wrong
      ├── ImageReadError           one image file or DICOM folder cannot be read
+     ├── FileSystemError          a path cannot be read or written: permission denied, read-only
+     │                            file system, a file where a folder belongs (or the reverse),
+     │                            a full disk, a symbolic link loop or dangling link
      ├── PlanError                plans.json or fingerprint.json missing, invalid, or lacks a configuration
      ├── PreprocessedDataError    a preprocessed case's files are invalid or of another version
      ├── ModelError               a trained model's files other than checkpoints are missing, unreadable
@@ -13,6 +16,8 @@ The tree::
      │    └── CheckpointError     a checkpoint file is missing, corrupt or from another run
      └── MissingDependencyError   an optional extra is not installed (also an ImportError)
 
+The CLI also prints an ``OSError`` that describes the user's machine rather than autoseg
+(permission denied, read-only file system, disk full; see :mod:`autoseg._fs`) as one line.
 Anything else that escapes is a bug and keeps its traceback.
 """
 
@@ -45,6 +50,11 @@ class DatasetError(AutosegError):
 
 class ImageReadError(AutosegError):
     """An image file or DICOM series cannot be read."""
+
+
+class FileSystemError(AutosegError):
+    """A path cannot be read or written as needed; the message names the path, the cause
+    (permission denied, read-only file system, not a folder, ...) and the fix."""
 
 
 class PlanError(AutosegError):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoseg._fs import check_output_dir
 from autoseg._parallel import problems_of
 from autoseg.command_options import PredictOptions
 from autoseg.errors import DatasetError, PlanError
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PREDICT = PredictOptions()
+_PREDICT_OUT_FIX = "choose another output folder with -o"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def plan(
         dataset.labels,
         dataset.layout,
     )
+    workspace.check_writable(dataset.name)
     fp = extract_fingerprint(dataset, workers=workers)
     the_plan = make_plan(fp, gpu_memory_gb=gpu_memory_gb, add_2p5d=add_2p5d)
     fp.save(workspace.fingerprint_path(dataset.name))
@@ -99,6 +102,7 @@ def preprocess(
     name, folder = workspace.resolve(dataset)
     the_plan = _load_plan(workspace, name)
     ds = load_dataset(folder)
+    workspace.check_writable(name)
     names = configurations or [c for c in the_plan.configurations if c != "3d_cascade_fullres"]
     return [
         preprocess_dataset(
@@ -152,6 +156,7 @@ def train(
     if not world.is_main:  # one process speaks for all
         logging.getLogger("autoseg").setLevel(logging.WARNING)
     ds = load_dataset(folder)
+    workspace.check_writable(name)
     ds_dir = workspace.dataset_dir(name)
     ids = [c.case_id for c in ds.cases]
     groups = {c.case_id: c.patient for c in ds.cases if c.patient} or None
@@ -258,6 +263,7 @@ def predict(
     from autoseg.inference.model import default_models, load_model
     from autoseg.inference.predictor import Predictor, predict_path
 
+    check_output_dir(out_dir, fix=_PREDICT_OUT_FIX)
     if dataset is not None:
         name = workspace.resolve(dataset)[0]
     else:
@@ -308,6 +314,7 @@ def find_best(
     from autoseg.evaluation.find_best import find_best as _find_best
 
     name, _ = workspace.resolve(dataset)
+    workspace.check_writable(name)
     return _find_best(workspace.dataset_dir(name), configurations=configurations, workers=workers)
 
 
@@ -323,6 +330,9 @@ def export(
 ) -> list[Path]:
     """Export a trained configuration (see :mod:`autoseg.export`)."""
     name, _ = workspace.resolve(dataset)
+    workspace.check_writable(name)
+    if out is not None:
+        check_output_dir(out, fix="choose another folder with --output")
     model_dir = workspace.dataset_dir(name) / "models" / configuration
     if fmt == "tensorrt":
         from autoseg.export.tensorrt import export_tensorrt

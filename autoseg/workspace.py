@@ -14,10 +14,12 @@ from typing import Any
 
 from autoseg._atomic import write_json_atomic
 from autoseg._contract import load, parse, to_json
+from autoseg._fs import check_output_dir
 from autoseg.errors import DatasetError
 
 SOURCE_VERSION = 1
 _SOURCE_FIX = "run `autoseg plan PATH/TO/DATASET` again with this work folder"
+_WRITABLE_FIX = "choose another work folder with --work-dir (or $AUTOSEG_WORK), or fix this one"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,18 @@ class Workspace:
     def source_path(self, name: str) -> Path:
         """``<work>/<name>/source.json``."""
         return self.dataset_dir(name) / "source.json"
+
+    def check_writable(self, name: str) -> None:
+        """Refuse at once a work folder that ``<work>/<name>/`` cannot be created or written in
+        (read-only, no permission, a file on the way); creates nothing.
+
+        Commands that write into the work folder call this before their work starts, so that a
+        bad ``--work-dir`` costs no fingerprinting or training, and leaves nothing half-written.
+
+        Raises:
+            FileSystemError: naming the folder and the cause.
+        """
+        check_output_dir(self.dataset_dir(name), fix=_WRITABLE_FIX)
 
     def remember_source(self, name: str, source: Path) -> None:
         """Record the dataset folder so that later commands can take the name alone."""

@@ -29,8 +29,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg._atomic import write_atomic, write_json_atomic
+from autoseg._fs import list_dir, output_file_problem, read_problem
 from autoseg._parallel import map_cases, values_or_raise
-from autoseg.errors import DatasetError
+from autoseg.errors import DatasetError, FileSystemError
 from autoseg.evaluation.metrics import (
     HD_PERCENTILE,
     METRICS,
@@ -86,8 +87,12 @@ def evaluate_folders(
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         msg = f"tolerance_mm must be a finite value >= 0, got {tolerance_mm}"
         raise ValueError(msg)
-    pairs = _pair_cases(pred_dir, ref_dir)
-    problems = [p for pair in pairs for p in _check_pair(*pair[1:])]
+    problems = _output_problems(out_json, plot=plot)  # before any work: nothing half-written
+    try:
+        pairs = _pair_cases(pred_dir, ref_dir)
+    except DatasetError as e:
+        raise DatasetError(problems + e.problems) from e
+    problems += [p for pair in pairs for p in _check_pair(*pair[1:])]
     if problems:
         raise DatasetError(problems)
 
@@ -134,11 +139,43 @@ def evaluate_folders(
     return summary
 
 
+def _outputs(out_json: Path, *, plot: bool) -> list[Path]:
+    """The files :func:`evaluate_folders` writes for ``out_json``."""
+    outs = [out_json, out_json.with_name(out_json.stem + ".csv")]
+    return [*outs, out_json.with_name(out_json.stem + "_boxplot.png")] if plot else outs
+
+
+def _output_problems(out_json: Path, *, plot: bool) -> list[str]:
+    """Why the outputs could not be written (``-o`` names a folder, a file is in the way of the
+    folder, the folder is read-only, ...): checked first, so that a run that cannot write its
+    summary writes nothing at all (not the CSV without the JSON)."""
+    problems = []
+    if out_json.is_dir():
+        problems.append(
+            f"{out_json}: is a folder; -o takes the summary file to write, "
+            f"such as {out_json / 'summary.json'}"
+        )
+    else:
+        for out in _outputs(out_json, plot=plot)[1:]:
+            if out.is_dir():
+                problems.append(
+                    f"{out}: is a folder where evaluate writes a file; move it or choose another -o"
+                )
+        if (problem := output_file_problem(out_json, fix="choose another -o")) is not None:
+            problems.append(problem)
+    return problems
+
+
 def _case_files(folder: Path, role: str) -> tuple[dict[str, Path], list[str]]:
-    """``{case: file}`` of the image files of a folder, and problems (two files for one case)."""
+    """``{case: file}`` of the image files of a folder, and problems (two files for one case, a
+    folder that cannot be listed)."""
     files: dict[str, Path] = {}
     problems = []
-    for f in sorted(folder.iterdir()):
+    try:
+        entries = list_dir(folder, fix=f"make the {role} folder readable")
+    except FileSystemError as e:
+        return files, [str(e)]
+    for f in entries:
         if f.name.startswith(".") or not f.is_file() or not has_image_ending(f):
             continue
         case = strip_ending(f.name)
@@ -196,6 +233,9 @@ def _check_pair(pred: Path, ref: Path) -> list[str]:
     headers = {}
     problems = []
     for f in (pred, ref):
+        if (problem := read_problem(f)) is not None:  # ITK would call it "not an image"
+            problems.append(problem)
+            continue
         try:
             headers[f] = _header(f)
         except RuntimeError as e:

@@ -3,6 +3,7 @@ reference (green) and predicted (red) outlines."""
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,9 @@ def save_overlays(images_dir: Path, ref_dir: Path, pred_dir: Path, out_dir: Path
     written = []
     for pred_path in sorted(pred_dir.glob("*.nii.gz")):
         cid = strip_ending(pred_path.name)
-        scans = sorted(images_dir.glob(f"{cid}.*")) or sorted(images_dir.glob(f"{cid}_0000.*"))
-        refs = sorted(ref_dir.glob(f"{cid}.*"))
+        pattern = glob.escape(cid)  # a case named "a[1]" must not pick the scan of "a1"
+        scans = sorted(images_dir.glob(f"{pattern}.*")) or sorted(images_dir.glob(f"{pattern}_0000.*"))
+        refs = sorted(ref_dir.glob(f"{pattern}.*"))
         if not scans or not refs:
             continue
         scan = read_image(scans[0])

@@ -1,5 +1,12 @@
 """Find the scans to predict in an input path: image files (nnU-Net channel naming or plain),
-DICOM series folders, or one file or series."""
+DICOM series folders, or one file or series.
+
+Every output is named after its case (``CASE.nii.gz``), so two inputs that would give one case the
+same channel (``caseA.nii.gz`` and ``caseA.mha``; ``caseB.nii.gz`` and ``caseB_0000.nii.gz``; a
+file and a DICOM folder of one name) are ambiguous: the whole input is refused, listing every
+clash, before anything is written. An entry that looks like a scan but cannot be read as one (a
+dangling symbolic link, a link loop) is a problem of its own, never silently left out.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from autoseg.errors import AutosegError
+from autoseg._fs import access_problem, cause, default_fix, list_dir
+from autoseg.errors import AutosegError, DatasetError, FileSystemError
 from autoseg.io.dataset import Case
 from autoseg.io.image import has_image_ending, is_dicom_folder, strip_ending
 
@@ -23,56 +31,106 @@ def find_cases(source: Path, *, n_channels: int) -> tuple[list[Case], list[str]]
       is channel 0 of a single-channel case), and every sub-folder holding a DICOM series.
 
     Returns:
-        ``(cases, problems)``: cases sorted by id; problems such as a missing channel name the
-        case's files (those cases are left out).
+        ``(cases, problems)``: cases sorted by id; problems such as a missing channel or a
+        dangling link name the case's files (those cases are left out, the others predicted).
 
     Raises:
         AutosegError: ``source`` does not exist or holds no scans.
+        DatasetError: two inputs give one case the same channel; every clash is listed.
+        FileSystemError: ``source`` (or a sub-folder) cannot be listed.
     """
+    if (problem := access_problem(source)) is not None:
+        raise AutosegError(problem)
     if not source.exists():
         msg = f"{source}: input not found; give a scan, a DICOM series folder or a folder of scans"
         raise AutosegError(msg)
     if source.is_file():
-        return _group_files([source], n_channels, siblings_of=source.parent)
-    if is_dicom_folder(source):
+        cases, problems, clashes = _group_files([source], n_channels, siblings_of=source.parent)
+        _refuse(clashes)
+        return cases, problems
+    if _is_series(source):
         return [Case(source.name, (source,), None)], []
-    files = sorted(
-        p for p in source.iterdir() if p.is_file() and not p.name.startswith(".") and has_image_ending(p)
-    )
-    cases, problems = _group_files(files, n_channels)
-    for sub in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if is_dicom_folder(sub):
-            if n_channels != 1:
-                problems.append(
-                    f"{sub}: a DICOM series is one channel but the model needs "
-                    f"{n_channels}; give NIfTI files named CASE_0000…"
-                )
-                continue
+    files, subs, problems = _entries(source)
+    cases, group_problems, clashes = _group_files(files, n_channels)
+    problems += group_problems
+    by_id = {c.case_id: c for c in cases}
+    for sub in subs:
+        if not _is_series(sub):
+            continue
+        if n_channels != 1:
+            problems.append(
+                f"{sub}: a DICOM series is one channel but the model needs "
+                f"{n_channels}; give NIfTI files named CASE_0000…"
+            )
+        elif sub.name in by_id:
+            clashes.append(
+                f"{source}: {by_id[sub.name].images[0].name} and the DICOM series folder {sub.name}/ "
+                f"are both case {sub.name!r} (output {sub.name}.nii.gz); rename or move one of them"
+            )
+        else:
             cases.append(Case(sub.name, (sub,), None))
+    _refuse(clashes)
     if not cases and not problems:
         msg = f"{source}: no scans found (NIfTI/NRRD/MHA files or DICOM series folders); check the path"
         raise AutosegError(msg)
-    ids = [c.case_id for c in cases]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        problems.append(
-            f"{source}: case name(s) {dup} given twice (e.g. as a file and a DICOM folder); rename one"
-        )
-        cases = [c for c in cases if c.case_id not in dup]
     return sorted(cases, key=lambda c: c.case_id), problems
+
+
+def _refuse(clashes: list[str]) -> None:
+    """Raise the clashes together: predicting some of them would silently drop the others."""
+    if clashes:
+        raise DatasetError(clashes)
+
+
+def _is_series(folder: Path) -> bool:
+    """Whether ``folder`` holds a DICOM series; one that cannot be listed is named."""
+    try:
+        return is_dicom_folder(folder)
+    except OSError as e:
+        msg = f"{folder}: cannot list this folder ({cause(e)}); {default_fix(e)}"
+        raise FileSystemError(msg) from e
+
+
+def _entries(source: Path) -> tuple[list[Path], list[Path], list[str]]:
+    """Image files, sub-folders, and problems (entries named like scans that cannot be read as
+    one: a dangling symbolic link, a link loop, a device) of a folder; hidden entries are skipped."""
+    files, subs, problems = [], [], []
+    for p in list_dir(source, fix="make the input folder readable"):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            subs.append(p)
+        elif p.is_file():
+            if has_image_ending(p):
+                files.append(p)
+        elif has_image_ending(p):
+            problems.append(access_problem(p) or f"{p}: not a regular file; give an image file")
+    return files, subs, problems
 
 
 def _group_files(
     files: list[Path], n_channels: int, *, siblings_of: Path | None = None
-) -> tuple[list[Case], list[str]]:
+) -> tuple[list[Case], list[str], list[str]]:
+    """Group image files into cases by their ``_XXXX`` channel suffix.
+
+    Returns:
+        ``(cases, problems, clashes)``: problems (a channel missing or unexpected) leave their
+        case out; clashes (two files for one case and channel) refuse the input.
+    """
     groups: dict[str, dict[int, Path]] = defaultdict(dict)
+    clashes = []
     for f in files:
         stem = strip_ending(f.name)
         m = _CHANNEL_RE.match(stem)
-        if m is None:
-            groups[stem][0] = f
-        else:
-            groups[m["case"]][int(m["ch"])] = f
+        cid, ch = (stem, 0) if m is None else (m["case"], int(m["ch"]))
+        if ch in groups[cid]:
+            what = f"case {cid!r}" if n_channels == 1 else f"channel {ch} of case {cid!r}"
+            clashes.append(
+                f"{f.parent}: {groups[cid][ch].name} and {f.name} are both {what} "
+                f"(output {cid}.nii.gz); rename or move one of them"
+            )
+            continue
+        groups[cid][ch] = f
     if siblings_of is not None:  # a single file named CASE_0000: pick up its other channels
         for cid, chans in groups.items():
             if 0 in chans and _CHANNEL_RE.match(strip_ending(chans[0].name)):
@@ -94,4 +152,4 @@ def _group_files(
             )
             continue
         cases.append(Case(cid, tuple(chans[c] for c in range(n_channels)), None))
-    return cases, problems
+    return cases, problems, clashes

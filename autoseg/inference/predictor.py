@@ -5,6 +5,7 @@ post-processing, written atomically one file per case."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg._fs import cause, check_output_dir
 from autoseg.errors import DatasetError, ModelError
 from autoseg.inference.inputs import find_cases
 from autoseg.inference.model import TrainedModel
@@ -184,20 +186,31 @@ def predict_path(
     """Predict every case under ``source`` into ``out_dir/CASE.nii.gz``.
 
     A case that cannot be read is reported and skipped; the others are still predicted.
-    A case is done, and skipped unless ``overwrite``, only when every requested output exists
-    (the label map, and ``CASE.npz`` with ``save_probabilities``).
+    A case is done, and skipped unless ``overwrite``, only when every requested output (the
+    label map, and ``CASE.npz`` with ``save_probabilities``) is a non-empty file that can be
+    opened: an empty or unreadable one (a copy cut short, a full disk, wrong permissions) is
+    predicted again, with a warning. ``out_dir`` is created with the first output, so a run in
+    which every case fails leaves no empty folder behind.
+
+    Raises:
+        DatasetError: inputs are ambiguous (two files for one case), an output would overwrite
+            an input, or a folder stands where an output goes; every problem is listed and
+            nothing is written.
+        FileSystemError: ``out_dir`` cannot be created or written.
     """
     plan = predictor.plan
+    check_output_dir(out_dir, fix="choose another output folder with -o")
     cases, problems = find_cases(source, n_channels=len(plan.channel_names))
+    outputs = {c.case_id: _outputs(out_dir, c.case_id, save_probabilities) for c in cases}
+    if blocked := _blocked_outputs(cases, outputs):
+        raise DatasetError(blocked)
     report = PredictReport(failed=list(problems))
     for p in problems:
         log.error(p)
     dataset = _dataset_for(plan, source, cases)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for case in tqdm(cases, desc="Predicting", unit="case", disable=None):
-        dest = out_dir / f"{case.case_id}.nii.gz"
-        outputs = [dest, out_dir / f"{case.case_id}.npz"] if save_probabilities else [dest]
-        if not overwrite and all(o.exists() for o in outputs):
+        dest = outputs[case.case_id][0]
+        if not overwrite and all(_is_done(o) for o in outputs[case.case_id]):
             report.skipped.append(case.case_id)
             continue
         try:
@@ -211,7 +224,48 @@ def predict_path(
             log.warning(w)
         labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
         if probs is not None:
-            ProbabilityMap(probs, plan.label_values).save(out_dir / f"{case.case_id}.npz")
+            ProbabilityMap(probs, plan.label_values).save(outputs[case.case_id][1])
         write_image(labels, loaded.geometry, dest)
         report.written.append(case.case_id)
     return report
+
+
+def _outputs(out_dir: Path, case_id: str, save_probabilities: bool) -> list[Path]:
+    """A case's output files: ``CASE.nii.gz``, and ``CASE.npz`` with probabilities."""
+    dest = out_dir / f"{case_id}.nii.gz"
+    return [dest, out_dir / f"{case_id}.npz"] if save_probabilities else [dest]
+
+
+def _blocked_outputs(cases: list[Case], outputs: dict[str, list[Path]]) -> list[str]:
+    """Outputs that cannot be written without harm: one that is an input scan (``-o`` the input
+    folder, scans named ``CASE.nii.gz``: it would be skipped as done, or overwritten), or a folder
+    in an output's place (found only after the other cases were written)."""
+    inputs = {os.path.realpath(p): p for c in cases for p in c.images}
+    problems = []
+    for cid, outs in outputs.items():
+        for out in outs:
+            if (scan := inputs.get(os.path.realpath(out))) is not None:
+                problems.append(
+                    f"{out}: the output of case {cid!r} would replace the input scan {scan}; "
+                    "choose another output folder with -o"
+                )
+            elif out.is_dir():
+                problems.append(f"{out}: is a folder where an output goes; move it or choose another -o")
+    return problems
+
+
+def _is_done(path: Path) -> bool:
+    """Whether ``path`` is a finished output: a non-empty file that can be opened. Its contents
+    are not checked (outputs are written atomically, so a file under the final name is whole);
+    an empty or unreadable file did not come from here and is predicted again."""
+    try:
+        if path.stat().st_size == 0:
+            log.warning("%s: existing output is empty; predicting it again", path)
+            return False
+        with open(path, "rb"):
+            return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        log.warning("%s: existing output cannot be read (%s); predicting it again", path, cause(e))
+        return False

@@ -20,12 +20,14 @@ are looked at here; the files' contents are checked by :mod:`autoseg.io.case`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from autoseg.errors import DatasetError
+from autoseg._fs import access_problem, cause, default_fix, list_dir, shown
+from autoseg.errors import DatasetError, FileSystemError
 from autoseg.io.image import IMAGE_ENDINGS, is_dicom_folder
 
 Layout = Literal["nnunet", "msd"]
@@ -84,8 +86,16 @@ def _load_json(path: Path) -> dict[str, Any]:
         msg = f"{path}: not found; a dataset folder needs a dataset.json (nnU-Net v2 or MSD layout)"
         raise DatasetError(msg)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        msg = f"{path}: not UTF-8 text ({e}); save it as UTF-8 JSON"
+        raise DatasetError(msg) from e
+    except OSError as e:
+        msg = f"{path}: cannot be read ({cause(e)}); {default_fix(e)}"
+        raise DatasetError(msg) from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         msg = f"{path}: invalid JSON ({e}); fix the syntax"
         raise DatasetError(msg) from e
     if not isinstance(data, dict):
@@ -94,18 +104,82 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path:
-    """Resolve ``rel`` under ``root``; note a problem when it points outside the dataset folder."""
-    try:
-        p = (root / rel).resolve()
-    except (OSError, ValueError) as e:  # ValueError: a NUL character in the name
-        problems.append(f"{where}: entry {rel!r} is not a valid path ({e})")
-        return root / "dataset.json"
-    if not p.is_relative_to(root.resolve()):
+def _inside(root: Path, rel: object, problems: list[str], where: str) -> Path:
+    """``root / rel`` when the entry's text names a place inside the dataset folder; else a problem.
+
+    The text is judged, not where it leads: an absolute path or ``..`` that climbs out is refused,
+    while a symbolic link inside the folder may point anywhere (datasets are often assembled from
+    links into a shared store; a link that leads nowhere is named by :func:`_access_problems`).
+    The path returned is the normalised text under ``root``, so a ``..`` after a linked folder
+    cannot climb out through the link's target.
+    """
+    if not isinstance(rel, str) or not rel.strip():
         problems.append(
-            f"{where}: entry {rel!r} points outside the dataset folder {root}; keep every file inside it"
+            f"{where}: {rel!r} must be a file path relative to the dataset folder, "
+            'like "imagesTr/case_0000.nii.gz"'
         )
-    return p
+        return root / "dataset.json"
+    if "\0" in rel:
+        problems.append(f"{where}: path {rel!r} is not a valid path (it holds a NUL character); fix it")
+        return root / "dataset.json"
+    if os.path.isabs(rel):
+        problems.append(
+            f"{where}: path {rel!r} is absolute; give it relative to the dataset folder "
+            f"{root} and keep the file inside it (a symbolic link inside may point elsewhere)"
+        )
+        return root / "dataset.json"
+    norm = os.path.normpath(rel)
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        problems.append(
+            f"{where}: path {rel!r} points outside the dataset folder {root}; keep every file "
+            "inside it (a symbolic link inside may point elsewhere)"
+        )
+        return root / "dataset.json"
+    if norm == os.curdir:
+        problems.append(f"{where}: path {rel!r} names the dataset folder itself; give a file path")
+        return root / "dataset.json"
+    return root / norm
+
+
+#: Longest case id in bytes: the store's file names add up to ~30 bytes to it, and a file name
+#: may have 255.
+MAX_CASE_ID_BYTES = 200
+
+
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name files, or None.
+
+    Case ids become file names in the work folder (``preprocessed/<key>/CASE.npy``,
+    ``validation/CASE.nii.gz``), so each must be one plain name: a ``/``, ``..`` or an absolute
+    path would write outside the folder it is meant for.
+    """
+    if not case_id:
+        return "is empty"
+    if case_id in (os.curdir, os.pardir):
+        return "is a folder reference"
+    if "/" in case_id or "\\" in case_id:
+        return "holds a path separator"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in case_id):
+        return "holds a control character"
+    if len(case_id.encode("utf-8", "surrogatepass")) > MAX_CASE_ID_BYTES:
+        return f"is longer than {MAX_CASE_ID_BYTES} bytes"
+    return None
+
+
+def _check_case_id(case_id: str, where: str, fix: str, problems: list[str]) -> None:
+    """Note a problem when ``case_id`` cannot name files (the dataset is then refused)."""
+    why = case_id_problem(case_id)
+    if why is not None:
+        problems.append(f"{where}: case id {case_id!r} {why}; case ids name files in the work folder, {fix}")
+
+
+def _access_problems(cases: list[Case], problems: list[str]) -> None:
+    """Name every case file that is a dangling symbolic link, a link loop or behind a folder that
+    may not be entered; files that simply do not exist are named by :mod:`autoseg.io.case`."""
+    for case in cases:
+        for path in (*case.images, *([] if case.label is None else [case.label])):
+            if (problem := access_problem(path)) is not None:
+                problems.append(problem)
 
 
 def _channel_names(raw: Any, key: str, json_path: Path, problems: list[str]) -> tuple[str, ...]:
@@ -156,33 +230,61 @@ def _labels(raw: Any, layout: Layout, json_path: Path, problems: list[str]) -> d
     return dict(sorted(labels.items(), key=lambda kv: kv[1]))
 
 
+def _explicit_cases(root: Path, explicit: dict[str, Any], problems: list[str]) -> list[Case]:
+    """The cases of an nnU-Net ``"dataset"`` object: ``{CASE: {"images": [...], "label": ...}}``."""
+    json_path = root / "dataset.json"
+    cases = []
+    for cid, entry in sorted(explicit.items()):
+        where = f"{json_path}: 'dataset' entry {cid!r}"
+        _check_case_id(cid, f"{json_path}: 'dataset'", "so give a plain name such as 'case_001'", problems)
+        if not isinstance(entry, dict) or "images" not in entry or "label" not in entry:
+            problems.append(f"{json_path}: 'dataset' entry {cid!r} needs 'images' and 'label'")
+            continue
+        images = entry["images"]
+        if not isinstance(images, list) or not images:
+            problems.append(
+                f"{json_path}: 'dataset' entry {cid!r}: 'images' must be a list of file paths, "
+                'one per channel, like ["imagesTr/case_0000.nii.gz"]'
+            )
+            continue
+        imgs = tuple(_inside(root, p, problems, f"{where} images") for p in images)
+        lab = _inside(root, entry["label"], problems, f"{where} label")
+        cases.append(Case(cid, imgs, lab, entry.get("patient")))  # a bad id refuses the dataset
+    return cases
+
+
 def _nnunet_cases(
     root: Path, data: dict[str, Any], n_channels: int, ending: str, problems: list[str]
 ) -> list[Case]:
-    json_path = root / "dataset.json"
     explicit = data.get("dataset")
     if isinstance(explicit, dict):
-        cases = []
-        for cid, entry in sorted(explicit.items()):
-            if not isinstance(entry, dict) or "images" not in entry or "label" not in entry:
-                problems.append(f"{json_path}: 'dataset' entry {cid!r} needs 'images' and 'label'")
-                continue
-            imgs = tuple(_inside(root, str(p), problems, str(json_path)) for p in entry["images"])
-            lab = _inside(root, str(entry["label"]), problems, str(json_path))
-            cases.append(Case(cid, imgs, lab, entry.get("patient")))
-        return cases
+        return _explicit_cases(root, explicit, problems)
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     for d in (images_dir, labels_dir):
-        if not d.is_dir():
+        if (problem := access_problem(d)) is not None:  # a dangling link or a loop
+            problems.append(problem)
+        elif not d.is_dir():
             problems.append(f"{d}: folder not found; nnU-Net layout needs imagesTr/ and labelsTr/")
     if problems:
         return []
+    try:
+        image_files, label_files = list_dir(images_dir), list_dir(labels_dir)
+    except FileSystemError as e:
+        problems.append(str(e))
+        return []
     found: dict[str, dict[int, Path]] = {}
-    for f in sorted(images_dir.iterdir()):
+    for f in image_files:
         if f.name.startswith("."):
             continue
         if f.is_dir():  # a DICOM series folder stands for a file: imagesTr/CASE_0000/
-            if not is_dicom_folder(f):
+            try:
+                if not is_dicom_folder(f):
+                    continue
+            except OSError as e:
+                problems.append(
+                    f"{f}: cannot list this folder ({cause(e)}), so whether it holds a DICOM "
+                    f"series is unknown; {default_fix(e)} or move it out of {images_dir.name}/"
+                )
                 continue
             stem = f.name
         elif f.name.endswith(ending):
@@ -203,14 +305,14 @@ def _nnunet_cases(
             continue
         channels[ch] = f
     label_ids = {
-        f.name[: -len(ending)]
-        for f in labels_dir.iterdir()
-        if f.name.endswith(ending) and not f.name.startswith(".")
+        f.name[: -len(ending)] for f in label_files if f.name.endswith(ending) and not f.name.startswith(".")
     }
     patients = given if isinstance(given := data.get("patients"), dict) else {}
     cases = []
     for cid in sorted(found | dict.fromkeys(label_ids)):
         chans = found.get(cid, {})
+        named_by = next(iter(chans.values()), labels_dir / f"{cid}{ending}")
+        _check_case_id(cid, shown(named_by), "so rename the file", problems)  # refuses the dataset
         if extra := sorted(c for c in chans if c >= n_channels):
             problems.append(
                 f"{chans[extra[0]]}: channel {extra[0]} but dataset.json declares {n_channels} channel(s)"
@@ -233,10 +335,11 @@ def _msd_cases(root: Path, data: dict[str, Any], problems: list[str]) -> list[Ca
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             problems.append(f"{json_path}: training entry {i} needs 'image' and 'label'")
             continue
-        img = _inside(root, str(entry["image"]), problems, str(json_path))
-        lab = _inside(root, str(entry["label"]), problems, str(json_path))
+        img = _inside(root, entry["image"], problems, f"{json_path}: training entry {i} image")
+        lab = _inside(root, entry["label"], problems, f"{json_path}: training entry {i} label")
         cid = next((img.name[: -len(e)] for e in IMAGE_ENDINGS if img.name.endswith(e)), img.stem)
-        cases.append(Case(cid, (img,), lab, entry.get("patient")))
+        _check_case_id(cid, f"{json_path}: training entry {i} ({shown(img)})", "so rename the file", problems)
+        cases.append(Case(cid, (img,), lab, entry.get("patient")))  # a bad id refuses the dataset
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -288,6 +391,7 @@ def load_dataset(root: str | Path) -> Dataset:
     else:
         cases = _msd_cases(root, data, problems)
         ending = next((e for e in IMAGE_ENDINGS if cases and cases[0].images[0].name.endswith(e)), ".nii.gz")
+    _access_problems(cases, problems)
     if not cases and not problems:
         problems.append(f"{root}: no training cases found")
     if problems:

@@ -18,11 +18,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from io import BufferedIOBase
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
 
 from autoseg._atomic import write_atomic
+from autoseg._fs import access_problem, cause, default_fix
 from autoseg.errors import ImageReadError
 from autoseg.io.volume import GRID_ATOL, SPACING_RTOL, Geometry, Image, image_from_sitk
 
@@ -70,7 +72,11 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def is_dicom_folder(folder: Path) -> bool:
-    """Whether a folder directly holds DICOM files."""
+    """Whether a folder directly holds DICOM files.
+
+    Raises:
+        OSError: the folder cannot be listed (callers name it among their problems).
+    """
     return folder.is_dir() and any(
         _is_dicom_file(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
     )
@@ -84,19 +90,30 @@ def check_gzip_stream(path: Path) -> None:
     marker and CRC before it is trusted; a ``.nii.gz``'s contents are checked on the way (see
     :func:`check_nifti_bytes`). Costs about a millisecond per MB.
     """
+    with _open_for_reading(path) as raw:  # not judged below: "permission denied" is not "corrupt"
+        try:
+            with gzip.open(raw, "rb") as f:
+                if path.name.lower().endswith(".nii.gz"):
+                    check_nifti_bytes(path, _chunks(f))
+                else:
+                    for _ in _chunks(f):
+                        pass
+        except (EOFError, OSError, zlib.error) as e:
+            msg = f"{path}: the gzip stream is truncated or corrupt ({e}); re-export or re-copy the file"
+            raise ImageReadError(msg) from e
+
+
+def _open_for_reading(path: Path) -> BinaryIO:
+    """``path`` opened for reading, or :class:`ImageReadError` saying why it cannot be
+    (permission denied, a folder, a symbolic link loop, ...)."""
     try:
-        with gzip.open(path, "rb") as f:
-            if path.name.lower().endswith(".nii.gz"):
-                check_nifti_bytes(path, _chunks(f))
-            else:
-                for _ in _chunks(f):
-                    pass
-    except (EOFError, OSError, zlib.error) as e:
-        msg = f"{path}: the gzip stream is truncated or corrupt ({e}); re-export or re-copy the file"
+        return open(path, "rb")
+    except OSError as e:
+        msg = f"{path}: cannot be read ({cause(e)}); {default_fix(e)}"
         raise ImageReadError(msg) from e
 
 
-def _chunks(f: BufferedIOBase) -> Iterator[bytes]:
+def _chunks(f: BufferedIOBase | BinaryIO) -> Iterator[bytes]:
     while chunk := f.read(1 << 22):
         yield chunk
 
@@ -182,24 +199,36 @@ def read_image(path: str | os.PathLike[str], *, check_stream: bool = True) -> Im
         ImageReadError: the file is missing, unreadable, truncated or has vector pixels.
     """
     p = Path(path)
+    if (problem := access_problem(p)) is not None:  # a link loop, a dangling link, no permission
+        raise ImageReadError(problem)
     if p.is_dir():
         from autoseg.io.dicom import read_dicom_series
 
+        _check_listable(p)
         return read_dicom_series(p)
     if not p.is_file():
         msg = f"{p}: file not found"
         raise ImageReadError(msg)
+    with _open_for_reading(p) as f:  # SimpleITK would call an unreadable file "not an image"
+        if check_stream and p.name.lower().endswith(".nii"):
+            check_nifti_bytes(p, _chunks(f))
     if check_stream and p.name.lower().endswith(".gz"):
         check_gzip_stream(p)
-    elif check_stream and p.name.lower().endswith(".nii"):
-        with open(p, "rb") as f:
-            check_nifti_bytes(p, _chunks(f))
     return image_from_sitk(
         p,
         lambda: sitk.ReadImage(str(p)),
         unreadable="cannot be read as an image ({error}); check the file format",
         multi_component="has {n} components per voxel; store each channel as its own file (_0000, _0001, …)",
     )
+
+
+def _check_listable(folder: Path) -> None:
+    """Raise :class:`ImageReadError` when a DICOM series folder cannot be listed."""
+    try:
+        os.listdir(folder)
+    except OSError as e:
+        msg = f"{folder}: cannot list this DICOM series folder ({cause(e)}); {default_fix(e)}"
+        raise ImageReadError(msg) from e
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
