@@ -8,15 +8,23 @@
 
 Workers are batchgenerators ``MultiThreadedAugmenter`` processes. Each receives a
 :class:`PatchDataset` holding only the store folder, the case ids and settings; the memory maps
-are opened lazily inside the worker, so no image array is ever pickled. Worker ``i`` draws from
-``numpy.random.default_rng(SeedSequence([seed, i]))`` and batches are taken from the workers in
-turn, so a run is reproducible for a given ``seed`` and ``workers``; ``workers=0`` and
-``workers=1`` even give the same batches.
+are opened lazily inside the worker, so no image array is ever pickled.
+
+Batch ``n`` of a loader (counted from its ``start``) is drawn entirely (cases, patches,
+augmentation) from ``numpy.random.default_rng(SeedSequence([*seed, n]))``: it depends on the seed
+and its index only. Worker ``i`` of ``w`` makes batches ``start + i``, ``start + i + w``, … and
+they are taken from the workers in turn, so every number of workers (0 included) gives the same
+sequence, and a loader made with ``start=n`` continues exactly where another one was at batch
+``n``: that is how training resumes bit-exactly (:mod:`autoseg.training.trainer`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,9 +77,11 @@ class PatchDataset(SlimDataLoaderBase):
         config: the configuration.
         batch_size: samples per batch.
         oversample: share of each batch forced to contain foreground.
-        seed: base seed; the stream of worker ``i`` is ``SeedSequence([seed, i])``.
+        seed: the entropy of every draw: one number, or several (e.g. the run's seed, the rank
+            and which loader); batch ``n`` is drawn from ``SeedSequence([*seed, n])``.
         augment: training augmentation (True) or the validation centre crop (False).
         augmentation: the training pipeline's name (see :func:`make_loader`).
+        start: the index of the first batch (a resumed run starts where it stopped).
     """
 
     #: Set by the (untyped) batchgenerators base class from ``batch_size``.
@@ -85,41 +95,57 @@ class PatchDataset(SlimDataLoaderBase):
         *,
         batch_size: int,
         oversample: float,
-        seed: int,
+        seed: int | Sequence[int],
         augment: bool,
         augmentation: str = "default",
+        start: int = 0,
     ) -> None:
-        super().__init__(None, batch_size)
+        super().__init__(None, batch_size, number_of_threads_in_multithreaded=1)
         self.folder = Path(folder)
         self.case_ids = tuple(case_ids)
         self.config = config
         self.forced = forced_foreground(batch_size, oversample)
-        self.seed = seed
+        self.seed = (seed,) if isinstance(seed, int) else tuple(int(x) for x in seed)
+        self.start = start
         self.augment = augment
         pipeline = AUGMENTATIONS.get(augmentation if augment else "none")(config)
         self.patch_size = pipeline.cut_size
         self.transform: Compose = pipeline.transforms
         self._cases: dict[str, PreprocessedCase] = {}
-        self._rng: np.random.Generator | None = None
+        #: Batches this process has made (a worker makes every ``number_of_threads``-th one).
+        self._made = 0
+
+    #: Set by the batchgenerators base class; :class:`BatchLoader` sets it to the worker count.
+    number_of_threads_in_multithreaded: int
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cases"] = {}
-        state["_rng"] = None
         return state
 
     def set_thread_id(self, thread_id: int) -> None:
-        """Called by ``MultiThreadedAugmenter`` inside worker ``thread_id`` before drawing."""
+        """Called by ``MultiThreadedAugmenter`` inside worker ``thread_id`` before drawing.
+
+        The worker also ignores Ctrl-C (the training process decides when to stop and stops its
+        workers; a worker that died of the terminal's SIGINT would stop the batches before the
+        latest checkpoint is saved) and exits when the training process is gone (a ``kill -9``
+        leaves no one to stop it).
+        """
         super().set_thread_id(thread_id)
         self._cases = {}
-        self._rng = None
+        self._made = 0
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_when_orphaned()
 
-    @property
-    def rng(self) -> np.random.Generator:
-        """The generator of the current process (created on first use from ``seed`` and the thread id)."""
-        if self._rng is None:
-            self._rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.thread_id]))
-        return self._rng
+    def next_index(self) -> int:
+        """The index of the batch this process makes next (counts it as made)."""
+        index = self.start + self.thread_id + self._made * self.number_of_threads_in_multithreaded
+        self._made += 1
+        return index
+
+    def batch_rng(self, index: int) -> np.random.Generator:
+        """The generator of batch ``index``: a function of the seed and the index only."""
+        return np.random.default_rng(np.random.SeedSequence([*self.seed, index]))
 
     def case(self, case_id: str) -> PreprocessedCase:
         """The memory-mapped case, opened once per process."""
@@ -128,8 +154,8 @@ class PatchDataset(SlimDataLoaderBase):
         return self._cases[case_id]
 
     def generate_train_batch(self) -> dict[str, Any]:
-        """One transformed batch of numpy arrays: ``{"data", "target", "case_ids"}``."""
-        rng = self.rng
+        """The next transformed batch of numpy arrays: ``{"data", "target", "case_ids"}``."""
+        rng = self.batch_rng(self.next_index())
         picks = rng.integers(len(self.case_ids), size=self.batch_size)
         ids = [self.case_ids[i] for i in picks]
         patches = [
@@ -157,13 +183,16 @@ class BatchLoader:
         self.dataset = dataset
         self.workers = workers
         self._closed = False
+        dataset.number_of_threads_in_multithreaded = max(1, workers)
         if workers == 0:
             self._augmenter: SingleThreadedAugmenter | MultiThreadedAugmenter = SingleThreadedAugmenter(
                 dataset, None
             )
             self._finalizer = None
         else:
-            seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(dataset.seed).spawn(workers)]
+            # the workers' global numpy states (batches do not draw from them; see PatchDataset)
+            spawned = np.random.SeedSequence(list(dataset.seed)).spawn(workers)
+            seeds = [int(s.generate_state(1)[0]) for s in spawned]
             mta = MultiThreadedAugmenter(
                 dataset, None, workers, num_cached_per_queue=2, seeds=seeds, pin_memory=False
             )
@@ -203,9 +232,10 @@ def make_loader(
     batch_size: int,
     oversample: float = OVERSAMPLE_FOREGROUND,
     workers: int,
-    seed: int,
+    seed: int | Sequence[int],
     augment: bool,
     augmentation: str = "default",
+    start: int = 0,
 ) -> BatchLoader:
     """Endless batches of patches from ``case_ids`` of a preprocessed store.
 
@@ -216,12 +246,16 @@ def make_loader(
         batch_size: samples per batch (usually ``config.batch_size``).
         oversample: share of each batch (the last samples) forced to contain foreground.
         workers: 0 for in-process loading, else the number of worker processes.
-        seed: makes the batch sequence reproducible (for a given ``workers``).
+        seed: one number or several: batch ``n`` is drawn from ``SeedSequence([*seed, n])``,
+            whatever ``workers`` is.
         augment: True for the training pipeline (``augmentation``), False for validation
             (patches cut at ``patch_size``, no augmentation).
         augmentation: the training pipeline's name in
             :data:`~autoseg.data.augmentation.AUGMENTATIONS` (``"default"``: nnU-Net's, on
             enlarged patches).
+        start: the index of the first batch: the loader gives batches ``start``,
+            ``start + 1``, … of the sequence ``seed`` defines (a resumed training run passes the
+            number of batches it has already used).
 
     Returns:
         A :class:`BatchLoader`; ``next()`` gives ``{"data": float32 (B, C_in, *patch),
@@ -229,13 +263,14 @@ def make_loader(
         channels, times ``in_slices`` for 2.5D.
 
     Raises:
-        ValueError: ``batch_size < 1``, ``workers < 0`` or ``oversample`` outside [0, 1].
+        ValueError: ``batch_size < 1``, ``workers < 0``, ``start < 0`` or ``oversample`` outside
+            [0, 1].
         DatasetError: no case ids, or cases missing from the store or lacking a segmentation.
     """
-    if batch_size < 1 or workers < 0 or not 0 <= oversample <= 1:
+    if batch_size < 1 or workers < 0 or start < 0 or not 0 <= oversample <= 1:
         msg = (
-            f"need batch_size >= 1, workers >= 0 and 0 <= oversample <= 1; got "
-            f"batch_size={batch_size}, workers={workers}, oversample={oversample}"
+            f"need batch_size >= 1, workers >= 0, start >= 0 and 0 <= oversample <= 1; got "
+            f"batch_size={batch_size}, workers={workers}, start={start}, oversample={oversample}"
         )
         raise ValueError(msg)
     folder = store.folder if isinstance(store, PreprocessedStore) else Path(store)
@@ -249,6 +284,7 @@ def make_loader(
         seed=seed,
         augment=augment,
         augmentation=augmentation,
+        start=start,
     )
     log.debug(
         "loader: %d cases, batch %d, patch %s cut at %s, %d workers",
@@ -274,3 +310,20 @@ def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
             problems.append(f"{folder}: case {cid} has no segmentation to train on")
     if problems:
         raise DatasetError(problems)
+
+
+def _exit_when_orphaned(interval: float = 1.0) -> None:
+    """End this worker process soon after its parent is gone.
+
+    batchgenerators' workers loop until their parent tells them to stop; a parent killed with
+    SIGKILL never does, and they would run on for ever. A daemon thread notices the parent's
+    death (this process is re-parented) and exits without cleanup, as the parent did.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()

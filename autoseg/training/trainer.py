@@ -2,7 +2,18 @@
 
 Data: :mod:`autoseg.data`; network: :mod:`autoseg.networks`; loss: :mod:`.losses`; schedule:
 :mod:`.schedule`; checkpoints: :mod:`.checkpoint`; records and curves: :mod:`.progress`; final
-validation: :mod:`.validate`; several processes: :mod:`.distributed`.
+validation: :mod:`.validate`; several processes: :mod:`.distributed`; random states: :mod:`.rng`.
+
+Resuming is exact: a run stopped and continued (``--continue``) ends with the weights, optimiser
+state and records of the run that was never stopped. Three things make it so: (1) batch ``n`` of
+the run (cases, patches, augmentation) is a function of the seed, the rank and ``n`` only (see
+:mod:`autoseg.data.loader`), and a resumed run's loaders start at the batch where the checkpoint
+stopped; (2) a checkpoint holds everything else that changes as training goes: weights, optimiser
+and gradient-scaler state, the epoch, the steps already taken in it and their losses (a checkpoint
+saved on SIGTERM/Ctrl-C mid-epoch), the pseudo-Dice EMA and best value, and every random state
+(:mod:`.rng`); (3) ``--continue`` refuses settings that change what the run learns (see
+:meth:`Trainer._check_continues`). A ``kill -9`` loses the epochs since the latest checkpoint
+(``--checkpoint-every``); they are redone the same way, and their records are rewritten.
 """
 
 from __future__ import annotations
@@ -25,9 +36,11 @@ from autoseg.checkpoint_meta import CheckpointMeta
 from autoseg.data.loader import make_loader
 from autoseg.errors import CheckpointError
 from autoseg.networks.unet import build_network
+from autoseg.options import describe
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.training import distributed as dist
+from autoseg.training import rng
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.config import ADDED_SETTINGS, TrainConfig
 from autoseg.training.losses import make_loss
@@ -37,9 +50,12 @@ from autoseg.training.schedule import OPTIMIZERS, SCHEDULES
 log = logging.getLogger(__name__)
 
 EMA_WEIGHT = 0.9
-#: Training settings that may change when a run continues without a warning: where and how
-#: fast it runs, not what it learns.
-_RUNTIME_SETTINGS = frozenset({"device", "workers", "checkpoint_every"})
+#: Training settings that may change when a run continues (with a warning naming them): where
+#: and how fast it runs, how long, and what it measures on the way, not what the weights learn
+#: from. Any other change is refused: see :meth:`Trainer._check_continues`.
+HARMLESS_CHANGES = frozenset(
+    {"device", "precision", "workers", "checkpoint_every", "epochs", "val_iters", "val_probabilities"}
+)
 _CONTINUE_FIX = (
     "train this fold from scratch (without --continue), or continue with the plan it was trained with"
 )
@@ -51,11 +67,24 @@ class TrainingInterrupted(Exception):
 
 @dataclass
 class _State:
+    """What changes as training goes, besides the network, optimiser and scaler.
+
+    Attributes:
+        epoch: epochs completed.
+        iteration: optimiser steps taken in epoch ``epoch`` (non-zero only in a checkpoint saved
+            on a signal mid-epoch).
+        losses: the training losses of those steps (the epoch's record is their mean).
+        ema: the pseudo-Dice exponential moving average.
+        best_ema: the best ``ema`` so far (``checkpoint_best.pt``'s).
+        stop: a signal asked to stop.
+    """
+
     epoch: int = 0
+    iteration: int = 0
+    losses: list[float] = field(default_factory=list)
     ema: float | None = None
     best_ema: float = -math.inf
     stop: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _pseudo_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> list[float]:
@@ -121,9 +150,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": s.epoch,
+            "iteration": s.iteration,
+            "losses": list(s.losses),
             "ema": s.ema,
             "best_ema": s.best_ema,
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng.capture(self.device),
         }
 
     def save(self, name: str) -> None:
@@ -132,11 +163,12 @@ class Trainer:
             save_checkpoint(self.out_dir / f"checkpoint_{name}.pt", self._checkpoint_state())
 
     def restore(self, path: Path) -> None:
-        """Load model, optimiser, scaler, epoch, EMA and RNG state from a checkpoint.
+        """Load model, optimiser, scaler, epoch (and step), EMA and random states from a checkpoint.
 
         Raises:
             CheckpointError: the checkpoint belongs to another configuration, plan, class count
-                or fold (the message says what differs), or its metadata is invalid.
+                or fold, or was trained with settings that change what the run learns (the
+                message says what differs), or its metadata is invalid.
         """
         ck = load_checkpoint(path, map_location=self.device)
         self._check_continues(CheckpointMeta.from_checkpoint(ck, path), path)
@@ -144,14 +176,33 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
-        self.state.epoch = int(ck["epoch"])
-        self.state.ema = ck["ema"]
-        self.state.best_ema = float(ck["best_ema"])
-        torch.set_rng_state(ck["torch_rng"].cpu())
-        log.info("resumed from %s at epoch %d", path.name, self.state.epoch)
+        s = self.state
+        s.epoch = int(ck["epoch"])
+        s.iteration = int(ck.get("iteration", 0))  # older checkpoints: saved at epoch ends only
+        s.losses = [float(x) for x in ck.get("losses", [])]
+        s.ema = ck["ema"]
+        s.best_ema = float(ck["best_ema"])
+        if "rng" in ck:
+            rng.restore(ck["rng"], self.device)
+        else:  # before the other random states were stored
+            torch.set_rng_state(ck["torch_rng"].cpu())
+        where = f" step {s.iteration}" if s.iteration else ""
+        log.info("resumed from %s at epoch %d%s", path.name, s.epoch, where)
 
     def _check_continues(self, meta: CheckpointMeta, path: Path) -> None:
-        """Refuse to continue a checkpoint of another run; warn about changed settings."""
+        """Refuse to continue a checkpoint of another run; warn about harmless changed settings.
+
+        Settings that change what the weights learn from (seed, batch size, loss, optimiser,
+        schedule, augmentation, learning rate, momentum, weight decay, clipping, steps per epoch,
+        accumulation) are refused, not warned about: the continued run would be neither the run
+        the checkpoint began nor a run of the new settings, yet ``train_config.json`` would
+        claim the new settings for all of it, and no later run could repeat it. The message
+        gives the flags that continue it. :data:`HARMLESS_CHANGES` are allowed with a warning
+        that names each (a longer run also stretches the learning-rate schedule).
+
+        Raises:
+            CheckpointError: another plan, configuration or fold, or refused changes (all named).
+        """
         meta.check(self.plan, self.config, path=path, against="the current plan", fix=_CONTINUE_FIX)
         old = parse(
             TrainConfig,
@@ -164,14 +215,22 @@ class Trainer:
         if old.fold != self.cfg.fold:
             msg = f"{path}: trained as fold {old.fold!r}, not fold {self.cfg.fold!r}; {_CONTINUE_FIX}"
             raise CheckpointError(msg)
-        before, now = old.to_dict(), self.cfg.to_dict()
-        changed = [
-            f"{k} {before[k]!r} -> {now[k]!r}"
-            for k in now
-            if k not in _RUNTIME_SETTINGS and before[k] != now[k]
-        ]
+        changed = changed_settings(old, self.cfg, plan_batch_size=self.config.batch_size)
+        refused = {k: v for k, v in changed.items() if k not in HARMLESS_CHANGES}
+        if refused:
+            msg = (
+                f"{path}: --continue would change what this run learns ({_describe_changes(refused)}); "
+                f"continue it with {_flags_for({k: a for k, (a, _) in refused.items()})}, or train "
+                "this fold from scratch (without --continue)"
+            )
+            raise CheckpointError(msg)
         if changed and self.world.is_main:
-            log.warning("continuing %s with changed settings: %s", path.name, ", ".join(changed))
+            note = ""
+            if "epochs" in changed:
+                note = " (the learning-rate schedule now spans the new epoch count)"
+            log.warning(
+                "continuing %s with changed settings: %s%s", path.name, _describe_changes(changed), note
+            )
 
     def resume(self) -> bool:
         """Restore the latest (else the final) checkpoint of this fold, checking it is this run's.
@@ -197,25 +256,35 @@ class Trainer:
         self.state.stop = True
 
     def _train_epoch(self, loader: Any) -> float:
+        """The rest of epoch ``state.epoch`` (all of it unless resumed mid-epoch); its mean loss.
+
+        Raises:
+            TrainingInterrupted: a signal asked to stop; ``state`` holds the steps taken so far.
+        """
+        s = self.state
         self.model.train()
-        lr = self.schedule(self.cfg.lr, self.state.epoch, self.cfg.epochs)
+        lr = self.schedule(self.cfg.lr, s.epoch, self.cfg.epochs)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        losses = []
         bar = tqdm(
-            range(self.cfg.iters_per_epoch),
-            desc=f"epoch {self.state.epoch}",
+            range(s.iteration, self.cfg.iters_per_epoch),
+            desc=f"epoch {s.epoch}",
             unit="it",
+            initial=s.iteration,
+            total=self.cfg.iters_per_epoch,
             disable=None if self.world.is_main else True,
             leave=False,
         )
         for _ in bar:
-            loss = self._step(loader)
-            losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if self.state.stop:
+            if s.stop:
                 raise TrainingInterrupted
-        return float(np.mean(losses))
+            loss = self._step(loader)
+            s.losses.append(loss)
+            s.iteration += 1
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if s.stop:
+            raise TrainingInterrupted
+        return float(np.mean(s.losses))
 
     def _step(self, loader: Any) -> float:
         total = 0.0
@@ -264,36 +333,55 @@ class Trainer:
         mean = float(np.mean(finite)) if finite else 0.0
         return {"val_loss": float(loss[0] / self.world.size), "pseudo_dice": dice, "pseudo_dice_mean": mean}
 
+    def _loaders(self) -> tuple[Any, Any]:
+        """The training and validation loaders, each starting at the batch the run is at.
+
+        Batch ``n`` of the training loader is the ``n``-th the run uses (``accumulate`` per step,
+        ``iters_per_epoch`` steps per epoch); the validation loader uses ``val_iters`` per epoch.
+        Their seeds are (seed, rank, 0) and (seed, rank, 1): nothing depends on how many epochs
+        this process has run, so a resumed run draws the batches the uninterrupted one did.
+        """
+        s, cfg, rank = self.state, self.cfg, self.world.rank
+        steps = s.epoch * cfg.iters_per_epoch + s.iteration
+        train_loader = make_loader(
+            self.store,
+            self.train_ids,
+            self.config,
+            batch_size=self.batch_size,
+            workers=cfg.workers,
+            seed=(cfg.seed, rank, 0),
+            augment=True,
+            augmentation=cfg.augmentation,
+            start=steps * cfg.accumulate,
+        )
+        val_loader = make_loader(
+            self.store,
+            self.val_ids or self.train_ids,
+            self.config,
+            batch_size=self.batch_size,
+            workers=0,
+            seed=(cfg.seed, rank, 1),
+            augment=False,
+            start=s.epoch * cfg.val_iters,
+        )
+        return train_loader, val_loader
+
     def run(self, *, resume: bool = False) -> None:
         """Train from scratch, or from the latest checkpoint when ``resume`` (see :meth:`resume`;
-        a caller that called :meth:`resume` itself passes False)."""
+        a caller that called :meth:`resume` itself passes False).
+
+        SIGTERM or Ctrl-C saves ``checkpoint_latest.pt`` after the current step (mid-epoch
+        included: it records the steps taken) and raises :class:`TrainingInterrupted`; a second
+        one stops at once without saving (the state may be half-way through a step), and
+        ``--continue`` takes the last checkpoint saved.
+        """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         records = self.out_dir / "progress.jsonl"
         if resume:
             self.resume()
         if self.world.is_main and records.is_file():  # a resumed run redoes the epochs it lost
             truncate_records(records, before_epoch=self.state.epoch)
-        seed = self.cfg.seed + 1000 * self.state.epoch + 7919 * self.world.rank
-        train_loader = make_loader(
-            self.store,
-            self.train_ids,
-            self.config,
-            batch_size=self.batch_size,
-            workers=self.cfg.workers,
-            seed=seed,
-            augment=True,
-            augmentation=self.cfg.augmentation,
-        )
-        val_ids = self.val_ids or self.train_ids
-        val_loader = make_loader(
-            self.store,
-            val_ids,
-            self.config,
-            batch_size=self.batch_size,
-            workers=0,
-            seed=seed + 1,
-            augment=False,
-        )
+        train_loader, val_loader = self._loaders()
         old = (
             {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
             if self.world.is_main
@@ -304,12 +392,17 @@ class Trainer:
                 self._one_epoch(train_loader, val_loader, records)
             self._check_in_sync()
             self.save("final")
-        except (TrainingInterrupted, KeyboardInterrupt):
+        except TrainingInterrupted:
             self.save("latest")
             log.warning(
-                "training stopped at epoch %d; the latest checkpoint is saved, resume with --continue",
+                "training stopped at epoch %d step %d; the latest checkpoint is saved, resume with "
+                "--continue",
                 self.state.epoch,
+                self.state.iteration,
             )
+            raise
+        except KeyboardInterrupt:
+            log.warning("training stopped at once; --continue resumes from the last checkpoint saved before")
             raise TrainingInterrupted from None
         finally:
             for s, h in old.items():
@@ -353,7 +446,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        s.epoch += 1
+        s.epoch, s.iteration, s.losses = s.epoch + 1, 0, []
         if not self.world.is_main:
             return
         append_record(records, rec)
@@ -376,3 +469,37 @@ class Trainer:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
+
+
+def changed_settings(
+    old: TrainConfig, new: TrainConfig, *, plan_batch_size: int
+) -> dict[str, tuple[Any, Any]]:
+    """The settings ``new`` changes from ``old``: ``{name: (old value, new value)}``.
+
+    The batch size is compared as used: no ``--batch-size`` means the plan's.
+    """
+    before, now = old.to_dict(), new.to_dict()
+    for d in (before, now):
+        d["batch_size"] = d["batch_size"] or plan_batch_size
+    return {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
+
+
+def _describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``"lr 0.01 -> 0.001, seed 1 -> 2"``."""
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
+def _flags_for(values: dict[str, Any]) -> str:
+    """The command-line flags that give the settings ``values`` (or ``name value`` for a setting
+    that is not an option)."""
+    options = {d.name: d for d in describe(TrainConfig)}
+    parts = []
+    for name, value in values.items():
+        d = options.get(name)
+        if d is None:
+            parts.append(f"{name} {value!r}")
+        elif d.kind is bool:
+            parts.append(d.flags[0] if value != d.default else f"no {d.flags[0]}")
+        else:
+            parts.append(f"{d.flags[0]} {value}")
+    return " ".join(parts)

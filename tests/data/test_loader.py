@@ -113,7 +113,7 @@ class TestBatches:
 
 
 class TestReproducibility:
-    def _first(self, prepared, *, seed: int, workers: int = 0):
+    def _first(self, prepared, *, seed, workers: int = 0, start: int = 0, n: int = 2):
         name = "3d_fullres"
         with make_loader(
             prepared.store(name),
@@ -123,8 +123,9 @@ class TestReproducibility:
             workers=workers,
             seed=seed,
             augment=True,
+            start=start,
         ) as loader:
-            return [next(loader) for _ in range(2)]
+            return [next(loader) for _ in range(n)]
 
     def test_same_seed_same_batches(self, prepared):
         state = np.random.get_state()
@@ -144,6 +145,18 @@ class TestReproducibility:
         a, b = self._first(prepared, seed=7), self._first(prepared, seed=7, workers=1)
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x["data"], y["data"])
+
+    def test_batch_n_depends_on_the_seed_and_n_only(self, prepared):
+        """Any worker count gives the same sequence, and a loader started at batch n continues
+        it (what makes a resumed training run exact)."""
+        seed = (7, 0, 0)
+        whole = self._first(prepared, seed=seed, n=5)
+        for workers, start in ((2, 0), (0, 3), (2, 3)):
+            part = self._first(prepared, seed=seed, workers=workers, start=start, n=5 - start)
+            for x, y in zip(whole[start:], part, strict=True):
+                assert torch.equal(x["data"], y["data"]), (workers, start)
+                assert torch.equal(x["target"], y["target"]), (workers, start)
+                assert x["case_ids"] == y["case_ids"]
 
 
 class TestInputs:

@@ -192,7 +192,13 @@ def test_sigkill_then_continue_resumes_at_the_checkpoint(dataset: Path) -> None:
     splits = load_or_create_splits(_work(dataset) / "hippo/splits.json", [])
     tr, va = fold_cases(splits, 1)
     trainer = Trainer(
-        plan, config, TrainConfig("2d", 1, device="cpu", batch_size=4, precision="fp32"), store, tr, va, fold
+        plan,
+        config,
+        TrainConfig("2d", 1, iters_per_epoch=2, device="cpu", batch_size=4, precision="fp32"),
+        store,
+        tr,
+        va,
+        fold,
     )
     trainer.restore(latest)
     assert trainer.state.epoch == epoch
@@ -263,7 +269,8 @@ def _trainer(dataset: Path, fold_dir: Path, fold: int, plan=None):
     store = PreprocessedStore.for_config(_work(dataset) / "hippo", plan, config)
     splits = load_or_create_splits(_work(dataset) / "hippo/splits.json", [])
     tr, va = fold_cases(splits, fold)
-    cfg = TrainConfig("2d", fold, epochs=2, device="cpu", batch_size=4, precision="fp32")
+    # the run's learning settings (others are refused by --continue); epochs 1 -> 2 is allowed
+    cfg = TrainConfig("2d", fold, epochs=2, iters_per_epoch=1, device="cpu", batch_size=4, precision="fp32")
     return Trainer(plan, config, cfg, store, tr, va, fold_dir)
 
 
