@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import json
+import logging
 import os
+import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from autoseg._fs import ENVIRONMENT_ERRNOS, PATH_ERRNOS, fs_error
 
+log = logging.getLogger(__name__)
+
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Have ``write`` fill a temporary file beside ``path``, then rename it onto ``path``.
 
-    The temporary is ``.partial-<pid>-<name>`` (same folder, so the rename is atomic; same
+    The temporary is ``.partial-<pid>-<host>-<name>`` (same folder, so the rename is atomic; same
     suffix, so writers that go by the extension, such as SimpleITK or matplotlib, choose the right
-    format). Parent folders are created. If ``write`` raises, the temporary is removed and
-    ``path`` is left as it was.
+    format; ``<host>`` a short hash of the machine's name, so that :func:`sweep_partials` never
+    takes another machine's file on a shared disk). Parent folders are created. If ``write``
+    raises, the temporary is removed and ``path`` is left as it was; a process killed with
+    ``kill -9`` leaves its temporary, which the next run in that folder sweeps.
 
     Returns:
         ``path``.
@@ -30,7 +39,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) 
             the message names ``path``. Other errors propagate.
     """
     path = Path(path)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".partial-{os.getpid()}-{_host_tag()}-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.open("wb").close()  # a writer that is not Python's (SimpleITK) would not say why it failed
@@ -53,6 +62,51 @@ _WRITE_FIX = {
     errno.EACCES: "make the folder writable or choose another output location",
     errno.EPERM: "make the folder writable or choose another output location",
 }
+
+
+_PARTIAL = re.compile(r"^\.partial-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-.")
+
+
+@functools.cache
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def sweep_partials(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporaries of :func:`write_atomic` that a killed process left in ``folder``.
+
+    Only those written on this machine by a process that no longer runs are removed: a
+    temporary of a live writer (another job predicting into the same folder) or of another
+    machine sharing the disk is left alone. A folder that cannot be listed is left as it is.
+
+    Returns:
+        How many were removed.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        m = _PARTIAL.match(entry.name)
+        if m is None or m["host"] != _host_tag() or _alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed += 1
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by a run that was killed", folder, removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _remove_quietly(tmp: Path) -> None:

@@ -4,9 +4,12 @@ post-processing, written atomically one file per case."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg._atomic import sweep_partials
 from autoseg._fs import cause, check_output_dir
 from autoseg.errors import DatasetError, ModelError
 from autoseg.inference.inputs import find_cases
@@ -200,6 +204,7 @@ def predict_path(
     """
     plan = predictor.plan
     check_output_dir(out_dir, fix="choose another output folder with -o")
+    sweep_partials(out_dir)
     cases, problems = find_cases(source, n_channels=len(plan.channel_names))
     outputs = {c.case_id: _outputs(out_dir, c.case_id, save_probabilities) for c in cases}
     if blocked := _blocked_outputs(cases, outputs):
@@ -255,17 +260,40 @@ def _blocked_outputs(cases: list[Case], outputs: dict[str, list[Path]]) -> list[
 
 
 def _is_done(path: Path) -> bool:
-    """Whether ``path`` is a finished output: a non-empty file that can be opened. Its contents
-    are not checked (outputs are written atomically, so a file under the final name is whole);
-    an empty or unreadable file did not come from here and is predicted again."""
+    """Whether ``path`` is a finished output: a non-empty file whose compressed stream is whole.
+
+    Outputs are written atomically, so a damaged file under the final name did not come from
+    here (a copy cut short, a full disk, wrong permissions); it is predicted again, with a
+    warning, instead of being kept as done. The check reads the file once (gzip's CRC, the
+    zip members' CRCs): milliseconds for a hippocampus label map, ~0.1 s for a 70-megavoxel one.
+    """
     try:
         if path.stat().st_size == 0:
             log.warning("%s: existing output is empty; predicting it again", path)
             return False
-        with open(path, "rb"):
-            return True
+        damage = _damage(path)
     except FileNotFoundError:
         return False
     except OSError as e:
         log.warning("%s: existing output cannot be read (%s); predicting it again", path, cause(e))
         return False
+    if damage is not None:
+        log.warning("%s: existing output is damaged (%s); predicting it again", path, damage)
+        return False
+    return True
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with the compressed stream of ``path`` (``.gz`` or ``.npz``), or None."""
+    try:
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            return None if bad is None else f"member {bad} fails its checksum"
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+    except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile, zlib.error) as e:
+        return str(e) or type(e).__name__
+    return None

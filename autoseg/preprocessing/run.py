@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from autoseg._atomic import sweep_partials
 from autoseg._parallel import map_cases, values_or_raise
 from autoseg.io.case import load_case
 from autoseg.io.dataset import Case, Dataset
@@ -42,6 +43,7 @@ def preprocess_dataset(
         DatasetError: listing every case that could not be read.
     """
     store = PreprocessedStore.for_config(dataset_dir, plan, config)
+    sweep_partials(store.folder)
     todo = [c for c in dataset.cases if not store.is_done(c.case_id)]
     if not todo:
         log.info("preprocessed data for %s is up to date (%s)", config.name, store.folder)

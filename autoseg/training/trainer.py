@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoseg._atomic import sweep_partials
 from autoseg._contract import parse
 from autoseg._precision import amp_dtype_for
 from autoseg.checkpoint_meta import CheckpointMeta
@@ -376,6 +377,8 @@ class Trainer:
         ``--continue`` takes the last checkpoint saved.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.world.is_main:
+            sweep_partials(self.out_dir)
         records = self.out_dir / "progress.jsonl"
         if resume:
             self.resume()

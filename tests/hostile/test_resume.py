@@ -12,7 +12,6 @@ reference and the interrupted runs do the same arithmetic.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -220,17 +219,6 @@ def test_signal_mid_epoch_saves_the_step_and_continues_exactly(
     assert (latest["epoch"], latest["iteration"], len(latest["losses"])) == (1, 1, 1)
     assert main(_args(work, "--checkpoint-every", "100", "--continue")) == 0
     _assert_same_run(work, reference)
-
-
-@pytest.fixture
-def logged() -> Iterator[list[str]]:
-    """Messages of the autoseg loggers (the CLI replaces the root handlers, caplog's included)."""
-    seen: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("autoseg").addHandler(handler)
-    yield seen
-    logging.getLogger("autoseg").removeHandler(handler)
 
 
 def test_torn_last_record_is_dropped(

@@ -4,6 +4,7 @@ bad inputs are reported without stopping the others, and nothing half-written is
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import sys
@@ -142,9 +143,10 @@ def test_skip_existing_overwrite_probabilities_and_ensemble(work: Path, tmp_path
     shutil.copy(TEST_CASES[0], src / "a.nii.gz")
     out = tmp_path / "out"
     (out).mkdir()
-    (out / "a.nii.gz").write_bytes(b"keep me")
+    kept = gzip.compress(b"keep me")  # a whole gzip stream: done (tests/hostile: damaged ones)
+    (out / "a.nii.gz").write_bytes(kept)
     assert _predict(work, src, out, "-c", "3d_fullres") == 0
-    assert (out / "a.nii.gz").read_bytes() == b"keep me"
+    assert (out / "a.nii.gz").read_bytes() == kept
     assert (
         _predict(work, src, out, "-c", "3d_fullres", "2d", "--overwrite", "--save-probabilities", "--no-tta")
         == 0
