@@ -13,6 +13,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +38,44 @@ def default_workers() -> int:
     return max(1, min(n, 8))
 
 
-def _init_worker() -> None:
+def exit_when_orphaned(main_pid: int | None = None, interval: float = 1.0) -> None:
+    """End this worker process soon after the process it works for is gone.
+
+    Worker processes (batchgenerators' augmentation workers, the preprocessing pool) work until
+    that process tells them to stop; one killed with SIGKILL never does, and they would run on
+    for ever, writing into folders a rerun is using (benchmarks/soak_kill.py found them). A
+    daemon thread polls and exits without cleanup, as the killed process did.
+
+    Args:
+        main_pid: the process to outlive by at most ``interval``; None: this process's parent
+            (with ``forkserver`` the parent is the fork server, which can outlive the main
+            process: give its pid).
+        interval: seconds between checks.
+    """
+    parent = os.getppid()
+
+    def gone() -> bool:
+        if main_pid is None:
+            return os.getppid() != parent
+        try:
+            os.kill(main_pid, 0)
+            with open(f"/proc/{main_pid}/stat", "rb") as f:  # killed but not yet reaped
+                return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()
+
+
+def _init_worker(main_pid: int) -> None:
+    exit_when_orphaned(main_pid)
     # One thread per worker: the pool already uses every core.
     import SimpleITK as sitk
 
@@ -75,7 +114,7 @@ def parallel_map(
                 bar.update()
             return out
         with ProcessPoolExecutor(
-            min(workers, len(items)), mp_context=_context(), initializer=_init_worker
+            min(workers, len(items)), mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),)
         ) as pool:
             chunk = max(1, len(items) // (workers * 8))
             out = []

@@ -21,10 +21,7 @@ sequence, and a loader made with ``start=n`` continues exactly where another one
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import threading
-import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +34,7 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.transforms.abstract_transforms import Compose
 
+from autoseg._parallel import exit_when_orphaned
 from autoseg.data.augmentation import AUGMENTATIONS, seeded_global_rng, to_tensors
 from autoseg.data.sampling import sample_patch
 from autoseg.errors import DatasetError
@@ -135,7 +133,7 @@ class PatchDataset(SlimDataLoaderBase):
         self._cases = {}
         self._made = 0
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _exit_when_orphaned()
+        exit_when_orphaned()
 
     def next_index(self) -> int:
         """The index of the batch this process makes next (counts it as made)."""
@@ -310,20 +308,3 @@ def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
             problems.append(f"{folder}: case {cid} has no segmentation to train on")
     if problems:
         raise DatasetError(problems)
-
-
-def _exit_when_orphaned(interval: float = 1.0) -> None:
-    """End this worker process soon after its parent is gone.
-
-    batchgenerators' workers loop until their parent tells them to stop; a parent killed with
-    SIGKILL never does, and they would run on for ever. A daemon thread notices the parent's
-    death (this process is re-parented) and exits without cleanup, as the parent did.
-    """
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()

@@ -17,6 +17,19 @@ import numpy as np
 import torch
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch (CPU and every GPU), numpy's global and ``random``'s global generators.
+
+    Only torch's draws reach the network's initial weights, but the others must start from a
+    known state too: a checkpoint stores them all, and an unseeded generator (numpy and
+    ``random`` seed themselves from the OS at import) would make even two uninterrupted runs of
+    one seed store different states.
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def capture(device: torch.device) -> dict[str, Any]:
     """Every random state of this process that training may draw from.
 

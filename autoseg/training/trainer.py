@@ -125,7 +125,7 @@ class Trainer:
         )
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         self.state = _State()
-        torch.manual_seed(cfg.seed + self.world.rank)
+        rng.seed_all(cfg.seed + self.world.rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)

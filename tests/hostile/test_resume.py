@@ -117,7 +117,7 @@ def _result(work: Path) -> dict[str, Any]:
 
 
 def _assert_same_run(work: Path, reference: dict[str, Any]) -> None:
-    """Bit-identical final (and best) weights and optimiser state, the same records."""
+    """Bit-identical final (and best) weights, optimiser and random states, the same records."""
     got = _result(work)
     assert got["records"] == reference["records"]
     assert len(got["records"]) == EPOCHS
@@ -128,6 +128,7 @@ def _assert_same_run(work: Path, reference: dict[str, Any]) -> None:
         for key, t in a["network"].items():
             assert torch.equal(t, b["network"][key]), f"{name}: network {key} differs"
         _assert_equal_nested(a["optimizer"], b["optimizer"], f"{name}: optimizer")
+        _assert_equal_nested(a["rng"], b["rng"], f"{name}: random states")
 
 
 def _assert_equal_nested(a: Any, b: Any, where: str) -> None:
