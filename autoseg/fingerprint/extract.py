@@ -53,6 +53,8 @@ def _fingerprint_case(args: tuple[Case, Dataset, int]) -> CaseResult:
         bc = np.bincount(label.ravel())  # up to the largest value present, not declared
         counts = [int(bc[v]) if v < bc.size else 0 for v in values]
         fg = label > 0
+        if (ignore := dataset.label_scheme.ignore) is not None:  # unannotated: not foreground
+            fg &= label != ignore
         n_fg = int(fg.sum())
         rng = np.random.default_rng(_case_seed(case.case_id))
         idx = rng.choice(n_fg, n_samples, replace=n_fg < n_samples) if n_fg else None
@@ -106,6 +108,7 @@ def extract_fingerprint(dataset: Dataset, *, workers: int = 1) -> Fingerprint:
         dataset_name=dataset.name,
         channel_names=dataset.channel_names,
         labels=dict(dataset.labels),
+        regions_class_order=dataset.regions_class_order,
         cases=cases,
         foreground_intensity=tuple(stats),
         median_relative_size_after_crop=rel,

@@ -2,6 +2,8 @@
 
 A versioned contract like the plan: loading is strict (``schema_version``, every key, no other
 key, declared types), so a stale or hand-edited fingerprint is not planned from silently.
+Version 2 (this one) holds regions (``labels`` values may be lists; ``regions_class_order``);
+version 1 files are read as version 2 without regions.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from autoseg._atomic import write_json_atomic
 from autoseg._contract import load, parse, to_json
 from autoseg.errors import PlanError
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 _FIX = "run `autoseg plan` again"
 
 
@@ -84,10 +86,11 @@ class Fingerprint:
 
     dataset_name: str
     channel_names: tuple[str, ...]
-    labels: dict[str, int]
+    labels: dict[str, int | tuple[int, ...]]
     cases: tuple[CaseFingerprint, ...]
     foreground_intensity: tuple[IntensityStats, ...]
     median_relative_size_after_crop: float
+    regions_class_order: tuple[int, ...] | None = None
     schema_version: int = FINGERPRINT_VERSION
 
     @property
@@ -116,6 +119,8 @@ class Fingerprint:
             PlanError: wrong or missing ``schema_version``, unknown or missing keys, or wrongly
                 typed values.
         """
+        if isinstance(d, dict) and type(d.get("schema_version")) is int and d["schema_version"] == 1:
+            d = {**d, "regions_class_order": None, "schema_version": FINGERPRINT_VERSION}
         return parse(cls, d, name="fingerprint", version=FINGERPRINT_VERSION, error=PlanError, fix=_FIX)
 
     @classmethod

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from autoseg._fs import access_problem, cause, default_fix, list_dir, shown
 from autoseg.errors import DatasetError, FileSystemError
 from autoseg.io.image import IMAGE_ENDINGS, is_dicom_folder
+from autoseg.labels import LabelScheme, LabelSchemeError
 
 Layout = Literal["nnunet", "msd"]
 
@@ -54,7 +55,7 @@ class Dataset:
         name: the folder's name; names the work folder ``<work>/<name>/``.
         layout: ``"nnunet"`` or ``"msd"``.
         channel_names: one name per input channel, in channel order ("CT", "T2", …).
-        labels: label name -> integer value, background (0) first.
+        labels: as declared: name -> value, or -> values of a region (see :mod:`autoseg.labels`).
         file_ending: e.g. ``".nii.gz"``.
         cases: the training cases, sorted by id.
         channels_in_one_file: MSD multi-modal datasets keep all channels in one 4D file.
@@ -64,11 +65,17 @@ class Dataset:
     name: str
     layout: Layout
     channel_names: tuple[str, ...]
-    labels: dict[str, int]
+    labels: dict[str, int | tuple[int, ...]]
     file_ending: str
     cases: tuple[Case, ...]
     channels_in_one_file: bool = False
     description: dict[str, Any] = field(default_factory=dict)
+    regions_class_order: tuple[int, ...] | None = None
+
+    @property
+    def label_scheme(self) -> LabelScheme:
+        """What the labels mean (checked when the dataset was read)."""
+        return LabelScheme.from_declared(self.labels, self.regions_class_order)
 
     @property
     def num_channels(self) -> int:
@@ -77,8 +84,8 @@ class Dataset:
 
     @property
     def label_values(self) -> tuple[int, ...]:
-        """Declared label values, sorted, background included."""
-        return tuple(sorted(set(self.labels.values())))
+        """Every value a label map may hold, sorted: background, labels, region members, ignore."""
+        return self.label_scheme.stored_values
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -196,38 +203,31 @@ def _channel_names(raw: Any, key: str, json_path: Path, problems: list[str]) -> 
     return tuple(name for _, name in items)
 
 
-def _labels(raw: Any, layout: Layout, json_path: Path, problems: list[str]) -> dict[str, int]:
+def _labels(
+    data: dict[str, Any], layout: Layout, json_path: Path, problems: list[str]
+) -> tuple[dict[str, int | tuple[int, ...]], tuple[int, ...] | None]:
+    """The declared labels (regions as tuples) and ``regions_class_order``, checked by
+    :class:`~autoseg.labels.LabelScheme` (every problem is noted)."""
+    raw = data.get("labels")
     if not isinstance(raw, dict) or not raw:
         problems.append(f"{json_path}: 'labels' must be a non-empty object")
-        return {}
-    labels: dict[str, int] = {}
+        return {}, None
+    declared: dict[str, object] = {}
     for k, v in raw.items():
-        name, value = (v, k) if layout == "msd" else (k, v)
-        if isinstance(value, list):
-            problems.append(
-                f"{json_path}: label {name!r} maps to a list (region); region-based "
-                "labels are not supported yet, give each label one integer"
-            )
-            continue
-        try:
-            ivalue = int(value)
-        except (TypeError, ValueError):
-            problems.append(f"{json_path}: label {name!r} has value {value!r}; values must be integers")
-            continue
-        if (isinstance(value, float) and value != ivalue) or ivalue < 0:
-            problems.append(
-                f"{json_path}: label {name!r} has value {value!r}; values must be non-negative integers"
-            )
-            continue
-        if str(name).lower() == "ignore":
-            problems.append(f"{json_path}: an 'ignore' label is not supported yet; remove it")
-            continue
-        labels[str(name)] = ivalue
-    if labels and 0 not in labels.values():
-        problems.append(f"{json_path}: no label has value 0; declare the background as 0")
-    if len(set(labels.values())) != len(labels):
-        problems.append(f"{json_path}: two label names share one value; each value needs one name")
-    return dict(sorted(labels.items(), key=lambda kv: kv[1]))
+        if layout == "msd":  # {"0": "background", "1": "anterior"}: value -> name
+            try:
+                declared[str(v)] = int(k)
+            except (TypeError, ValueError):
+                problems.append(f"{json_path}: label {v!r} has value {k!r}; values must be integers")
+        else:
+            declared[str(k)] = v
+    try:
+        scheme = LabelScheme.from_declared(declared, data.get("regions_class_order"))
+    except LabelSchemeError as e:
+        problems += [f"{json_path}: {p}" for p in e.problems]
+        return {}, None
+    labels = {k: tuple(v) if isinstance(v, list) else v for k, v in scheme.declared().items()}
+    return labels, scheme.regions_class_order
 
 
 def _explicit_cases(root: Path, explicit: dict[str, Any], problems: list[str]) -> list[Case]:
@@ -375,7 +375,7 @@ def load_dataset(root: str | Path) -> Dataset:
         raise DatasetError(msg)
     key = "channel_names" if layout == "nnunet" else "modality"
     channels = _channel_names(data.get(key), key, json_path, problems)
-    labels = _labels(data.get("labels"), layout, json_path, problems)
+    labels, regions_class_order = _labels(data, layout, json_path, problems)
     if layout == "nnunet":
         ending = data.get("file_ending")
         if not isinstance(ending, str) or not ending.startswith("."):
@@ -402,6 +402,7 @@ def load_dataset(root: str | Path) -> Dataset:
         layout=layout,
         channel_names=channels,
         labels=labels,
+        regions_class_order=regions_class_order,
         file_ending=ending,
         cases=tuple(cases),
         channels_in_one_file=layout == "msd" and len(channels) > 1,

@@ -4,7 +4,9 @@ On disk it is ``plans.json`` (schema: ``plans/plan.schema.json`` in the reposito
 strict: unknown or missing keys, or a different ``schema_version``, are errors, so that a stale or
 hand-edited plan fails loudly instead of training the wrong network.
 
-Versions: 2 (this one); 1 also had ``planner`` (always ``"autoseg"``), ``extra`` (always ``{}``)
+Versions: 3 (this one) adds regions: ``labels`` values may be lists of values, with
+``regions_class_order`` (see :mod:`autoseg.labels`). 2 had integer labels only and is read as 3
+(``regions_class_order`` null). 1 also had ``planner`` (always ``"autoseg"``), ``extra`` (always ``{}``)
 and ``network.n_conv_per_stage`` (always 2), which nothing read. Version-1 files (on disk and
 inside trained model folders) are migrated when loaded: those keys are dropped once checked to
 hold the only value they could.
@@ -14,15 +16,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from autoseg._atomic import write_json_atomic
 from autoseg._contract import digest, load, parse, to_json
 from autoseg.errors import PlanError
+from autoseg.labels import LabelScheme, LabelSchemeError
 from autoseg.planning.kinds import ConfigKind
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 _FIX = "run `autoseg plan` again"
 #: Version-1 keys dropped in version 2, with the only value each could hold.
 _V1_PLAN_KEYS = {"planner": "autoseg", "extra": {}}
@@ -116,7 +120,10 @@ class Plan:
     Attributes:
         dataset_name: the dataset folder's name.
         channel_names: input channel names, in order.
-        labels: label name -> value; class index i of the network is the i-th value in order.
+        labels: as declared by the dataset: name -> value, or -> list of values for regions;
+            a label named ``ignore`` marks unannotated voxels. What they mean for every stage:
+            :attr:`label_scheme`.
+        regions_class_order: with regions, the value painted for each region.
         transpose_forward: axis order applied after reading (coarsest axis first).
         transpose_backward: its inverse, applied before writing.
         original_median_spacing: median spacing of the data (transposed order).
@@ -129,7 +136,7 @@ class Plan:
 
     dataset_name: str
     channel_names: tuple[str, ...]
-    labels: dict[str, int]
+    labels: dict[str, int | tuple[int, ...]]
     transpose_forward: tuple[int, ...]
     transpose_backward: tuple[int, ...]
     original_median_spacing: tuple[float, ...]
@@ -138,17 +145,31 @@ class Plan:
     gpu_memory_gb: float
     configurations: dict[str, Configuration]
     notes: tuple[str, ...] = ()
+    regions_class_order: tuple[int, ...] | None = None
     schema_version: int = PLAN_VERSION
+
+    @cached_property
+    def label_scheme(self) -> LabelScheme:
+        """What the labels mean: outputs, activation, stored values, ignore (one table).
+
+        Raises:
+            PlanError: the labels cannot be used (a hand-edited plan).
+        """
+        try:
+            return LabelScheme.from_declared(self.labels, self.regions_class_order)
+        except LabelSchemeError as e:
+            msg = f"plan.labels: {e}; {_FIX}"
+            raise PlanError(msg) from e
 
     @property
     def label_values(self) -> tuple[int, ...]:
-        """Label values in class-index order (background first)."""
-        return tuple(sorted(self.labels.values()))
+        """Label values per output channel (labels) or painted per region (regions)."""
+        return self.label_scheme.output_values
 
     @property
     def num_classes(self) -> int:
-        """Network output channels (background included)."""
-        return len(self.labels)
+        """Network output channels: labels with background, or regions."""
+        return self.label_scheme.n_outputs
 
     def configuration(self, name: str) -> Configuration:
         """The named configuration.
@@ -189,7 +210,10 @@ class Plan:
             config.network,
             config.resampling,
         )
-        return digest(_Identity, part)
+        identity = digest(_Identity, part)
+        if self.regions_class_order is None:  # as before regions existed: old checkpoints match
+            return identity
+        return digest(tuple[str, tuple[int, ...]], (identity, self.regions_class_order))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -208,6 +232,8 @@ class Plan:
         """
         if isinstance(d, dict) and type(d.get("schema_version")) is int and d["schema_version"] == 1:
             d = _migrate_v1(d)
+        if isinstance(d, dict) and type(d.get("schema_version")) is int and d["schema_version"] == 2:
+            d = {**d, "regions_class_order": None, "schema_version": PLAN_VERSION}
         return parse(cls, d, name="plan", version=PLAN_VERSION, error=PlanError, fix=_FIX)
 
     @classmethod
@@ -227,7 +253,7 @@ class _Identity:
     """What :meth:`Plan.configuration_hash` hashes."""
 
     channel_names: tuple[str, ...]
-    labels: dict[str, int]
+    labels: dict[str, int | tuple[int, ...]]
     transpose_forward: tuple[int, ...]
     normalization: tuple[Normalization, ...]
     kind: ConfigKind
@@ -251,7 +277,7 @@ def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
         for name, config in configurations.items():
             if isinstance(config, dict) and isinstance(config.get("network"), dict):
                 _drop(config["network"], _V1_NETWORK_KEYS, f"plan.configurations.{name}.network")
-    d["schema_version"] = PLAN_VERSION
+    d["schema_version"] = 2
     return d
 
 
@@ -264,6 +290,6 @@ def _drop(d: dict[str, Any], keys: dict[str, Any], where: str) -> None:
         if value != only or type(value) is not type(only):
             msg = (
                 f"{where}.{key}: {value!r}, but autoseg only ever wrote {only!r} there "
-                f"(schema_version 1, the key is gone in {PLAN_VERSION}); {_FIX}"
+                f"(schema_version 1, the key is gone in 2); {_FIX}"
             )
             raise PlanError(msg)

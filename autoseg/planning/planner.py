@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from autoseg.fingerprint.model import Fingerprint
+from autoseg.labels import LabelScheme
 from autoseg.planning import rules
 from autoseg.planning.kinds import ConfigKind, kind_of
 from autoseg.planning.plan import (
@@ -218,7 +219,7 @@ def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = F
     Returns:
         The plan; ``notes`` says which optional configurations were offered and why.
     """
-    n_classes = len(fp.labels)
+    n_classes = LabelScheme.from_declared(fp.labels, fp.regions_class_order).n_outputs
     spacing_raw = rules.target_spacing(fp.spacings, fp.shapes_after_crop)
     forward, backward = rules.transpose_order(spacing_raw, np.median(fp.shapes_after_crop, axis=0))
     spacing = tuple(spacing_raw[a] for a in forward)
@@ -284,6 +285,7 @@ def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = F
         dataset_name=fp.dataset_name,
         channel_names=tuple(fp.channel_names),
         labels=dict(fp.labels),
+        regions_class_order=fp.regions_class_order,
         transpose_forward=forward,
         transpose_backward=backward,
         original_median_spacing=median_spacing,

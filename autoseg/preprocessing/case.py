@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from autoseg.fingerprint.crop import bbox_slices, nonzero_bbox
 from autoseg.io.image import Geometry
+from autoseg.labels import LabelScheme
 from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.normalize import normalize
@@ -34,7 +35,8 @@ class PreprocessedCase:
 
     Attributes:
         data: ``(C, Z, Y, X)`` float32 at the configuration's spacing, transposed and cropped.
-        seg: ``(Z, Y, X)`` class indices (uint8 / int16), or None without a label.
+        seg: ``(Z, Y, X)`` indices into the label scheme's ``stored_values`` (uint8 / int16),
+            or None without a label.
         locations: ``(N, 4)`` int32 rows ``(class, z, y, x)`` of sampled foreground voxels.
         properties: what is needed to map a prediction back to the source geometry.
     """
@@ -55,12 +57,13 @@ def new_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[f
     return tuple(max(1, round(s * sp / t)) for s, sp, t in zip(shape, spacing, target, strict=True))
 
 
-def class_locations(seg: np.ndarray, n_classes: int, *, seed: int) -> np.ndarray:
-    """Sample foreground voxel coordinates per class: ``(N, 4)`` rows ``(class, z, y, x)``."""
+def class_locations(index_map: np.ndarray, scheme: LabelScheme, *, seed: int) -> np.ndarray:
+    """Sample foreground voxel coordinates per sampling class of ``scheme`` (each label, or each
+    region; never the ignore label): ``(N, 4)`` rows ``(class, z, y, x)``."""
     rng = np.random.default_rng(seed)
     rows = []
-    for c in range(1, n_classes):
-        coords = np.argwhere(seg == c)
+    for c, mask in scheme.sampling_masks(index_map):
+        coords = np.argwhere(mask)
         if len(coords) == 0:
             continue
         n = min(len(coords), max(LOCATIONS_PER_CLASS, math.ceil(0.01 * len(coords))))
@@ -70,14 +73,6 @@ def class_locations(seg: np.ndarray, n_classes: int, *, seed: int) -> np.ndarray
     if not rows:
         return np.zeros((0, 4), dtype=np.int32)
     return np.concatenate(rows).astype(np.int32)
-
-
-def label_lut(label_values: Sequence[int]) -> np.ndarray:
-    """Lookup table from label value to class index (values not in the plan map to 0)."""
-    lut = np.zeros(max(label_values) + 1, dtype=np.int16)
-    for i, v in enumerate(label_values):
-        lut[v] = i
-    return lut
 
 
 def preprocess_arrays(
@@ -121,13 +116,13 @@ def preprocess_arrays(
     locations = np.zeros((0, 4), dtype=np.int32)
     if seg is not None:
         seg = seg.transpose(fwd)[sl]
-        lut = label_lut(plan.label_values)
-        seg = lut[seg.astype(np.int64)]
-        dtype = np.uint8 if plan.num_classes < 256 else np.int16
+        scheme = plan.label_scheme
+        seg = scheme.index_lut()[seg.astype(np.int64)]
+        dtype = np.uint8 if len(scheme.stored_values) < 256 else np.int16
         out_seg = resize_labels(
             seg.astype(dtype), shape, order=rs.seg_order, z_axis=z_axis, z_order=rs.z_order
         )
-        locations = class_locations(out_seg, plan.num_classes, seed=zlib.crc32(case_id.encode()) ^ 1234)
+        locations = class_locations(out_seg, scheme, seed=zlib.crc32(case_id.encode()) ^ 1234)
     props = CaseProperties(
         case_id=case_id,
         spacing_transposed=tuple(float(s) for s in sp),

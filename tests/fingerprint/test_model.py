@@ -33,14 +33,14 @@ def test_round_trip(d):
     assert Fingerprint.from_dict(fp.to_dict()) == fp
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None], ids=["2", "0", "str", "none"])
+@pytest.mark.parametrize("version", [3, 0, "2", None], ids=["3", "0", "str", "none"])
 def test_wrong_version(d, tmp_path, version):
     d["schema_version"] = version
     path = _write(tmp_path, d)
     with pytest.raises(
         PlanError,
         match=rf"^{re.escape(str(path))}: fingerprint schema_version is {re.escape(repr(version))}, "
-        rf"this autoseg reads 1{re.escape(FIX)}$",
+        rf"this autoseg reads 2{re.escape(FIX)}$",
     ):
         Fingerprint.load(path)
 
@@ -89,3 +89,11 @@ def test_missing_file(tmp_path):
         PlanError, match=r"fingerprint\.json: no fingerprint here; run `autoseg plan DATASET` first"
     ):
         Fingerprint.load(tmp_path / "fingerprint.json")
+
+
+def test_version_1_is_read_without_regions(d):
+    d["schema_version"] = 1
+    del d["regions_class_order"]
+    fp = Fingerprint.from_dict(d)
+    assert fp.schema_version == FINGERPRINT_VERSION
+    assert fp.regions_class_order is None

@@ -432,19 +432,19 @@ class TestStrictLoading:
         ):
             Plan.from_dict(d)
 
-    @pytest.mark.parametrize("version", [3, 0, "2", None, True], ids=["3", "0", "str", "none", "bool"])
+    @pytest.mark.parametrize("version", [4, 0, "3", None, True], ids=["4", "0", "str", "none", "bool"])
     def test_wrong_schema_version(self, d, version):
         d["schema_version"] = version
         with pytest.raises(
             PlanError,
             match=rf"schema_version is {re.escape(repr(version))}, "
-            r"this autoseg reads 2; run `autoseg plan` again",
+            r"this autoseg reads 3; run `autoseg plan` again",
         ):
             Plan.from_dict(d)
 
     def test_missing_schema_version(self, d):
         del d["schema_version"]
-        with pytest.raises(PlanError, match=r"^plan schema_version is missing, this autoseg reads 2; "):
+        with pytest.raises(PlanError, match=r"^plan schema_version is missing, this autoseg reads 3; "):
             Plan.from_dict(d)
 
     def test_not_a_dict(self):
@@ -583,12 +583,13 @@ class TestVersion1Migration:
     def v1(self) -> dict:
         return json.loads(V1_PLAN.read_text())
 
-    def test_stored_v1_plan_loads_as_the_v2_plan(self):
+    def test_stored_v1_plan_loads_as_the_current_plan(self):
         # the fixture is the golden plan as committed at schema_version 1
         assert json.loads(V1_PLAN.read_text())["schema_version"] == 1
         plan = Plan.load(V1_PLAN)
         assert plan == Plan.load(V2_PLAN)
-        assert plan.schema_version == 2
+        assert plan.schema_version == 3
+        assert plan.regions_class_order is None
         assert "planner" not in plan.to_dict()
 
     @pytest.mark.parametrize(
