@@ -128,6 +128,11 @@ class LabelScheme:
         order: tuple[int, ...] | None = None
         if regions:
             order = _region_order(regions_class_order, parsed, problems)
+            if order is not None and ignore is not None and ignore in order:
+                problems.append(
+                    f"'regions_class_order' paints the ignore label's value {ignore}; the ignore "
+                    "label is never predicted, paint another value"
+                )
         elif regions_class_order is not None:
             problems.append("'regions_class_order' is given but no label maps to a list (regions)")
         if problems:
@@ -242,6 +247,53 @@ class LabelScheme:
         for prob, value in zip(probabilities, self.output_values, strict=True):
             out[prob > 0.5] = value
         return out
+
+    # --- inference and evaluation ------------------------------------------------------
+
+    @property
+    def class_values(self) -> tuple[int, ...]:
+        """The label value of each class index of :meth:`classes`: the output values for labels;
+        0 (nothing painted) then the painted value of each region for regions. Never the ignore
+        value, so a prediction never holds it."""
+        return self.output_values if not self.regions else (0, *self.output_values)
+
+    def classes(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Class index per voxel (into :attr:`class_values`) from logits along ``dim``.
+
+        For labels the largest logit (the softmax's argmax, without computing it); for regions
+        ``1 +`` the last region whose sigmoid exceeds 0.5, 0 where none does: the region painted
+        last wins, as in :meth:`to_label_map`. The sigmoid is computed (not ``logit > 0``) so
+        that a map from stored probabilities agrees at the threshold.
+        """
+        if not self.regions:
+            return logits.argmax(dim)
+        above = torch.sigmoid(logits.float()) > 0.5
+        shape = [1] * logits.ndim
+        shape[dim] = logits.shape[dim]
+        index = torch.arange(1, logits.shape[dim] + 1, device=logits.device).view(shape)
+        return torch.where(above, index, torch.zeros_like(index)).amax(dim)
+
+    def activate_(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Probabilities from float logits along ``dim``, computed in place (one full-size
+        array less at the peak of a large case): softmax for labels, sigmoid per region."""
+        if self.regions:
+            return logits.sigmoid_()
+        logits.sub_(logits.amax(dim=dim, keepdim=True)).exp_()
+        return logits.div_(logits.sum(dim=dim, keepdim=True))
+
+    @property
+    def outside_probabilities(self) -> tuple[float, ...]:
+        """Each output's probability where the network saw nothing (outside the crop): the
+        background's 1 for labels, 0 for every region."""
+        return (0.0,) * self.n_outputs if self.regions else (1.0,) + (0.0,) * (self.n_outputs - 1)
+
+    @property
+    def entry_keys(self) -> tuple[str, ...]:
+        """How score tables name each entry: its value for labels (as they always have), its
+        name for regions (a region has no single value of its own)."""
+        if self.regions:
+            return tuple(e.name for e in self.entries)
+        return tuple(str(e.values[0]) for e in self.entries)
 
     def masks(self, label_map: np.ndarray) -> list[np.ndarray]:
         """One boolean mask per entry (label or region) of a label map of values."""

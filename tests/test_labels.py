@@ -142,3 +142,47 @@ def test_a_plan_round_trips_regions_and_reads_version_2(tmp_path) -> None:
     # a plan without regions hashes as before regions existed (checkpoints keep matching);
     # the literal is what the version-2 code computed for this golden plan
     assert plan.configuration_hash("3d_fullres") == "7a31231b83417eb6"
+
+
+# --- inference and evaluation ------------------------------------------------------------
+
+
+def test_classes_from_logits_paint_the_last_region_above_half() -> None:
+    s = LabelScheme.from_declared(BRATS, [1, 2, 3])
+    assert s.class_values == (0, 1, 2, 3)
+    # voxels: nothing, whole only, whole+core, all three, enhancing alone (painted last)
+    logits = torch.tensor([[-3.0, 2.0, 2.0, 2.0, -1.0], [-1.0, -2.0, 1.0, 3.0, -1.0], [-5, -5, -1, 0.5, 4]])
+    classes = s.classes(logits)
+    assert classes.tolist() == [0, 1, 2, 3, 3]
+    # the same along another axis, and equal to painting the sigmoid probabilities
+    assert s.classes(logits.T.contiguous(), dim=1).tolist() == classes.tolist()
+    probs = s.activate_(logits.clone()).numpy()
+    np.testing.assert_allclose(probs, torch.sigmoid(logits).numpy())
+    assert s.to_label_map(probs).tolist() == np.asarray(s.class_values)[classes.numpy()].tolist()
+
+
+def test_classes_of_plain_labels_are_the_argmax_and_softmax_is_in_place() -> None:
+    s = LabelScheme.from_declared(PLAIN)
+    logits = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s.classes(logits), logits.argmax(0))
+    assert s.class_values == s.output_values == (0, 1, 2)
+    x = logits.clone()
+    out = s.activate_(x)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out, torch.softmax(logits, 0))
+    assert s.outside_probabilities == (1.0, 0.0, 0.0)
+    assert s.entry_keys == ("1", "2")
+
+
+def test_ignore_is_never_a_class_value() -> None:
+    for s in (
+        LabelScheme.from_declared(IGNORE),
+        LabelScheme.from_declared(REGIONS_IGNORE, [2, 1]),
+    ):
+        assert s.ignore is not None
+        assert s.ignore not in s.class_values
+    regions = LabelScheme.from_declared(REGIONS_IGNORE, [2, 1])
+    assert regions.outside_probabilities == (0.0, 0.0)
+    assert regions.entry_keys == ("hippocampus", "anterior")
+    with pytest.raises(LabelSchemeError, match="paints the ignore label's value 3"):
+        LabelScheme.from_declared(REGIONS_IGNORE, [3, 1])
