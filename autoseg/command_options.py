@@ -147,7 +147,9 @@ class PredictOptions:
     device: Device | None = option(None, "where the networks run", run_time_default="cuda when available")
     precision: Precision = option("auto", "auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
     overwrite: bool = option(False, "redo existing outputs")
-    save_probabilities: bool = option(False, "also write CASE.npz with softmax probabilities (float16)")
+    save_probabilities: bool = option(
+        False, "also write CASE.npz with the probabilities (float16; softmax per label or sigmoid per region)"
+    )
     postprocessing: bool = option(
         True,
         "write the raw label maps (default: apply find-best's post-processing, or the model's own)",

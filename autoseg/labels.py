@@ -177,6 +177,14 @@ class LabelScheme:
             return self.regions_class_order
         return (0, *(e.values[0] for e in self.entries))
 
+    @property
+    def output_members(self) -> tuple[tuple[int, ...], ...]:
+        """The label values each output channel stands for: one per label (background's 0
+        first), a region's values per region."""
+        if self.regions:
+            return tuple(e.values for e in self.entries)
+        return tuple((v,) for v in self.output_values)
+
     # --- what a label map holds ----------------------------------------------------------
 
     @cached_property

@@ -186,3 +186,8 @@ def test_ignore_is_never_a_class_value() -> None:
     assert regions.entry_keys == ("hippocampus", "anterior")
     with pytest.raises(LabelSchemeError, match="paints the ignore label's value 3"):
         LabelScheme.from_declared(REGIONS_IGNORE, [3, 1])
+
+
+def test_output_members_say_what_each_channel_stands_for() -> None:
+    assert LabelScheme.from_declared(PLAIN).output_members == ((0,), (1,), (2,))
+    assert LabelScheme.from_declared(BRATS, [1, 2, 3]).output_members == ((1, 2, 3), (2, 3), (3,))

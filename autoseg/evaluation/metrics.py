@@ -23,6 +23,12 @@ volume_diff_rel      NaN                    -1 if only the reference has it, els
 
 In general a ratio whose denominator is zero is NaN, and ``volume_diff_rel`` is
 ``(pred - ref) / ref`` (NaN when the reference volume is zero).
+
+With a :class:`~autoseg.labels.LabelScheme` (:func:`dice_per_entry`, :func:`entry_metrics`) each
+label or region is scored (a region's mask: the voxels holding any of its values), and only the
+annotated voxels count: where the reference holds the ignore label, neither map is looked at
+(nnU-Net's rule), so a prediction there is neither right nor wrong. The surface metrics see the
+prediction restricted to the annotated voxels.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from autoseg.errors import DatasetError
+from autoseg.labels import LabelScheme
+
+K = TypeVar("K", int, str)
 
 #: Keys of the per-label dict :func:`case_metrics` returns, in a fixed order (CSV columns).
 METRICS: tuple[str, ...] = (
@@ -60,6 +69,35 @@ def confusion(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[int, int, 
     p, r = pred == label, ref == label
     tp = int(np.count_nonzero(p & r))
     return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
+
+
+def entry_mask(label_map: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """The voxels of a label or region: holding one of ``values`` (``==`` for one value, which
+    is what plain labels always used, and faster than ``np.isin``)."""
+    return label_map == values[0] if len(values) == 1 else np.isin(label_map, values)
+
+
+def dice_per_entry(pred: np.ndarray, ref: np.ndarray, scheme: LabelScheme) -> dict[str, float]:
+    """Dice of each label or region of ``scheme``, keyed by :attr:`LabelScheme.entry_keys`,
+    over the annotated voxels only (the reference's ignore label is left out); NaN where the
+    entry is absent from both maps.
+
+    Examples:
+        >>> s = LabelScheme.from_declared({"background": 0, "all": [1, 2], "b": 2, "ignore": 3}, [1, 2])
+        >>> p = np.array([0, 1, 2, 2, 1]); r = np.array([0, 1, 1, 2, 3])
+        >>> dice_per_entry(p, r, s)
+        {'all': 1.0, 'b': 0.6666666666666666}
+    """
+    annotated = scheme.annotated(ref)
+    out = {}
+    for key, entry in zip(scheme.entry_keys, scheme.entries, strict=True):
+        p, r = entry_mask(pred, entry.values), entry_mask(ref, entry.values)
+        if annotated is not None:
+            p &= annotated
+        tp = int(np.count_nonzero(p & r))
+        fp, fn = int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
+        out[key] = float("nan") if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    return out
 
 
 def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
@@ -183,15 +221,58 @@ def case_metrics(
     """
     _check_inputs(pred, ref, spacing, tolerance_mm)
     voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
-    out: dict[int, dict[str, float]] = {}
-    for lab in labels:
-        p, r = pred == lab, ref == lab
-        n_p, n_r = int(np.count_nonzero(p)), int(np.count_nonzero(r))
-        tp = int(np.count_nonzero(p & r)) if n_p and n_r else 0
-        metrics = _overlap(tp, n_p - tp, n_r - tp, pred.size, voxel_ml=voxel_ml)
-        hd95, nsd = surface_metrics(p, r, spacing=spacing, tolerance_mm=tolerance_mm)
-        out[int(lab)] = metrics | {"hd95_mm": hd95, "nsd": nsd}
+    return {
+        int(lab): _mask_metrics(pred == lab, ref == lab, pred.size, voxel_ml, spacing, tolerance_mm)
+        for lab in labels
+    }
+
+
+def entry_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    scheme: LabelScheme,
+    *,
+    spacing: Sequence[float],
+    tolerance_mm: float = 1.0,
+) -> dict[str, dict[str, float]]:
+    """Every metric of :data:`METRICS` for each label or region of ``scheme`` on one case,
+    over the annotated voxels only (see the module docstring).
+
+    Args:
+        pred: ``(Z, Y, X)`` integer label map (2D ``(Y, X)`` also works).
+        ref: reference label map of the same shape, possibly holding the ignore label.
+        scheme: what to score; keys are its :attr:`~autoseg.labels.LabelScheme.entry_keys`.
+        spacing: voxel size in mm, in array order.
+        tolerance_mm: NSD tolerance in mm (>= 0).
+
+    Returns:
+        ``{key: {metric: value}}``; specificity counts the annotated voxels only.
+
+    Raises:
+        ValueError: as :func:`case_metrics`.
+    """
+    _check_inputs(pred, ref, spacing, tolerance_mm)
+    voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
+    annotated = scheme.annotated(ref)
+    n_voxels = ref.size if annotated is None else int(np.count_nonzero(annotated))
+    out = {}
+    for key, entry in zip(scheme.entry_keys, scheme.entries, strict=True):
+        p, r = entry_mask(pred, entry.values), entry_mask(ref, entry.values)
+        if annotated is not None:
+            p &= annotated
+        out[key] = _mask_metrics(p, r, n_voxels, voxel_ml, spacing, tolerance_mm)
     return out
+
+
+def _mask_metrics(
+    p: np.ndarray, r: np.ndarray, n_voxels: int, voxel_ml: float, spacing: Sequence[float], tolerance_mm: float
+) -> dict[str, float]:
+    """Every metric of two boolean masks, ``n_voxels`` voxels in all (for specificity)."""
+    n_p, n_r = int(np.count_nonzero(p)), int(np.count_nonzero(r))
+    tp = int(np.count_nonzero(p & r)) if n_p and n_r else 0
+    metrics = _overlap(tp, n_p - tp, n_r - tp, n_voxels, voxel_ml=voxel_ml)
+    hd95, nsd = surface_metrics(p, r, spacing=spacing, tolerance_mm=tolerance_mm)
+    return metrics | {"hd95_mm": hd95, "nsd": nsd}
 
 
 def _ratio(num: float, den: float) -> float:
@@ -294,13 +375,13 @@ def as_labels(arr: np.ndarray, *, source: object = "label map") -> np.ndarray:
     return rounded.astype(np.int32)
 
 
-def mean_per_label(per_case: Sequence[Mapping[int, float]], labels: Sequence[int]) -> dict[str, Any]:
+def mean_per_label(per_case: Sequence[Mapping[K, float]], labels: Sequence[K]) -> dict[str, Any]:
     """The summary every score table shares: the mean over cases of each label (NaN-aware: a case
     where the label is absent from both maps is left out) and the mean of those means.
 
     Args:
-        per_case: per case, a value (Dice, say) per label.
-        labels: the labels to summarise, in order.
+        per_case: per case, a value (Dice, say) per label (or per entry key).
+        labels: the labels (or entry keys) to summarise, in order.
 
     Returns:
         ``{"mean": {"<label>": value}, "foreground_mean": value}``, NaN where undefined (see

@@ -1,6 +1,7 @@
 """Predict new scans with trained models: same preprocessing as training, sliding window with
-TTA, folds averaged (logits), configurations averaged (probabilities), back to the source grid,
-post-processing, written atomically one file per case."""
+TTA, folds averaged (logits), configurations averaged (probabilities: softmax over labels or a
+sigmoid per region, as the plan's :class:`~autoseg.labels.LabelScheme` says), back to the source
+grid, post-processing, written atomically one file per case."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
 from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.inference.source_grid import (
-    classes_to_values,
     logits_to_labels,
     probabilities_on_source_grid,
+    probabilities_to_labels,
 )
 from autoseg.io.case import LoadedCase, load_case
 from autoseg.io.dataset import Case, Dataset
@@ -119,7 +120,8 @@ class Predictor:
 
         Folds are averaged as logits (as nnU-Net does), configurations as probabilities on the
         source grid (each configuration has its own grid); both sums are kept in place, so an
-        ensemble needs the memory of one member plus the sum.
+        ensemble needs the memory of one member plus the sum. The label map comes from the
+        plan's label scheme (argmax, or regions painted in order); it never holds the ignore label.
         """
         if len(self.models) == 1 and not with_probabilities:
             model = self.models[0]
@@ -139,7 +141,7 @@ class Predictor:
                 probs += p
             del p
         probs /= len(self.models)
-        labels = classes_to_values(probs.argmax(0), self.plan)
+        labels = probabilities_to_labels(probs, self.plan.label_scheme)
         return self._postprocess(labels), probs.astype(np.float16) if with_probabilities else None
 
     def _network_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, CaseProperties]:
@@ -229,7 +231,7 @@ def predict_path(
             log.warning(w)
         labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
         if probs is not None:
-            ProbabilityMap(probs, plan.label_values).save(outputs[case.case_id][1])
+            ProbabilityMap.of(probs, plan.label_scheme).save(outputs[case.case_id][1])
         write_image(labels, loaded.geometry, dest)
         report.written.append(case.case_id)
     return report

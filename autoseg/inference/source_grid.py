@@ -1,22 +1,36 @@
 """From logits in the preprocessed grid back to a label map on the source scan's grid.
 
 Steps (the inverse of preprocessing): resample the logits to the cropped source shape (linear;
-nearest across thick slices), argmax, paste into the uncropped volume, undo the transpose, map
-class indices to the dataset's label values. Resampling runs in torch, one output plane at a
-time for all classes (:func:`argmax_resampled`), so memory stays at a few planes of the output grid
-per class rather than whole volumes (nnU-Net resamples every class channel, then argmaxes).
+nearest across thick slices), decide each voxel's class, paste into the uncropped volume, undo the
+transpose, map class indices to the dataset's label values. Resampling runs in torch, one output
+plane at a time for all outputs (:func:`classes_resampled`), so memory stays at a few planes of the
+output grid per output rather than whole volumes (nnU-Net resamples every output channel, then
+decides).
+
+What the outputs mean comes from the plan's :class:`~autoseg.labels.LabelScheme`: for plain labels
+the class is the argmax (of the logits: the softmax does not change it), for regions the last
+region whose sigmoid exceeds 0.5 (painting order). As in nnU-Net, the logits are resampled and the
+nonlinearity applied afterwards, for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoseg.labels import LabelScheme
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.properties import CaseProperties
+
+#: ``(outputs, dim) -> class indices``: how a voxel's outputs decide its class.
+Decide = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _argmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.argmax(dim)
 
 
 def resize_channels(
@@ -46,17 +60,30 @@ def resize_channels(
 
 def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *, z_axis: int | None) -> torch.Tensor:
     """Argmax over classes of the logits resized to ``shape`` (as :func:`resize_channels`),
-    without ever holding all classes at the output size.
+    without ever holding all classes at the output size (:func:`classes_resampled`).
+
+    Returns:
+        ``(Z, Y, X)`` uint8/int16 class indices (on the logits' device).
+    """
+    return classes_resampled(logits, shape, z_axis=z_axis, decide=_argmax)
+
+
+def classes_resampled(
+    logits: torch.Tensor, shape: Sequence[int], *, z_axis: int | None, decide: Decide
+) -> torch.Tensor:
+    """Classes decided (``decide(outputs, dim)``, e.g. an argmax or
+    :meth:`~autoseg.labels.LabelScheme.classes`) on the logits resized to ``shape`` (as
+    :func:`resize_channels`), without ever holding all outputs at the output size.
 
     Trilinear interpolation is separable: every output plane across the walked axis (``z_axis``,
     else axis 0) is a linear blend of two input planes, each first resized in-plane (bilinear).
     So each input plane is resized once, for all classes, and kept channels-last while it is in
     use; every output plane is blended from two of them (taken from one along a ``z_axis``, which
-    is nearest-neighbour) and argmaxed over its last, contiguous axis. Memory: a few in-plane
+    is nearest-neighbour) and decided over its last, contiguous axis. Memory: a few in-plane
     resized planes of every class. On a 42-class CT of 458 x 379 x 420 this takes 3.6 s where
     resizing the classes in chunks of 4 with a running argmax took 17 s and resizing all of them
     at once 27-33 s and 12 GB (``benchmarks/bench_large_ct.py``). The result equals
-    ``resize_channels(...).argmax(0)`` except where the two roundings of the same interpolation
+    ``decide(resize_channels(...), 0)`` except where the two roundings of the same interpolation
     decide a near-exact tie.
 
     Returns:
@@ -66,7 +93,7 @@ def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *, z_axis: int 
     dtype = torch.uint8 if n < 256 else torch.int16
     shape = tuple(int(s) for s in shape)
     if tuple(logits.shape[1:]) == shape:
-        return logits.argmax(0).to(dtype)
+        return decide(logits, 0).to(dtype)
     walk = 0 if z_axis is None else z_axis
     perm, inv = _axis_first(walk)
     x = logits.permute(0, *(p + 1 for p in perm))  # (C, walked axis, in-plane axes)
@@ -92,7 +119,7 @@ def argmax_resampled(logits: torch.Tensor, shape: Sequence[int], *, z_axis: int 
         for old in [k for k in cache if k < lo]:  # i0 never decreases
             del cache[old]
         vals = torch.lerp(plane(lo), plane(hi), float(w[o])) if blend else plane(lo)
-        result[o] = vals.argmax(-1).to(dtype)
+        result[o] = decide(vals, -1).to(dtype)
     return result.permute(*inv)
 
 
@@ -121,7 +148,8 @@ def to_source_grid(classes: np.ndarray, props: CaseProperties, plan: Plan) -> np
     """Paste a cropped, transposed class map into the source volume and map to label values.
 
     Args:
-        classes: ``(Z, Y, X)`` class indices in the transposed, cropped grid.
+        classes: ``(Z, Y, X)`` class indices (into the scheme's ``class_values``) in the
+            transposed, cropped grid; class 0 (background, nothing painted) fills the rest.
         props: the case's preprocessing properties (bbox, shape_before_crop).
         plan: for the transpose and the label values.
 
@@ -133,36 +161,53 @@ def to_source_grid(classes: np.ndarray, props: CaseProperties, plan: Plan) -> np
     return classes_to_values(full.transpose(plan.transpose_backward), plan)
 
 
+def label_dtype(values: Sequence[int]) -> type[np.integer]:
+    """The smallest integer type of a label map holding ``values`` (uint8, int16, int32)."""
+    top = max(values, default=0)
+    return np.uint8 if top < 256 else np.int16 if top < 32768 else np.int32
+
+
 def classes_to_values(classes: np.ndarray, plan: Plan) -> np.ndarray:
     """Class indices -> the dataset's label values, in the smallest integer type that holds them."""
-    values = np.asarray(plan.label_values)
-    out_dtype = np.uint8 if values.max() < 256 else np.int16 if values.max() < 32768 else np.int32
-    return values.astype(out_dtype)[classes]
+    values = plan.label_scheme.class_values
+    return np.asarray(values).astype(label_dtype(values))[classes]
+
+
+def probabilities_to_labels(probabilities: np.ndarray, scheme: LabelScheme) -> np.ndarray:
+    """Label map of probabilities ``(n_outputs, *spatial)`` (the argmax, or regions above 0.5
+    painted in order: :meth:`~autoseg.labels.LabelScheme.to_label_map`), in the type
+    :func:`classes_to_values` gives, so that a map is stored alike whichever way it was made."""
+    return scheme.to_label_map(probabilities).astype(label_dtype(scheme.class_values), copy=False)
 
 
 def logits_to_labels(logits: torch.Tensor, props: CaseProperties, plan: Plan) -> np.ndarray:
     """Logits in the preprocessed grid -> label map on the source grid (see module docstring).
 
-    The classes are resampled one output plane at a time (:func:`argmax_resampled`).
+    The classes are decided one output plane at a time (:func:`classes_resampled`): the argmax
+    for labels, painted regions for regions.
     """
-    classes = argmax_resampled(logits, props.shape_after_crop, z_axis=props.z_axis)
+    scheme = plan.label_scheme
+    classes = classes_resampled(logits, props.shape_after_crop, z_axis=props.z_axis, decide=scheme.classes)
     return to_source_grid(classes.cpu().numpy(), props, plan)
 
 
 def probabilities_on_source_grid(logits: torch.Tensor, props: CaseProperties, plan: Plan) -> np.ndarray:
-    """Softmax probabilities ``(n_classes, Z, Y, X)`` float32 on the source grid (background
-    1 outside the crop), for ``--save-probabilities``, validation and ensembling.
+    """Probabilities ``(n_outputs, Z, Y, X)`` float32 on the source grid, for
+    ``--save-probabilities``, validation and ensembling: softmax over labels (background 1
+    outside the crop) or a sigmoid per region (0 outside the crop), as the plan's label scheme says.
 
-    float32, so that a label map taken from them (``argmax``) is not decided by float16 rounding
-    at near-ties; callers store them as float16. The softmax runs in place on the resized
-    logits: one full-size float32 array less at the peak.
+    float32, so that a label map taken from them (:func:`probabilities_to_labels`) is not
+    decided by float16 rounding at near-ties; callers store them as float16. The activation runs
+    in place on the resized logits: one full-size float32 array less at the peak.
     """
+    scheme = plan.label_scheme
     prob = resize_channels(logits.float(), props.shape_after_crop, z_axis=props.z_axis)
     if prob.data_ptr() == logits.data_ptr():
         prob = prob.clone()  # not resized: do not overwrite the caller's logits
-    prob.sub_(prob.amax(dim=0, keepdim=True)).exp_()
-    prob.div_(prob.sum(dim=0, keepdim=True))
+    scheme.activate_(prob, dim=0)
     full = np.zeros((prob.shape[0], *props.shape_before_crop), dtype=np.float32)
-    full[0] = 1
+    for channel, value in enumerate(scheme.outside_probabilities):
+        if value:  # zeros stay untouched pages until the crop is pasted
+            full[channel] = value
     full[(slice(None), *(slice(lo, hi) for lo, hi in props.bbox))] = prob.cpu().numpy()
     return full.transpose([0, *(a + 1 for a in plan.transpose_backward)])

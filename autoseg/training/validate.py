@@ -1,6 +1,11 @@
 """End-of-fold validation: full sliding-window prediction of the fold's validation cases, written
 on the source grid, scored against the original label files (not the resampled ones), so the
-numbers are what a user would measure on their own data."""
+numbers are what a user would measure on their own data.
+
+The plan's :class:`~autoseg.labels.LabelScheme` says how outputs become label maps and
+probabilities (softmax labels or sigmoid regions) and what is scored: one Dice per label (keyed
+by its value) or region (keyed by its name), over the voxels the reference annotates (not the
+ignore label)."""
 
 from __future__ import annotations
 
@@ -14,13 +19,13 @@ from tqdm import tqdm
 
 from autoseg._atomic import write_json_atomic
 from autoseg.errors import PreprocessedDataError
-from autoseg.evaluation.metrics import dice_per_label, mean_per_label, nan_to_none
+from autoseg.evaluation.metrics import dice_per_entry, mean_per_label, nan_to_none
 from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.inference.source_grid import (
-    classes_to_values,
     logits_to_labels,
     probabilities_on_source_grid,
+    probabilities_to_labels,
 )
 from autoseg.io.align import read_onto
 from autoseg.io.image import write_image
@@ -30,11 +35,11 @@ from autoseg.preprocessing.store import PreprocessedStore
 log = logging.getLogger(__name__)
 
 
-def summarize(per_case: list[dict[str, Any]], label_values: list[int]) -> dict[str, Any]:
-    """Mean Dice per label over cases and the foreground mean
-    (:func:`~autoseg.evaluation.metrics.mean_per_label`); NaN (a label absent from both maps) is
+def summarize(per_case: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
+    """Mean Dice per label or region over cases and the foreground mean
+    (:func:`~autoseg.evaluation.metrics.mean_per_label`); NaN (an entry absent from both maps) is
     written as null, since JSON has no NaN."""
-    means = mean_per_label([{v: c["dice"][str(v)] for v in label_values} for c in per_case], label_values)
+    means = mean_per_label([{k: c["dice"][k] for k in keys} for c in per_case], keys)
     cases = [{**c, "dice": {k: nan_to_none(v) for k, v in c["dice"].items()}} for c in per_case]
     return {"per_case": cases, **nan_to_none(means)}
 
@@ -57,11 +62,11 @@ def validate_fold(
     """Predict and score the validation cases; writes ``out_dir/CASE.nii.gz`` and ``summary.json``.
 
     Returns:
-        The summary: per case and label Dice, mean per label, foreground mean.
+        The summary: per case and label (or region) Dice, mean per label, foreground mean.
     """
     network.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    fg_values = list(plan.label_values[1:])
+    scheme = plan.label_scheme
     per_case = []
     for cid in tqdm(val_ids, desc="Validating", unit="case", disable=None):
         case = store.load(cid)
@@ -72,8 +77,8 @@ def validate_fold(
         if save_probabilities:
             # one resampling of the logits serves both: labels from the float32 probabilities
             prob = probabilities_on_source_grid(logits, case.properties, plan)
-            labels = classes_to_values(prob.argmax(0), plan)
-            ProbabilityMap(prob, plan.label_values).save(out_dir / f"{cid}.npz")
+            labels = probabilities_to_labels(prob, scheme)
+            ProbabilityMap.of(prob, scheme).save(out_dir / f"{cid}.npz")
         else:
             labels = logits_to_labels(logits, case.properties, plan)
         geometry = case.properties.geometry
@@ -87,9 +92,8 @@ def validate_fold(
         ref = np.rint(
             read_onto(label_files[cid], geometry, labels.shape, grid_of=f"case {cid}'s image")
         ).astype(np.int64)
-        dice = dice_per_label(labels, ref, fg_values)
-        per_case.append({"case_id": cid, "dice": {str(k): v for k, v in dice.items()}})
-    summary = summarize(per_case, fg_values)
+        per_case.append({"case_id": cid, "dice": dice_per_entry(labels, ref, scheme)})
+    summary = summarize(per_case, list(scheme.entry_keys))
     write_json_atomic(out_dir / "summary.json", summary)
     log.info(
         "validation of %d cases: Dice per label %s, foreground mean %s",
