@@ -265,7 +265,12 @@ def entry_metrics(
 
 
 def _mask_metrics(
-    p: np.ndarray, r: np.ndarray, n_voxels: int, voxel_ml: float, spacing: Sequence[float], tolerance_mm: float
+    p: np.ndarray,
+    r: np.ndarray,
+    n_voxels: int,
+    voxel_ml: float,
+    spacing: Sequence[float],
+    tolerance_mm: float,
 ) -> dict[str, float]:
     """Every metric of two boolean masks, ``n_voxels`` voxels in all (for specificity)."""
     n_p, n_r = int(np.count_nonzero(p)), int(np.count_nonzero(r))

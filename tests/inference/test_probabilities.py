@@ -50,7 +50,11 @@ def test_round_trip(tmp_path: Path) -> None:
 def test_regions_say_what_their_channels_are(tmp_path: Path) -> None:
     path = ProbabilityMap.of(_probs(), REGIONS).save(tmp_path / "c.npz")
     back = ProbabilityMap.load(path, scheme=REGIONS, shape=SHAPE)
-    assert (back.activation, back.channel_names, back.label_values) == ("sigmoid", ("whole", "a", "b"), (1, 4, 4))
+    assert (back.activation, back.channel_names, back.label_values) == (
+        "sigmoid",
+        ("whole", "a", "b"),
+        (1, 4, 4),
+    )
     assert back.channel_values == ((1, 4), (1,), (4,))
     with np.load(path) as f:
         assert f["channel_values"].tolist() == [[1, 4], [1, -1], [4, -1]]
@@ -91,7 +95,9 @@ def test_version_1_files_load_as_softmax_and_not_as_regions(tmp_path: Path) -> N
     )
     back = ProbabilityMap.load(path, scheme=PLAIN, shape=SHAPE)
     assert (back.activation, back.channel_names) == ("softmax", ("background", "a", "b"))
-    with pytest.raises(ModelError, match=r"written before regions existed\), but the model's plan has 3 sigmoid"):
+    with pytest.raises(
+        ModelError, match=r"written before regions existed\), but the model's plan has 3 sigmoid"
+    ):
         ProbabilityMap.load(path, scheme=REGIONS, shape=SHAPE)
 
 
