@@ -32,7 +32,7 @@ from autoseg.command_options import (
     TrainRunOptions,
     VerifyOptions,
 )
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, DatasetError
 from autoseg.options import describe, from_values, parse_fold
 from autoseg.training.config import TrainConfig
 
@@ -237,6 +237,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from autoseg.evaluation.evaluate import evaluate_folders
 
     opts = _options(EvaluateOptions, args)
+    scheme = None
+    if opts.dataset_json is not None:
+        from autoseg.io.dataset import read_label_scheme
+
+        if opts.labels is not None:
+            msg = f"--labels and --dataset-json both say what to score ({opts.dataset_json}); give one"
+            raise DatasetError(msg)
+        scheme = read_label_scheme(opts.dataset_json)
     out = args.output
     overlays = out.parent / f"{out.stem}_overlays"
     if opts.images is not None:  # before scoring: a bad location must not leave the summary alone
@@ -246,20 +254,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.ref,
         out,
         labels=_list(opts.labels),
+        scheme=scheme,
         tolerance_mm=opts.tolerance,
         workers=_preprocess_workers(opts),
         plot=opts.plot,
     )
+    width = max([8, *(len(k) for k in summary["per_label"])])  # region names can be long
     lines = [
         f"{summary['settings']['n_cases']} cases -> {out} (+ {out.with_suffix('.csv').name}"
         + (", box plot" if opts.plot else "")
         + ")",
-        f"{'label':>8} {'Dice':>7} {'IoU':>7} {'HD95 mm':>8} {'NSD':>7}",
+        f"{'label':>{width}} {'Dice':>7} {'IoU':>7} {'HD95 mm':>8} {'NSD':>7}",
     ]
     for lab, m in summary["per_label"].items():
-        lines.append(f"{lab:>8} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
+        lines.append(f"{lab:>{width}} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
     m = summary["mean"]
-    lines.append(f"{'mean':>8} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
+    lines.append(f"{'mean':>{width}} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
     if opts.images is not None:
         from autoseg.evaluation.overlay import save_overlays
 

@@ -172,6 +172,12 @@ class EvaluateOptions:
         minimum=0,
         run_time_default="every nonzero value in the references",
     )
+    dataset_json: Path | None = option(
+        None,
+        "score the labels or regions this dataset.json (or a model's plans.json) declares, leaving "
+        "out voxels of its ignore label; exclusive with --labels",
+        metavar="PATH",
+    )
     tolerance: float = option(1.0, "surface Dice tolerance in mm", metavar="MM", minimum=0)
     plot: bool = option(False, "also save a box plot PNG")
     images: Path | None = option(

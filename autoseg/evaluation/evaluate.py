@@ -14,6 +14,12 @@ rotated, resampled) is refused. The outputs, for ``out_json`` =
 
 Metric definitions and the conventions for labels missing from a map are in
 :mod:`autoseg.evaluation.metrics`; means skip NaN.
+
+By default every nonzero value is a label of its own. Given a
+:class:`~autoseg.labels.LabelScheme` (``autoseg evaluate --dataset-json``: the labels of an nnU-Net
+``dataset.json`` or of a model's ``plans.json``), its entries are scored instead: each label, or
+each region (the voxels holding any of its values; keyed by the region's name), over the
+annotated voxels only: where the reference holds the ignore label, nothing is scored.
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ from autoseg.evaluation.metrics import (
     absent_label_metrics,
     as_labels,
     case_metrics,
+    entry_metrics,
     mean_per_label,
     nan_to_none,
 )
 from autoseg.io.align import find_reorientation
 from autoseg.io.image import Geometry, has_image_ending, read_image, strip_ending
+from autoseg.labels import LabelScheme
 
 #: Largest spacing difference (mm, per axis) between a prediction and its reference.
 SPACING_ATOL_MM = 1e-3
@@ -54,6 +62,7 @@ def evaluate_folders(
     out_json: Path,
     *,
     labels: list[int] | None = None,
+    scheme: LabelScheme | None = None,
     tolerance_mm: float = 1.0,
     workers: int = 1,
     plot: bool = False,
@@ -66,6 +75,9 @@ def evaluate_folders(
         ref_dir: folder of reference label maps; each needs a prediction.
         out_json: summary to write; the CSV (and PNG) go beside it with the same stem.
         labels: label values to score; default: every nonzero value found in the references.
+        scheme: score its labels or regions instead (keyed by
+            :attr:`~autoseg.labels.LabelScheme.entry_keys`), leaving out the voxels where the
+            reference holds its ignore label; exclusive with ``labels``.
         tolerance_mm: normalised surface Dice tolerance in mm.
         workers: processes scoring cases in parallel.
         plot: also save ``<stem>_boxplot.png`` (Dice and NSD per label, the cases as points).
@@ -78,11 +90,14 @@ def evaluate_folders(
             a prediction is not on its reference's grid (flipped or permuted axes are fine),
             a file cannot be read, or no label is left to score; every problem is listed and
             nothing is written.
-        ValueError: ``labels`` is empty or ``tolerance_mm`` negative.
+        ValueError: ``labels`` is empty or given with ``scheme``, or ``tolerance_mm`` negative.
     """
     pred_dir, ref_dir, out_json = Path(pred_dir), Path(ref_dir), Path(out_json)
     if labels is not None and not labels:
         msg = "labels is empty; pass None to score every nonzero label of the references"
+        raise ValueError(msg)
+    if labels is not None and scheme is not None:
+        msg = "labels and scheme both say what to score; give one"
         raise ValueError(msg)
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         msg = f"tolerance_mm must be a finite value >= 0, got {tolerance_mm}"
@@ -97,38 +112,46 @@ def evaluate_folders(
         raise DatasetError(problems)
 
     fixed = None if labels is None else tuple(int(v) for v in labels)
-    jobs = [(pred, ref, fixed, float(tolerance_mm)) for _, pred, ref in pairs]
+    jobs = [(pred, ref, fixed, float(tolerance_mm), scheme) for _, pred, ref in pairs]
     results = values_or_raise(map_cases(_score_case, jobs, workers=workers, desc="Evaluating"))
-    if fixed is None:
+    if scheme is None and fixed is None:
         fixed = tuple(sorted({v for r in results for v in r["ref_labels"]}))
         if not fixed:
             msg = f"{ref_dir}: the references hold no nonzero label; pass the labels to score"
             raise DatasetError(msg)
+    keys = list(scheme.entry_keys) if scheme is not None else [str(v) for v in fixed or ()]
 
     per_case: list[dict[str, Any]] = []
     for (case, pred, ref), r in zip(pairs, results, strict=True):
         scores = {
-            str(lab): r["metrics"][lab] if lab in r["metrics"] else absent_label_metrics(r["n_voxels"])
-            for lab in fixed
+            key: r["metrics"][key] if key in r["metrics"] else absent_label_metrics(r["n_voxels"])
+            for key in keys
         }
         per_case.append({"case": case, "prediction": str(pred), "reference": str(ref), "metrics": scores})
     per_metric = {
-        m: mean_per_label([{lab: c["metrics"][str(lab)][m] for lab in fixed} for c in per_case], fixed)
+        m: mean_per_label([{key: c["metrics"][key][m] for key in keys} for c in per_case], keys)
         for m in METRICS
     }
+    settings: dict[str, Any] = {
+        "pred_dir": str(pred_dir),
+        "ref_dir": str(ref_dir),
+        "labels": list(fixed) if scheme is None and fixed is not None else keys,
+        "tolerance_mm": float(tolerance_mm),
+        "hd_percentile": HD_PERCENTILE,
+        "n_cases": len(per_case),
+        "metrics": list(METRICS),
+    }
+    if scheme is not None:
+        order = scheme.regions_class_order
+        settings["label_scheme"] = {
+            "labels": scheme.declared(),
+            "regions_class_order": None if order is None else list(order),
+        }
     summary = {
         "per_case": per_case,
-        "per_label": {str(lab): {m: per_metric[m]["mean"][str(lab)] for m in METRICS} for lab in fixed},
+        "per_label": {key: {m: per_metric[m]["mean"][key] for m in METRICS} for key in keys},
         "mean": {m: per_metric[m]["foreground_mean"] for m in METRICS},
-        "settings": {
-            "pred_dir": str(pred_dir),
-            "ref_dir": str(ref_dir),
-            "labels": list(fixed),
-            "tolerance_mm": float(tolerance_mm),
-            "hd_percentile": HD_PERCENTILE,
-            "n_cases": len(per_case),
-            "metrics": list(METRICS),
-        },
+        "settings": settings,
     }
     _write_csv(out_json.with_name(out_json.stem + ".csv"), per_case)
     if plot:
@@ -272,15 +295,18 @@ def _present_labels(arr: np.ndarray) -> set[int]:
     return {int(v) for v in np.unique(arr) if v != 0}
 
 
-def _score_case(job: tuple[Path, Path, tuple[int, ...] | None, float]) -> dict[str, Any]:
-    """Metrics of one case: ``{"metrics": {label: {...}}, "ref_labels": [...], "n_voxels": n}``.
-    Without fixed labels it scores the labels present in either map; the caller fills in the
-    labels absent from both.
+def _score_case(
+    job: tuple[Path, Path, tuple[int, ...] | None, float, LabelScheme | None],
+) -> dict[str, Any]:
+    """Metrics of one case: ``{"metrics": {key: {...}}, "ref_labels": [...], "n_voxels": n}``,
+    keyed by label value (as text) or, with a scheme, by entry key. Without fixed labels or a
+    scheme it scores the labels present in either map; the caller fills in the labels absent
+    from both.
 
     Raises:
         AutosegError: a file cannot be read, or changed since its header was checked.
     """
-    pred_path, ref_path, labels, tolerance_mm = job
+    pred_path, ref_path, labels, tolerance_mm, scheme = job
     ref_img, pred_img = read_image(ref_path), read_image(pred_path)
     ref, pred = as_labels(ref_img.array, source=ref_path), as_labels(pred_img.array, source=pred_path)
     if ref.ndim == 3:
@@ -290,10 +316,21 @@ def _score_case(job: tuple[Path, Path, tuple[int, ...] | None, float]) -> dict[s
     if pred.shape != ref.shape:  # the header check passed, so the file changed under us
         msg = f"{pred_path} has shape {pred.shape} but {ref_path} has {ref.shape}"
         raise DatasetError(msg)
+    if scheme is not None:
+        annotated = scheme.annotated(ref)
+        return {
+            "metrics": entry_metrics(pred, ref, scheme, spacing=ref_img.spacing, tolerance_mm=tolerance_mm),
+            "ref_labels": [],
+            "n_voxels": int(ref.size if annotated is None else np.count_nonzero(annotated)),
+        }
     ref_labels = _present_labels(ref)
     todo = labels if labels is not None else sorted(ref_labels | _present_labels(pred))
     metrics = case_metrics(pred, ref, todo, spacing=ref_img.spacing, tolerance_mm=tolerance_mm)
-    return {"metrics": metrics, "ref_labels": sorted(ref_labels), "n_voxels": int(ref.size)}
+    return {
+        "metrics": {str(k): v for k, v in metrics.items()},
+        "ref_labels": sorted(ref_labels),
+        "n_voxels": int(ref.size),
+    }
 
 
 def _write_csv(path: Path, per_case: list[dict[str, Any]]) -> None:

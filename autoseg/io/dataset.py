@@ -347,6 +347,24 @@ def _msd_cases(root: Path, data: dict[str, Any], problems: list[str]) -> list[Ca
     return sorted(cases, key=lambda c: c.case_id)
 
 
+def read_label_scheme(json_path: str | Path) -> LabelScheme:
+    """The labels a JSON file declares: a ``dataset.json`` (nnU-Net v2 or MSD layout) or a
+    model's ``plans.json`` (both hold ``labels`` and, with regions, ``regions_class_order``).
+
+    Raises:
+        DatasetError: the file is missing or not JSON, or its labels cannot be used; every
+            problem is listed, each naming the file.
+    """
+    json_path = Path(json_path)
+    data = _load_json(json_path)
+    problems: list[str] = []
+    layout: Layout = "msd" if "modality" in data and "channel_names" not in data else "nnunet"
+    labels, regions_class_order = _labels(data, layout, json_path, problems)
+    if problems:
+        raise DatasetError(problems)
+    return LabelScheme.from_declared(labels, regions_class_order)
+
+
 def load_dataset(root: str | Path) -> Dataset:
     """Read a dataset folder's ``dataset.json`` and list its cases.
 
