@@ -9,26 +9,50 @@ Each test is kept only if it improves the Dice against the reference labels:
 
 The decision is a :class:`~autoseg.inference.postprocess.Postprocessing`, which prediction
 applies (components and connectivity are defined there).
+
+Given a :class:`~autoseg.labels.LabelScheme`, its entries are tested: labels, or regions (the
+region's mask keeps its largest component, as nnU-Net does), and every Dice counts the annotated
+voxels only (where the reference holds the ignore label, nothing is scored).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autoseg._parallel import map_cases, values_or_raise
-from autoseg.evaluation.metrics import as_labels, dice_per_label, mean_per_label, nan_to_none
-from autoseg.inference.postprocess import CONNECTIVITY, Postprocessing, keep_largest_component
+from autoseg.evaluation.metrics import as_labels, mean_per_label, nan_to_none
+from autoseg.inference.postprocess import (
+    CONNECTIVITY,
+    Postprocessing,
+    Target,
+    keep_largest_component,
+    target_mask,
+    target_of,
+)
 from autoseg.io.align import read_onto
 from autoseg.io.image import read_image
+from autoseg.labels import LabelScheme
 
 log = logging.getLogger(__name__)
 
-Scores = dict[int, float]
+#: Dice per entry key.
+Scores = dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One case to score: the files, the entries (key, target) and the ignore value."""
+
+    pred: Path
+    ref: Path
+    entries: tuple[tuple[str, Target], ...]
+    ignore: int | None
 
 
 def _remove_small(labels: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
@@ -41,40 +65,49 @@ def _remove_small(labels: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def _one_dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
-    return dice_per_label(pred, ref, [label])[label]
+def _dice(pred: np.ndarray, ref: np.ndarray, target: Target, annotated: np.ndarray | None) -> float:
+    """Dice of one label or region over the annotated voxels; NaN when absent from both."""
+    p, r = target_mask(pred, target), target_mask(ref, target)
+    if annotated is not None:
+        p &= annotated
+    tp = int(np.count_nonzero(p & r))
+    fp, fn = int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
+    return float("nan") if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
-def _score_case(job: tuple[Path, Path, tuple[int, ...]]) -> dict[str, Scores]:
-    """Dice per label of one case under every variant the two tests need (one read per file).
+def _score_case(job: _Job) -> dict[str, Scores]:
+    """Dice per entry of one case under every variant the two tests need (one read per file).
 
     Returns ``{"base": ..., "fg": ..., "label_on_base": ..., "label_on_fg": ...}``, each
-    ``{label: Dice}``, where ``label_on_X[l]`` is label l's Dice after keeping its largest
+    ``{key: Dice}``, where ``label_on_X[k]`` is entry k's Dice after keeping its largest
     component on top of X.
 
     Raises:
         AutosegError: a file cannot be read, or the reference is not on the prediction's grid.
     """
-    pred_path, ref_path, labels = job
-    pred_img = read_image(pred_path)
-    pred = as_labels(pred_img.array, source=pred_path)
-    ref = as_labels(
-        read_onto(ref_path, pred_img.geometry, pred.shape, grid_of=str(pred_path)), source=ref_path
-    )
-    base = dice_per_label(pred, ref, labels)
+    pred_img = read_image(job.pred)
+    pred = as_labels(pred_img.array, source=job.pred)
+    ref = as_labels(read_onto(job.ref, pred_img.geometry, pred.shape, grid_of=str(job.pred)), source=job.ref)
+    annotated = None if job.ignore is None else ref != job.ignore
+
+    def dice_all(p: np.ndarray) -> Scores:
+        return {key: _dice(p, ref, target, annotated) for key, target in job.entries}
+
+    base = dice_all(pred)
     fg_pred = _remove_small(pred, pred != 0) if pred.any() else None
-    fg = base if fg_pred is None else dice_per_label(fg_pred, ref, labels)
+    fg = base if fg_pred is None else dice_all(fg_pred)
     on_base, on_fg = {}, {}
-    for lab in labels:
-        changed = _remove_small(pred, pred == lab)
-        on_base[lab] = base[lab] if changed is None else _one_dice(changed, ref, lab)
-        # A label's Dice depends only on its own mask: where the foreground step left this
-        # label untouched, keeping its largest component gives the same Dice as on the base.
-        if fg_pred is None or np.array_equal(fg_pred == lab, pred == lab):
-            on_fg[lab] = on_base[lab]
+    for key, target in job.entries:
+        mask = target_mask(pred, target)
+        changed = _remove_small(pred, mask)
+        on_base[key] = base[key] if changed is None else _dice(changed, ref, target, annotated)
+        # An entry's Dice depends only on its own mask: where the foreground step left this
+        # entry untouched, keeping its largest component gives the same Dice as on the base.
+        if fg_pred is None or np.array_equal(target_mask(fg_pred, target), mask):
+            on_fg[key] = on_base[key]
             continue
-        changed_fg = _remove_small(fg_pred, fg_pred == lab)
-        on_fg[lab] = fg[lab] if changed_fg is None else _one_dice(changed_fg, ref, lab)
+        changed_fg = _remove_small(fg_pred, target_mask(fg_pred, target))
+        on_fg[key] = fg[key] if changed_fg is None else _dice(changed_fg, ref, target, annotated)
     return {"base": base, "fg": fg, "label_on_base": on_base, "label_on_fg": on_fg}
 
 
@@ -87,7 +120,11 @@ def _worse(after: float | None, before: float | None) -> bool:
 
 
 def determine_postprocessing(
-    pred_files: list[Path], ref_files: list[Path], labels: list[int], *, workers: int = 1
+    pred_files: list[Path],
+    ref_files: list[Path],
+    labels: Sequence[int] | LabelScheme,
+    *,
+    workers: int = 1,
 ) -> tuple[Postprocessing, dict[str, Any]]:
     """Decide post-processing from cross-validation predictions (nnU-Net's two tests).
 
@@ -100,11 +137,13 @@ def determine_postprocessing(
         pred_files: predicted label maps, one per case.
         ref_files: the reference label maps, in the same order, each on its prediction's grid
             (stored flipped or with permuted axes is fine: reoriented exactly).
-        labels: foreground label values to score (0 is ignored if given).
+        labels: foreground label values to score (0 is ignored if given), or a label scheme:
+            its labels or regions, scored over the voxels its ignore label leaves annotated.
         workers: processes reading and scoring cases.
 
     Returns:
-        The decision and a JSON-ready report::
+        The decision and a JSON-ready report (keys of ``mean`` and ``per_label``: label values
+        as text, or region names; ``labels``: each value, or a region's list of values)::
 
             {"labels": [...], "n_cases": N, "connectivity": 26,
              "baseline": {"mean": {label: dice}, "foreground_mean": x},
@@ -125,12 +164,21 @@ def determine_postprocessing(
             f"case, got {len(pred_files)} predictions and {len(ref_files)} references"
         )
         raise ValueError(msg)
-    fg_labels = tuple(int(v) for v in labels if int(v) != 0)
+    if isinstance(labels, LabelScheme):
+        entries = tuple(
+            (key, target_of(e.values)) for key, e in zip(labels.entry_keys, labels.entries, strict=True)
+        )
+        ignore = labels.ignore
+    else:
+        entries = tuple((str(int(v)), int(v)) for v in labels if int(v) != 0)
+        ignore = None
+    keys = [key for key, _ in entries]
+    target = dict(entries)
 
     def means(per_case: Sequence[Scores]) -> dict[str, Any]:
-        return nan_to_none(mean_per_label(per_case, fg_labels))
+        return nan_to_none(mean_per_label(per_case, keys))
 
-    jobs = [(Path(p), Path(r), fg_labels) for p, r in zip(pred_files, ref_files, strict=True)]
+    jobs = [_Job(Path(p), Path(r), entries, ignore) for p, r in zip(pred_files, ref_files, strict=True)]
     scores = values_or_raise(map_cases(_score_case, jobs, workers=workers, desc="Post-processing"))
     baseline = means([s["base"] for s in scores])
     fg_step = means([s["fg"] for s in scores])
@@ -144,17 +192,17 @@ def determine_postprocessing(
     final_per_case = [dict(s["fg" if fg_kept else "base"]) for s in scores]
     per_label: dict[str, Any] = {}
     kept_labels = []
-    for lab in fg_labels:
-        before_l, after_l = current["mean"][str(lab)], after["mean"][str(lab)]
+    for key in keys:
+        before_l, after_l = current["mean"][key], after["mean"][key]
         kept = _better(after_l, before_l)
-        per_label[str(lab)] = {"before": before_l, "after": after_l, "kept": kept}
+        per_label[key] = {"before": before_l, "after": after_l, "kept": kept}
         if kept:
-            kept_labels.append(lab)
+            kept_labels.append(target[key])
             for c, s in zip(final_per_case, scores, strict=True):
-                c[lab] = s[key_on][lab]
+                c[key] = s[key_on][key]
     pp = Postprocessing(fg_kept, tuple(kept_labels))
     report: dict[str, Any] = {
-        "labels": list(fg_labels),
+        "labels": [t if isinstance(t, int) else list(t) for _, t in entries],
         "n_cases": len(scores),
         "connectivity": CONNECTIVITY,
         "baseline": baseline,

@@ -1,6 +1,10 @@
 """Post-processing of predicted label maps: keep only the largest connected component (of all
-foreground, of chosen labels), as decided on the cross-validation predictions by
+foreground, of chosen labels or regions), as decided on the cross-validation predictions by
 :mod:`autoseg.evaluation.postprocess_choice` and stored in ``postprocessing.json``.
+
+A label is one value; a region (see :mod:`autoseg.labels`) is the voxels holding any of its
+values, stored as a list (``"largest_only_labels": [[1, 2], 3]``): as nnU-Net does for regions,
+the region's mask keeps its largest component and the voxels removed become background.
 
 Components are 3D with full (26-) connectivity, as nnU-Net's (skimage's default): voxels that
 touch at a corner belong together, so a thin oblique structure is not split into pieces. Removed
@@ -12,6 +16,7 @@ with acvl-utils), about 2-3x faster than ``scipy.ndimage.label`` on a 512x512x20
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -26,9 +31,24 @@ log = logging.getLogger(__name__)
 
 #: Voxel connectivity of the components (26: faces, edges and corners).
 CONNECTIVITY: Final = 26
-#: Version of ``postprocessing.json``.
+#: Version of ``postprocessing.json`` (regions, as lists, widened version 1 without a new one:
+#: every version-1 file reads as before).
 POSTPROCESSING_VERSION = 1
 _PP_FIX = "re-run `autoseg find-best`"
+
+#: What a post-processing step applies to: a label value, or a region's values.
+Target = int | tuple[int, ...]
+
+
+def target_of(values: Sequence[int]) -> Target:
+    """The target of a label or region with these values: one value as an int (what plain
+    labels always stored), several as a tuple."""
+    return int(values[0]) if len(values) == 1 else tuple(int(v) for v in values)
+
+
+def target_mask(labels: np.ndarray, target: Target) -> np.ndarray:
+    """The voxels of ``labels`` that belong to ``target``."""
+    return labels == target if isinstance(target, int) else np.isin(labels, target)
 
 
 @dataclass(frozen=True)
@@ -37,12 +57,12 @@ class Postprocessing:
 
     Attributes:
         foreground_largest_only: keep only the largest component of all foreground together.
-        largest_only_labels: label values (not class indices) of which only the largest
-            component is kept, applied after the foreground step.
+        largest_only_labels: label values (not class indices), or regions (tuples of values),
+            of which only the largest component is kept, applied after the foreground step.
     """
 
     foreground_largest_only: bool = False
-    largest_only_labels: tuple[int, ...] = ()
+    largest_only_labels: tuple[Target, ...] = ()
 
     @property
     def is_identity(self) -> bool:
@@ -53,7 +73,9 @@ class Postprocessing:
         """JSON-ready form, without a version (as embedded in ``inference.json``)."""
         return {
             "foreground_largest_only": bool(self.foreground_largest_only),
-            "largest_only_labels": [int(v) for v in self.largest_only_labels],
+            "largest_only_labels": [
+                int(v) if isinstance(v, int) else [int(x) for x in v] for v in self.largest_only_labels
+            ],
         }
 
     @classmethod
@@ -151,7 +173,7 @@ def apply_postprocessing(labels: np.ndarray, pp: Postprocessing) -> np.ndarray:
 
     Args:
         labels: ``(Z, Y, X)`` integer label map, background 0.
-        pp: what to remove.
+        pp: what to remove; a region's removed voxels become background whatever their label.
 
     Returns:
         A new label map of the same shape and dtype; removed voxels are 0 (background).
@@ -163,12 +185,14 @@ def apply_postprocessing(labels: np.ndarray, pp: Postprocessing) -> np.ndarray:
         array([1, 1, 1, 0, 0, 0, 2], dtype=uint8)
         >>> apply_postprocessing(lab, Postprocessing(True, ()))[0, 0]
         array([1, 1, 1, 0, 0, 0, 0], dtype=uint8)
+        >>> apply_postprocessing(lab, Postprocessing(False, ((1, 2),)))[0, 0]  # a region
+        array([1, 1, 1, 0, 0, 0, 0], dtype=uint8)
     """
     out = np.array(labels, copy=True)
     if pp.foreground_largest_only:
         fg = out != 0
         out[fg & ~keep_largest_component(fg)] = 0
-    for value in pp.largest_only_labels:
-        mask = out == value
+    for target in pp.largest_only_labels:
+        mask = target_mask(out, target)
         out[mask & ~keep_largest_component(mask)] = 0
     return out

@@ -22,6 +22,7 @@ from autoseg.inference.postprocess import (
     keep_largest_component,
 )
 from autoseg.io.image import Geometry, write_image
+from autoseg.labels import LabelScheme
 
 SHAPE = (12, 24, 24)
 GEOMETRY = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
@@ -188,7 +189,7 @@ class TestPostprocessingFile:
         with pytest.raises(
             ModelError,
             match=rf"^{re.escape(str(path))}: post-processing\.largest_only_labels\[0\]: "
-            r"expected int, found True",
+            r"True is none of \['int', 'tuple'\]",
         ):
             Postprocessing.load(path)
 
@@ -282,3 +283,64 @@ class TestDeterminePostprocessing:
             determine_postprocessing([other], ref, [1])
         with pytest.raises(ImageReadError, match=r"missing\.nii\.gz: file not found"):
             determine_postprocessing([tmp_path / "missing.nii.gz"], ref, [1])
+
+
+class TestRegionsAndIgnore:
+    """Regions keep the largest component of their mask (any of their values); the ignore label's
+    voxels count for nothing when deciding."""
+
+    HIPPOCAMPUS = LabelScheme.from_declared(
+        {"background": 0, "hippocampus": [1, 2], "anterior": 1, "ignore": 3}, [2, 1]
+    )
+    BRATS = LabelScheme.from_declared(
+        {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enh": 3}, [1, 2, 3]
+    )
+
+    def test_a_region_keeps_its_largest_component_across_its_labels(self):
+        labels = label_map((BIG, 2), (APART, 1), (SMALL, 1))
+        # label 1 alone: APART is its largest component; region {1, 2}: BIG is
+        assert np.array_equal(
+            apply_postprocessing(labels, Postprocessing(False, (1,))), label_map((BIG, 2), (APART, 1))
+        )
+        assert np.array_equal(
+            apply_postprocessing(labels, Postprocessing(False, ((1, 2),))), label_map((BIG, 2))
+        )
+
+    def test_regions_round_trip_as_lists(self, tmp_path):
+        pp = Postprocessing(True, ((1, 2), 3))
+        assert pp.to_dict()["largest_only_labels"] == [[1, 2], 3]
+        pp.save(tmp_path / "postprocessing.json")
+        assert Postprocessing.load(tmp_path / "postprocessing.json") == pp
+
+    def test_a_region_step_is_decided_on_its_own_dice(self, tmp_path):
+        """A false enhancing island (3) lies apart; a true edema blob (1) too. The foreground
+        step would delete the true edema: rejected. The core region {2, 3} loses the island:
+        kept, as a region."""
+        ref = label_map((BIG, 1), (NEXT_TO_BIG, 2), (APART, 1))
+        pred = label_map((BIG, 1), (NEXT_TO_BIG, 2), (APART, 1), (SMALL, 3))
+        pp, report = determine_postprocessing(
+            write_cases(tmp_path / "pred", [pred]), write_cases(tmp_path / "ref", [ref]), self.BRATS
+        )
+        assert pp == Postprocessing(False, ((2, 3),))
+        assert report["labels"] == [[1, 2, 3], [2, 3], 3]
+        assert report["foreground_largest_only"]["kept"] is False
+        assert report["per_label"]["core"] == {"before": pytest.approx(384 / 392), "after": 1.0, "kept": True}
+        assert report["per_label"]["whole"]["kept"] is False
+        assert report["final"]["mean"] == {"whole": pytest.approx(1280 / 1288), "core": 1.0, "enh": 0.0}
+        assert np.array_equal(apply_postprocessing(pred, pp), ref)
+
+    @pytest.mark.parametrize("island_ignored", [True, False], ids=["on_ignore", "on_background"])
+    def test_an_island_on_ignored_voxels_costs_nothing(self, tmp_path, island_ignored):
+        ref = label_map((BIG, 1), (NEXT_TO_BIG, 2), (APART, 3 if island_ignored else 0))
+        pred = label_map((BIG, 1), (NEXT_TO_BIG, 2), (APART, 2))
+        pp, report = determine_postprocessing(
+            write_cases(tmp_path / "pred", [pred]), write_cases(tmp_path / "ref", [ref]), self.HIPPOCAMPUS
+        )
+        assert report["labels"] == [[1, 2], 1]
+        base = report["baseline"]["mean"]
+        if island_ignored:
+            assert base == {"hippocampus": 1.0, "anterior": 1.0}
+            assert pp.is_identity  # nothing to gain: removing it is not an improvement
+        else:
+            assert base == {"hippocampus": pytest.approx(1152 / 1216), "anterior": 1.0}
+            assert pp == Postprocessing(True, ())
