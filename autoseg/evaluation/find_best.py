@@ -1,10 +1,12 @@
 """Choose what to predict with: the best configuration or pairwise ensemble, and its post-processing.
 
 Reads what trained folds leave behind (``<dataset_dir>/models/<config>/fold_<k>/validation/``:
-``CASE.nii.gz`` label maps and ``CASE.npz`` softmax probabilities on the source grid, and
+``CASE.nii.gz`` label maps and ``CASE.npz`` probabilities on the source grid, and
 ``summary.json`` once a fold's validation is complete) and scores every configuration, and every
-pair of configurations ensembled by averaging their probabilities, against the reference labels
-of the dataset folder named in ``<dataset_dir>/source.json``. All candidates are scored on the
+pair of configurations ensembled by averaging their probabilities (softmax over labels or sigmoid
+per region, turned into a label map by the plans' :class:`~autoseg.labels.LabelScheme`), against
+the reference labels of the dataset folder named in ``<dataset_dir>/source.json``: Dice per label
+or region, over the voxels the reference annotates (not its ignore label). All candidates are scored on the
 same cases: those every configuration has predicted. The winner (highest foreground-mean Dice;
 on a tie the single configuration, then the one listed first) gets its post-processing decided
 on its cross-validation predictions (:func:`~autoseg.inference.postprocess.determine_postprocessing`).
@@ -29,13 +31,16 @@ import numpy as np
 
 from autoseg._parallel import map_cases, values_or_raise
 from autoseg.errors import DatasetError, ModelError
-from autoseg.evaluation.metrics import as_labels, dice_per_label, mean_per_label, nan_to_none
+from autoseg.evaluation.metrics import as_labels, dice_per_entry, mean_per_label, nan_to_none
 from autoseg.evaluation.postprocess_choice import determine_postprocessing
 from autoseg.inference.choice import InferenceChoice
+from autoseg.inference.postprocess import target_of
 from autoseg.inference.probabilities import ProbabilityMap
+from autoseg.inference.source_grid import label_dtype, probabilities_to_labels
 from autoseg.io.align import read_onto
 from autoseg.io.dataset import load_dataset
 from autoseg.io.image import read_image, write_image
+from autoseg.labels import LabelScheme
 from autoseg.planning.plan import Plan
 from autoseg.workspace import SourceRecord
 
@@ -54,7 +59,7 @@ class _Run:
     folds: tuple[str, ...]
     label_maps: dict[str, Path]
     probabilities: dict[str, Path]
-    label_values: tuple[int, ...]
+    scheme: LabelScheme
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class _CaseJob:
     label_maps: tuple[tuple[str, Path], ...]
     probabilities: tuple[tuple[str, Path], ...]
     pairs: tuple[tuple[str, str], ...]
-    label_values: tuple[int, ...]
+    scheme: LabelScheme
     ensembles_dir: Path
 
 
@@ -121,7 +126,7 @@ def _discover(model_dir: Path) -> _Run | str:
     if not folds:
         return f"{model_dir}: no validation predictions (fold_<k>/validation/ with summary.json)"
     plan = Plan.load(model_dir / "plans.json")
-    return _Run(model_dir.name, tuple(folds), label_maps, probabilities, plan.label_values)
+    return _Run(model_dir.name, tuple(folds), label_maps, probabilities, plan.label_scheme)
 
 
 def _references(dataset_dir: Path) -> dict[str, Path]:
@@ -137,47 +142,49 @@ def _references(dataset_dir: Path) -> dict[str, Path]:
     return {c.case_id: c.label for c in load_dataset(folder).cases if c.label is not None}
 
 
-def ensemble_labels(probabilities: list[np.ndarray], label_values: tuple[int, ...]) -> np.ndarray:
+def ensemble_labels(probabilities: list[np.ndarray], scheme: LabelScheme) -> np.ndarray:
     """Label map of the mean of several models' probabilities.
 
     Args:
-        probabilities: ``(n_classes, Z, Y, X)`` softmax arrays (any float dtype) on one grid.
-        label_values: label value of each class index, background first (``Plan.label_values``).
+        probabilities: ``(n_outputs, Z, Y, X)`` arrays (any float dtype) on one grid: softmax
+            over labels, or a sigmoid per region, as ``scheme`` says.
+        scheme: the models' labels: the mean becomes a label map by
+            :meth:`~autoseg.labels.LabelScheme.to_label_map` (the argmax, the lowest class on a
+            tie; or regions above 0.5 painted in order).
 
     Returns:
-        ``(Z, Y, X)`` label values of the argmax (the lowest class on a tie), in the smallest
-        unsigned or signed integer type that holds them.
+        ``(Z, Y, X)`` label values in the smallest integer type that holds them.
 
     Examples:
         >>> a = np.array([0.6, 0.4]).reshape(2, 1, 1, 1)
         >>> b = np.array([0.3, 0.7]).reshape(2, 1, 1, 1)
-        >>> ensemble_labels([a, b], (0, 4)).ravel()
+        >>> ensemble_labels([a, b], LabelScheme.from_declared({"background": 0, "x": 4})).ravel()
         array([4], dtype=uint8)
     """
-    values = np.asarray(label_values)
-    dtype = np.uint8 if values.max() < 256 else np.int16 if values.max() < 32768 else np.int32
     shape = probabilities[0].shape[1:]
-    classes = np.empty(shape, dtype=np.int64)
+    out = np.empty(shape, dtype=label_dtype(scheme.class_values))
     per_slice = max(1, math.prod(shape[1:]) * probabilities[0].shape[0])
     step = max(1, _CHUNK_VOXELS // per_slice)
     for z in range(0, shape[0], step):
         acc = probabilities[0][:, z : z + step].astype(np.float32)
         for p in probabilities[1:]:
             acc += p[:, z : z + step]
-        classes[z : z + step] = acc.argmax(0)
-    return values.astype(dtype)[classes]
+        acc /= len(probabilities)  # exact for a pair: the argmax of plain labels is unchanged
+        out[z : z + step] = probabilities_to_labels(acc, scheme)
+    return out
 
 
-def _score_case(job: _CaseJob) -> dict[str, dict[str, dict[int, float]]]:
-    """Dice per label of every configuration and pair on one case; writes the pairs' label maps.
+def _score_case(job: _CaseJob) -> dict[str, dict[str, dict[str, float]]]:
+    """Dice per label or region of every configuration and pair on one case; writes the pairs'
+    label maps.
 
     Returns:
-        ``{"single": {config: {label: Dice}}, "pairs": {pair: {label: Dice}}}``.
+        ``{"single": {config: {key: Dice}}, "pairs": {pair: {key: Dice}}}``, keyed by the
+        scheme's entry keys.
 
     Raises:
         AutosegError: a file cannot be read or does not lie on the case's grid.
     """
-    fg = job.label_values[1:]
     # every prediction is on the scan's grid (the first one's); the reference joins it
     grid = read_image(job.label_maps[0][1])
     ref = as_labels(
@@ -193,18 +200,30 @@ def _score_case(job: _CaseJob) -> dict[str, dict[str, dict[int, float]]]:
                 "case); re-run the validation of this fold"
             )
             raise ModelError(msg)
-        single[name] = dice_per_label(img.array, ref, fg)
+        single[name] = dice_per_entry(img.array, ref, job.scheme)
     probs = {
-        name: ProbabilityMap.load(p, label_values=job.label_values, shape=ref.shape).probabilities
+        name: ProbabilityMap.load(p, scheme=job.scheme, shape=ref.shape).probabilities
         for name, p in job.probabilities
     }
     pairs = {}
     for a, b in job.pairs:
-        labels = ensemble_labels([probs[a], probs[b]], job.label_values)
+        labels = ensemble_labels([probs[a], probs[b]], job.scheme)
         out = job.ensembles_dir / pair_name(a, b) / f"{job.case_id}{_ENDING}"
         write_image(labels, grid.geometry, out)
-        pairs[pair_name(a, b)] = dice_per_label(labels, ref, fg)
+        pairs[pair_name(a, b)] = dice_per_entry(labels, ref, job.scheme)
     return {"single": single, "pairs": pairs}
+
+
+def _describe(scheme: LabelScheme) -> str:
+    """A plan's labels as a user wrote them (and, with regions, their painting order)."""
+    order = "" if scheme.regions_class_order is None else f", order {list(scheme.regions_class_order)}"
+    return f"{scheme.declared()}{order}"
+
+
+def _json_target(values: tuple[int, ...]) -> int | list[int]:
+    """A label's value, or a region's values as a list (as the post-processing report has them)."""
+    target = target_of(values)
+    return target if isinstance(target, int) else list(target)
 
 
 def _usable_runs(models: Path, configurations: list[str] | None, skipped: dict[str, str]) -> list[_Run]:
@@ -284,7 +303,7 @@ def find_best(
              "folds": {config: ["0", "1", ...]},           # the chosen configurations' folds
              "postprocessing": {"foreground_largest_only": bool, "largest_only_labels": [int]},
              "cv_dice": {candidate: foreground-mean Dice or null},
-             "report": {"labels": [int], "n_cases": N, "cases": [ids],
+             "report": {"labels": [int or [int] per label or region], "n_cases": N, "cases": [ids],
                         "candidates": {candidate: {"configurations": [...],
                                                    "mean": {label: Dice}, "foreground_mean": x}},
                         "skipped": {config or pair: reason},
@@ -306,12 +325,12 @@ def find_best(
             f"{models}/<config>/fold_<k>/validation/; run `autoseg train` for at least one fold"
         )
         raise ModelError(msg)
-    label_values = runs[0].label_values
-    if any(r.label_values != label_values for r in runs):
-        found = ", ".join(f"{r.name}: {list(r.label_values)}" for r in runs)
+    scheme = runs[0].scheme
+    if any(r.scheme != scheme for r in runs):
+        found = "; ".join(f"{r.name}: {_describe(r.scheme)}" for r in runs)
         msg = f"{models}: the configurations' plans have different labels ({found}); retrain from one plan"
         raise ModelError(msg)
-    fg = label_values[1:]
+    keys = list(scheme.entry_keys)
     refs = _references(dataset_dir)
     common = _common_cases(runs, refs)
     pairs = _pairs(runs, common, skipped)
@@ -323,15 +342,15 @@ def find_best(
             tuple((r.name, r.label_maps[cid]) for r in runs),
             tuple((r.name, r.probabilities[cid]) for r in runs if r.name in in_pairs),
             tuple(pairs),
-            label_values,
+            scheme,
             dataset_dir / "ensembles",
         )
         for cid in common
     ]
     scores = values_or_raise(map_cases(_score_case, jobs, workers=workers, desc="Scoring configurations"))
 
-    def means(per_case: list[dict[int, float]]) -> dict[str, Any]:
-        return nan_to_none(mean_per_label(per_case, fg))
+    def means(per_case: list[dict[str, float]]) -> dict[str, Any]:
+        return nan_to_none(mean_per_label(per_case, keys))
 
     candidates: dict[str, dict[str, Any]] = {}
     for r in runs:
@@ -363,7 +382,7 @@ def find_best(
         candidates[best]["foreground_mean"],
         len(cases),
     )
-    pp, pp_report = determine_postprocessing(preds, [refs[c] for c in cases], list(fg), workers=workers)
+    pp, pp_report = determine_postprocessing(preds, [refs[c] for c in cases], scheme, workers=workers)
     choice = InferenceChoice(
         best=best,
         configurations=tuple(chosen),
@@ -371,7 +390,7 @@ def find_best(
         postprocessing=pp,
         cv_dice={n: candidates[n]["foreground_mean"] for n in order},
         report={
-            "labels": list(fg),
+            "labels": [_json_target(e.values) for e in scheme.entries],
             "n_cases": len(common),
             "cases": common,
             "candidates": candidates,

@@ -22,6 +22,7 @@ from autoseg.inference.choice import InferenceChoice
 from autoseg.inference.postprocess import POSTPROCESSING_VERSION, Postprocessing
 from autoseg.io.image import read_image, write_image
 from autoseg.io.samples import copy_sample_subset
+from autoseg.labels import LabelScheme
 from autoseg.planning.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,6 +248,6 @@ def test_ensemble_labels_maps_classes_to_values():
     a[:, 0, 0, 0] = [0.2, 0.5, 0.3]
     a[:, 1, 0, 0] = [0.4, 0.3, 0.3]
     b = a[::-1].copy()  # class 1 stays, 0 and 2 swap
-    out = ensemble_labels([a, b], (0, 3, 7))
+    out = ensemble_labels([a, b], LabelScheme.from_declared({"background": 0, "a": 3, "b": 7}))
     assert out.dtype == np.uint8
     assert out.ravel().tolist() == [3, 0]  # a tie (0.7 vs 0.7) goes to the lower class
