@@ -4,6 +4,10 @@ Layout (inside the model folder, where ``predict --backend onnx`` looks)::
 
     models/<config>/fold_<k>/model.onnx     input "input" (B, C_in, *patch), output "logits"
     models/<config>/export.json             what prediction needs beyond the networks
+
+The networks output logits: no softmax or sigmoid is baked in. The sidecar says which one turns
+them into probabilities (``activation``: softmax over labels, or a sigmoid per region painted in
+``regions_class_order``), as the plan's :class:`~autoseg.labels.LabelScheme` does in autoseg.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ OPSET = 17
 
 
 def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
-    """The JSON beside exported networks: plan subset, patch, normalisation, labels, files."""
+    """The JSON beside exported networks: plan subset, patch, normalisation, labels (and how the
+    logits become probabilities and label maps), files."""
     model = load_model(model_dir, folds=folds, device="cpu")
     cfg, plan = model.config, model.plan
     return {
@@ -42,6 +47,9 @@ def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
         "output_name": "logits",
         "channel_names": list(plan.channel_names),
         "labels": dict(plan.labels),
+        "regions_class_order": None if plan.regions_class_order is None else list(plan.regions_class_order),
+        "activation": plan.label_scheme.activation,
+        "output_names": list(plan.label_scheme.output_names),
         "normalization": [vars(n) | {"clip": list(n.clip) if n.clip else None} for n in plan.normalization],
         "spacing": list(cfg.spacing),
         "transpose_forward": list(plan.transpose_forward),

@@ -43,6 +43,8 @@ def test_onnx_backend_matches_torch(trained_copy: Path, inputs: Path, tmp_path: 
     side = json.loads((model_dir / "export.json").read_text())
     assert side["configuration"] == config
     assert side["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
+    assert (side["activation"], side["regions_class_order"]) == ("softmax", None)
+    assert side["output_names"] == ["background", "Anterior", "Posterior"]
     assert side["folds"] == {"all": "fold_all/model.onnx"}
     assert side["plan"]["configurations"][config]["patch_size"] == side["patch_size"]
     assert json.loads((copy / "export.json").read_text()) == side
