@@ -76,6 +76,14 @@ class Predictor:
         if not models:
             msg = "no model to predict with; train a configuration first"
             raise ModelError(msg)
+        schemes = {m.plan.label_scheme for m in models}
+        if len(schemes) > 1:
+            found = "; ".join(f"{m.model_dir}: {m.plan.label_scheme.declared()}" for m in models)
+            msg = (
+                f"the models to ensemble have different labels ({found}); their outputs mean "
+                "different things: ensemble models trained from one plan"
+            )
+            raise ModelError(msg)
         self.models, self.device, self.amp_dtype = models, device, amp_dtype
         self.step, self.tta = step, tta
         self.plan = models[0].plan
@@ -176,6 +184,7 @@ def _dataset_for(plan: Plan, source: Path, cases: list[Case]) -> Dataset:
         layout="nnunet",
         channel_names=tuple(plan.channel_names),
         labels=dict(plan.labels),
+        regions_class_order=plan.regions_class_order,
         file_ending="",
         cases=tuple(cases),
     )

@@ -246,3 +246,9 @@ def test_predict_path_writes_region_label_maps_and_probabilities(tmp_path: Path)
     assert set(np.unique(labels)) <= {0, 1, 2}
     with pytest.raises(ModelError, match="another label scheme"):
         ProbabilityMap.load(tmp_path / "out" / f"{cid}.npz", scheme=GOLDEN.label_scheme)
+
+
+def test_models_of_other_label_schemes_are_not_ensembled() -> None:
+    plain = TrainedModel(GOLDEN, GOLDEN.configuration("2d"), [], ["0"], Path("plain"))
+    with pytest.raises(ModelError, match=r"different labels \(unused: .*'hippocampus': \[1, 2\].*; plain: "):
+        Predictor([_model("3d_fullres", [1.0]), plain], device=torch.device("cpu"), amp_dtype=None)
