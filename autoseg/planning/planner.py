@@ -232,8 +232,10 @@ def _added_lowres(
 
     The spacing grows by the rule's steps (:func:`_grow_spacing`) until the median image has
     :data:`ADDED_LOWRES_REDUCTION` times fewer voxels than at full resolution, or until the
-    planned network would have fewer than the 3 stages a U-Net needs (tiny images: the last
-    spacing that still gives 3 stages is kept). Without ``asked``: no stage, and the note says why.
+    planned network would have fewer than the :data:`MIN_STAGES` stages a U-Net needs (tiny
+    images: the last spacing that still gives them is kept, if it has at least
+    :data:`LOWRES_MIN_REDUCTION` times fewer voxels; else no stage). Without ``asked``: no stage,
+    and the note says why.
     """
     if not asked:
         return None, f"no 3d_lowres: {why_not}"
@@ -256,11 +258,11 @@ def _added_lowres(
         spacing, cfg = grown, candidate
         if full_voxels / float(np.prod(cfg.median_shape)) >= ADDED_LOWRES_REDUCTION:
             break
-    if cfg is None:
+    if cfg is None or full_voxels / float(np.prod(cfg.median_shape)) < LOWRES_MIN_REDUCTION:
         return None, (
-            f"no 3d_lowres although asked for with --add-lowres: {why_not}, and any spacing "
-            f"coarser than {_fmt_spacing(fullres.spacing)} leaves too small an image for a "
-            f"{MIN_STAGES}-stage U-Net"
+            f"no 3d_lowres although asked for with --add-lowres: {why_not}, and a spacing "
+            f"with {LOWRES_MIN_REDUCTION:g}x fewer voxels than {_fmt_spacing(fullres.spacing)} "
+            f"leaves too small an image for a {MIN_STAGES}-stage U-Net"
         )
     reduction = full_voxels / float(np.prod(cfg.median_shape))
     return cfg, (
