@@ -90,6 +90,11 @@ def test_cascade_trains_on_cv_predictions_and_predicts(
     assert weights["input_block.conv1.conv.weight"].shape[1] == 1 + 2
     summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
     assert sorted(c["case_id"] for c in summary["per_case"]) == splits[0]["val"]
+    # find-best weighs the cascade (its fold-0 CV predictions) like any configuration
+    with pytest.warns(UserWarning, match="compared on the 3 cases they share"):
+        assert main(["find-best", "hippo", "--preprocess-workers", "1", "--work-dir", str(work), "-q"]) == 0
+    choice = json.loads((work / "hippo" / "inference.json").read_text())
+    assert {"3d_lowres", "3d_cascade_fullres", "3d_cascade_fullres__3d_lowres"} <= set(choice["cv_dice"])
 
     # predict 2 unseen scans with the cascade: both stages run, outputs on each scan's grid
     scans = tmp_path / "scans"
