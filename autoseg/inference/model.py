@@ -94,6 +94,11 @@ def load_model(
         )
         raise CheckpointError(msg)
     device = torch.device(device)
+    previous = None
+    if previous_stage and config.previous_stage is not None:  # first: it fails before any loading
+        previous = _load_previous_stage(
+            model_dir, plan, config.previous_stage, checkpoint=checkpoint, device=device, backend=backend
+        )
     if backend != "torch":
         from autoseg.inference.backends import OnnxNetwork, TensorRTNetwork
 
@@ -107,11 +112,6 @@ def load_model(
         networks = [_load_torch(model_dir, f, checkpoint, config, plan, device) for f in folds]
     pp_path = model_dir / "postprocessing.json"
     pp = Postprocessing.load(pp_path) if pp_path.is_file() else None
-    previous = None
-    if previous_stage and config.previous_stage is not None:
-        previous = _load_previous_stage(
-            model_dir, plan, config.previous_stage, checkpoint=checkpoint, device=device, backend=backend
-        )
     return TrainedModel(plan, config, networks, list(folds), model_dir, pp, previous)
 
 
@@ -132,8 +132,10 @@ def _load_previous_stage(
             f"`autoseg train {plan.dataset_name} {stage} FOLD`"
         )
         raise ModelError(msg)
-    previous = load_model(stage_dir, checkpoint=checkpoint, device=device, backend=backend)
-    expected, found = plan.configuration_hash(stage), previous.plan.configuration_hash(stage)
+    expected, found = (
+        plan.configuration_hash(stage),
+        Plan.load(stage_dir / "plans.json").configuration_hash(stage),
+    )
     if expected != found:
         msg = (
             f"{stage_dir / 'plans.json'}: {stage} was trained with another plan (hash {found}) "
@@ -142,6 +144,7 @@ def _load_previous_stage(
             f"{model_dir / 'plans.json'}"
         )
         raise ModelError(msg)
+    previous = load_model(stage_dir, checkpoint=checkpoint, device=device, backend=backend)
     log.info("%s: its previous stage %s, folds %s", model_dir.name, stage, ", ".join(previous.folds))
     return previous
 
