@@ -151,3 +151,34 @@ def make_scenario_dataset(dest: Path, scenario: str, n_cases: int, *, seed: int 
         dataset["regions_class_order"] = order
     (dest / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return dest
+
+
+#: BraTS (2015 label values: 1 necrosis, 2 edema, 3 non-enhancing tumour, 4 enhancing tumour)
+#: as the three regions the challenge scores, largest first; regions_class_order paints whole
+#: tumour as edema, tumour core as necrosis, enhancing tumour as itself.
+BRATS_REGIONS: dict[str, int | list[int]] = {
+    "background": 0,
+    "whole tumour": [1, 2, 3, 4],
+    "tumour core": [1, 3, 4],
+    "enhancing tumour": [4],
+}
+BRATS_REGIONS_ORDER = [2, 1, 4]
+
+
+def make_brats_regions_dataset(source: Path, dest: Path) -> Path:
+    """A BraTS-2015-style nnU-Net v2 dataset (``source``, labels 0-4) declared as the three
+    BraTS regions (:data:`BRATS_REGIONS`), without copying the scans: ``dest`` holds symbolic
+    links to ``source``'s files and a new ``dataset.json``; nothing is written into ``source``.
+
+    Returns:
+        ``dest``.
+    """
+    meta = json.loads((source / "dataset.json").read_text())
+    for sub in ("imagesTr", "labelsTr"):
+        (dest / sub).mkdir(parents=True)
+        for f in sorted((source / sub).iterdir()):
+            (dest / sub / f.name).symlink_to(f.resolve())
+    meta["labels"] = BRATS_REGIONS
+    meta["regions_class_order"] = BRATS_REGIONS_ORDER
+    (dest / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return dest
