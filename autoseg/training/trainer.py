@@ -153,7 +153,9 @@ class Trainer:
             "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
         n_out = config.network.n_stages - 1 if config.network.deep_supervision else 1
-        self.loss_fn = make_loss(cfg.loss, n_outputs=n_out, batch_dice=config.batch_dice)
+        self.loss_fn = make_loss(
+            cfg.loss, n_outputs=n_out, batch_dice=config.batch_dice, scheme=plan.label_scheme
+        )
         bs = cfg.batch_size or config.batch_size
         self.batch_size = max(1, math.ceil(bs / self.world.size))
 
@@ -327,8 +329,9 @@ class Trainer:
     @torch.no_grad()
     def _val_epoch(self, loader: Any) -> dict[str, Any]:
         self.model.eval()
-        n = self.plan.num_classes
-        tp, fp, fn = np.zeros(n - 1), np.zeros(n - 1), np.zeros(n - 1)
+        scheme = self.plan.label_scheme
+        n = len(scheme.entries)
+        tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
         losses = []
         for _ in range(self.cfg.val_iters):
             batch = next(loader)
@@ -337,13 +340,14 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self.model(x)
             losses.append(float(self.loss_fn(out, y)))
-            pred = out.argmax(1)
-            ref = y[:, 0].long()
-            for c in range(1, n):
-                p, r = pred == c, ref == c
-                tp[c - 1] += float((p & r).sum())
-                fp[c - 1] += float((p & ~r).sum())
-                fn[c - 1] += float((~p & r).sum())
+            pred = scheme.predicted_masks(out)
+            ref, annotated = scheme.reference_masks(y)
+            if annotated is not None:  # unannotated voxels count for nothing
+                pred, ref = pred & annotated, ref & annotated
+            dims = [0, *range(2, pred.ndim)]
+            tp += (pred & ref).sum(dims).cpu().numpy()
+            fp += (pred & ~ref).sum(dims).cpu().numpy()
+            fn += (~pred & ref).sum(dims).cpu().numpy()
         tp, fp, fn, loss = dist.sum_arrays(tp, fp, fn, np.array([np.mean(losses)]))
         dice = _pseudo_dice(tp, fp, fn)
         finite = [d for d in dice if not math.isnan(d)]
