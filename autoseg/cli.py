@@ -112,7 +112,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     _, folder = ws.resolve(args.dataset)
     gpu = opts.gpu_memory if opts.gpu_memory is not None else default_gpu_memory_gb()
     fp, the_plan = plan(
-        folder, ws, gpu_memory_gb=gpu, workers=_preprocess_workers(opts), add_2p5d=opts.add_2p5d
+        folder,
+        ws,
+        gpu_memory_gb=gpu,
+        workers=_preprocess_workers(opts),
+        add_2p5d=opts.add_2p5d,
+        add_lowres=opts.add_lowres,
     )
     out = ws.dataset_dir(the_plan.dataset_name)
     lines = [

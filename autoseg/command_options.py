@@ -80,6 +80,12 @@ class PlanOptions:
     add_2p5d: bool = option(
         False, "offer the 2.5d configuration even for data that is not thick-sliced", flags=("--add-2.5d",)
     )
+    add_lowres: bool = option(
+        False,
+        "offer 3d_lowres and the cascade (3d_cascade_fullres) even where the full-resolution patch "
+        "covers enough of the image; on small data the low-resolution stage has 8x fewer voxels",
+        flags=("--add-lowres",),
+    )
     preprocess_workers: int | None = _preprocess_workers()
     legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")
 

@@ -245,6 +245,24 @@ class LabelScheme:
         target = table[:, idx[:, 0]]  # (R, B, *s)
         return target.movedim(0, 1).float(), mask
 
+    def predicted_masks(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, n_entries, *s)`` bool: where the network puts each label or region (argmax,
+        or probability above 0.5, i.e. a positive logit)."""
+        if self.regions:
+            return logits > 0
+        best = logits.argmax(1)
+        return torch.stack([best == c for c in range(1, self.n_outputs)], dim=1)
+
+    def reference_masks(self, index_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(masks, annotated)`` of a stored ``(B, 1, *s)`` index map: ``(B, n_entries, *s)``
+        bool per label or region, and ``(B, 1, *s)`` bool where annotated (None without an
+        ignore label)."""
+        idx = index_map.long()
+        table = torch.as_tensor(self._region_table, device=idx.device)
+        masks = table[:, idx[:, 0]].movedim(0, 1)
+        annotated = None if self.ignore_index is None else idx != self.ignore_index
+        return masks, annotated
+
     def to_label_map(self, probabilities: np.ndarray) -> np.ndarray:
         """Label values ``(*spatial)`` from probabilities ``(n_outputs, *spatial)``: the largest
         label, or regions above 0.5 painted in order."""

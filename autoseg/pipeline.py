@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from autoseg._fs import check_output_dir
 from autoseg._parallel import problems_of
 from autoseg.command_options import PredictOptions
-from autoseg.errors import DatasetError, PlanError
+from autoseg.errors import DatasetError
 from autoseg.fingerprint.extract import extract_fingerprint, fingerprint_cases
 from autoseg.fingerprint.model import Fingerprint
 from autoseg.io.dataset import load_dataset
@@ -57,7 +57,13 @@ def verify(dataset_dir: Path, *, workers: int) -> VerifyReport:
 
 
 def plan(
-    dataset_dir: Path, workspace: Workspace, *, gpu_memory_gb: float, workers: int, add_2p5d: bool = False
+    dataset_dir: Path,
+    workspace: Workspace,
+    *,
+    gpu_memory_gb: float,
+    workers: int,
+    add_2p5d: bool = False,
+    add_lowres: bool = False,
 ) -> tuple[Fingerprint, Plan]:
     """Verify, fingerprint and plan a dataset; write ``fingerprint.json`` and ``plans.json``.
 
@@ -78,7 +84,7 @@ def plan(
     )
     workspace.check_writable(dataset.name)
     fp = extract_fingerprint(dataset, workers=workers)
-    the_plan = make_plan(fp, gpu_memory_gb=gpu_memory_gb, add_2p5d=add_2p5d)
+    the_plan = make_plan(fp, gpu_memory_gb=gpu_memory_gb, add_2p5d=add_2p5d, add_lowres=add_lowres)
     fp.save(workspace.fingerprint_path(dataset.name))
     the_plan.save(workspace.plans_path(dataset.name))
     workspace.remember_source(dataset.name, dataset_dir)
@@ -125,7 +131,9 @@ def train(
     """Train one configuration on one fold (preprocessing first if needed).
 
     ``preprocess_workers`` are the processes that preprocess the cases (default: the CPUs
-    available, at most 8); the augmentation workers are ``cfg.workers``.
+    available, at most 8); the augmentation workers are ``cfg.workers``. A cascade stage
+    (``3d_cascade_fullres``) also takes its previous stage's cross-validation predictions as
+    input (:mod:`autoseg.training.cascade`); they are checked before anything is preprocessed.
 
     Returns:
         The fold's folder ``<work>/<name>/models/<config>/fold_<k>/``.
@@ -133,6 +141,8 @@ def train(
     Raises:
         PlanError: the plan lacks the configuration (the message lists those it has).
         DatasetError: a case cannot be read, or the fold does not exist.
+        ModelError: a cascade stage's previous stage lacks the cross-validation predictions of
+            some cases (the message names the folds to train).
     """
     from autoseg._atomic import write_json_atomic
     from autoseg._parallel import default_workers
@@ -146,12 +156,6 @@ def train(
     name, folder = workspace.resolve(dataset)
     the_plan = _load_plan(workspace, name)
     config = the_plan.configuration(cfg.configuration)
-    if config.previous_stage is not None:
-        msg = (
-            f"{config.name} needs the predictions of {config.previous_stage}; cascades are not "
-            f"trained yet: train {config.previous_stage} or 3d_fullres instead"
-        )
-        raise PlanError(msg)
     world = dist.init_from_env(cfg.device)
     if not world.is_main:  # one process speaks for all
         logging.getLogger("autoseg").setLevel(logging.WARNING)
@@ -166,25 +170,56 @@ def train(
         except ValueError as e:
             msg = f"--group-by: {e}; it must match every case (its first group: the patient)"
             raise DatasetError(msg) from e
+    val_ids: list[str]
+    # fold "all" needs no split (small datasets may not have 5 folds' worth), unless it is a
+    # cascade stage: the splits say which model predicted each case without training on it
+    splits = (
+        load_or_create_splits(
+            ds_dir / "splits.json",
+            ids,
+            groups=groups,
+            n_folds=n_folds,
+            dataset_folder=folder,
+            fold=None if cfg.fold == "all" else cfg.fold,
+        )
+        if cfg.fold != "all" or config.previous_stage is not None
+        else []
+    )
+    if cfg.fold == "all":
+        train_ids, val_ids = sorted(ids), []
+    else:
+        train_ids, val_ids = fold_cases(splits, cfg.fold)
+    model_dir = ds_dir / "models" / config.name
+    fold_dir = model_dir / cfg.fold_name
+    cv_predictions = None
+    if config.previous_stage is not None:  # before preprocessing: a missing stage fails at once
+        from autoseg.training.cascade import find_cv_predictions
+
+        cv_predictions = find_cv_predictions(
+            ds_dir / "models" / config.previous_stage,
+            splits,
+            [*train_ids, *val_ids],
+            dataset=name,
+            needed_by=f"{config.name} fold {cfg.fold}",
+        )
     if world.is_main:
         workers = preprocess_workers or default_workers()
         store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=workers)
     dist.barrier()
     if not world.is_main:
         store = preprocess_dataset(ds, the_plan, config, ds_dir, workers=1)
-    val_ids: list[str]
-    if cfg.fold == "all":  # no split needed (and small datasets may not have 5 folds' worth)
-        train_ids, val_ids = sorted(ids), []
-    else:
-        splits = load_or_create_splits(
-            ds_dir / "splits.json", ids, groups=groups, n_folds=n_folds, dataset_folder=folder, fold=cfg.fold
-        )
-        train_ids, val_ids = fold_cases(splits, cfg.fold)
     store.check([*train_ids, *val_ids])
-    model_dir = ds_dir / "models" / config.name
-    fold_dir = model_dir / cfg.fold_name
     handler = _file_log(fold_dir / "log.txt") if world.is_main else None
     try:
+        previous_stage = None
+        if cv_predictions is not None:
+            from autoseg.data.previous_stage import PreviousStageInput
+            from autoseg.training.cascade import FOLDER, prepare_previous_stage
+
+            if world.is_main:
+                prepare_previous_stage(cv_predictions, the_plan, config, store, fold_dir)
+            dist.barrier()
+            previous_stage = PreviousStageInput(fold_dir / FOLDER, the_plan.label_scheme)
         log.info(
             "training %s fold %s on %d cases (%d validation), device %s",
             config.name,
@@ -193,7 +228,9 @@ def train(
             len(val_ids),
             cfg.device,
         )
-        trainer = Trainer(the_plan, config, cfg, store, train_ids, val_ids, fold_dir)
+        trainer = Trainer(
+            the_plan, config, cfg, store, train_ids, val_ids, fold_dir, previous_stage=previous_stage
+        )
         if resume:  # before the plan is written: a checkpoint of another plan is refused first
             trainer.resume()
         if world.is_main:
@@ -213,6 +250,7 @@ def train(
                 device=trainer.device,
                 amp_dtype=trainer.amp_dtype,
                 save_probabilities=cfg.val_probabilities,
+                previous_stage=previous_stage,
             )
         dist.barrier()
     finally:

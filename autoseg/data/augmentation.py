@@ -120,10 +120,13 @@ class Augmentation:
     Attributes:
         cut_size: the spatial size of the patches the loader cuts.
         transforms: numpy in, numpy out (``tensors=False``; see the module docstring).
+        perturbs_previous_stage: for a cascade stage, also perturb the previous stage's one-hot
+            channels (random morphology, component removal: :mod:`autoseg.data.previous_stage`).
     """
 
     cut_size: tuple[int, ...]
     transforms: Compose
+    perturbs_previous_stage: bool = True
 
 
 #: Training augmentation pipelines by name: ``(configuration) -> Augmentation``.
@@ -141,7 +144,9 @@ def default_augmentation(config: Configuration) -> Augmentation:
 @AUGMENTATIONS.register("none")
 def no_augmentation(config: Configuration) -> Augmentation:
     """No augmentation: patches cut at the network's size (what validation batches use)."""
-    return Augmentation(tuple(config.patch_size), validation_transforms(config, tensors=False))
+    return Augmentation(
+        tuple(config.patch_size), validation_transforms(config, tensors=False), perturbs_previous_stage=False
+    )
 
 
 def to_tensors(batch: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from batchgenerators.transforms.abstract_transforms import Compose
 
 from autoseg._parallel import exit_when_orphaned
 from autoseg.data.augmentation import AUGMENTATIONS, seeded_global_rng, to_tensors
+from autoseg.data.previous_stage import PreviousStageInput
 from autoseg.data.sampling import sample_patch
 from autoseg.errors import DatasetError
 from autoseg.planning.plan import Configuration
@@ -80,6 +81,8 @@ class PatchDataset(SlimDataLoaderBase):
         augment: training augmentation (True) or the validation centre crop (False).
         augmentation: the training pipeline's name (see :func:`make_loader`).
         start: the index of the first batch (a resumed run starts where it stopped).
+        previous_stage: for a cascade stage, the previous stage's predictions: added as one-hot
+            data channels (:mod:`autoseg.data.previous_stage`), perturbed in training.
     """
 
     #: Set by the (untyped) batchgenerators base class from ``batch_size``.
@@ -97,6 +100,7 @@ class PatchDataset(SlimDataLoaderBase):
         augment: bool,
         augmentation: str = "default",
         start: int = 0,
+        previous_stage: PreviousStageInput | None = None,
     ) -> None:
         super().__init__(None, batch_size, number_of_threads_in_multithreaded=1)
         self.folder = Path(folder)
@@ -109,7 +113,10 @@ class PatchDataset(SlimDataLoaderBase):
         pipeline = AUGMENTATIONS.get(augmentation if augment else "none")(config)
         self.patch_size = pipeline.cut_size
         self.transform: Compose = pipeline.transforms
+        self.previous_stage = previous_stage
+        self.perturb_previous = augment and pipeline.perturbs_previous_stage
         self._cases: dict[str, PreprocessedCase] = {}
+        self._previous: dict[str, np.ndarray] = {}
         #: Batches this process has made (a worker makes every ``number_of_threads``-th one).
         self._made = 0
 
@@ -119,6 +126,7 @@ class PatchDataset(SlimDataLoaderBase):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cases"] = {}
+        state["_previous"] = {}
         return state
 
     def set_thread_id(self, thread_id: int) -> None:
@@ -131,6 +139,7 @@ class PatchDataset(SlimDataLoaderBase):
         """
         super().set_thread_id(thread_id)
         self._cases = {}
+        self._previous = {}
         self._made = 0
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         exit_when_orphaned()
@@ -151,13 +160,28 @@ class PatchDataset(SlimDataLoaderBase):
             self._cases[case_id] = PreprocessedStore(self.folder).load(case_id)
         return self._cases[case_id]
 
+    def previous(self, case_id: str) -> np.ndarray | None:
+        """The previous stage's memory-mapped map of a case (cascade stages), opened once."""
+        if self.previous_stage is None:
+            return None
+        if case_id not in self._previous:
+            self._previous[case_id] = self.previous_stage.load(case_id)
+        return self._previous[case_id]
+
     def generate_train_batch(self) -> dict[str, Any]:
         """The next transformed batch of numpy arrays: ``{"data", "target", "case_ids"}``."""
         rng = self.batch_rng(self.next_index())
         picks = rng.integers(len(self.case_ids), size=self.batch_size)
         ids = [self.case_ids[i] for i in picks]
         patches = [
-            sample_patch(self.case(cid), self.config, force_fg=force, rng=rng, patch_size=self.patch_size)
+            sample_patch(
+                self.case(cid),
+                self.config,
+                force_fg=force,
+                rng=rng,
+                patch_size=self.patch_size,
+                previous=self.previous(cid),
+            )
             for cid, force in zip(ids, self.forced, strict=True)
         ]
         batch = {
@@ -166,7 +190,10 @@ class PatchDataset(SlimDataLoaderBase):
             "case_ids": ids,
         }
         with seeded_global_rng(rng):
-            return self.transform(**batch)
+            out: dict[str, Any] = self.transform(**batch)
+        if self.previous_stage is not None:
+            out = self.previous_stage.move_to_data(out, rng if self.perturb_previous else None)
+        return out
 
 
 class BatchLoader:
@@ -234,6 +261,7 @@ def make_loader(
     augment: bool,
     augmentation: str = "default",
     start: int = 0,
+    previous_stage: PreviousStageInput | None = None,
 ) -> BatchLoader:
     """Endless batches of patches from ``case_ids`` of a preprocessed store.
 
@@ -254,11 +282,14 @@ def make_loader(
         start: the index of the first batch: the loader gives batches ``start``,
             ``start + 1``, … of the sequence ``seed`` defines (a resumed training run passes the
             number of batches it has already used).
+        previous_stage: for a cascade stage, where the previous stage's predictions of
+            ``case_ids`` are; they become extra data channels
+            (:class:`~autoseg.data.previous_stage.PreviousStageInput`).
 
     Returns:
         A :class:`BatchLoader`; ``next()`` gives ``{"data": float32 (B, C_in, *patch),
         "target": int64 (B, 1, *patch), "case_ids": list[str]}``, where ``C_in`` is the number of
-        channels, times ``in_slices`` for 2.5D.
+        channels, times ``in_slices`` for 2.5D, plus ``previous_stage.channels``.
 
     Raises:
         ValueError: ``batch_size < 1``, ``workers < 0``, ``start < 0`` or ``oversample`` outside
@@ -272,7 +303,7 @@ def make_loader(
         )
         raise ValueError(msg)
     folder = store.folder if isinstance(store, PreprocessedStore) else Path(store)
-    _check_cases(folder, case_ids)
+    _check_cases(folder, case_ids, previous_stage)
     dataset = PatchDataset(
         folder,
         case_ids,
@@ -283,6 +314,7 @@ def make_loader(
         augment=augment,
         augmentation=augmentation,
         start=start,
+        previous_stage=previous_stage,
     )
     log.debug(
         "loader: %d cases, batch %d, patch %s cut at %s, %d workers",
@@ -295,7 +327,7 @@ def make_loader(
     return BatchLoader(dataset, workers=workers)
 
 
-def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
+def _check_cases(folder: Path, case_ids: Sequence[str], previous_stage: PreviousStageInput | None) -> None:
     if not case_ids:
         msg = f"{folder}: no cases to train on"
         raise DatasetError(msg)
@@ -306,5 +338,10 @@ def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
             problems.append(f"{folder}: case {cid} is not preprocessed; run preprocessing first")
         elif not (folder / f"{cid}_seg.npy").is_file():
             problems.append(f"{folder}: case {cid} has no segmentation to train on")
+        elif previous_stage is not None and not previous_stage.path(cid).is_file():
+            problems.append(
+                f"{previous_stage.path(cid)}: missing, the previous stage's prediction of case {cid}; "
+                "train this fold again"
+            )
     if problems:
         raise DatasetError(problems)

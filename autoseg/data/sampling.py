@@ -42,6 +42,7 @@ def sample_patch(
     force_fg: bool,
     rng: np.random.Generator,
     patch_size: Sequence[int] | None = None,
+    previous: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut one (enlarged) training patch and its segmentation from ``case``.
 
@@ -56,6 +57,9 @@ def sample_patch(
         rng: the only source of randomness.
         patch_size: the size to cut; defaults to the configuration's initial (enlarged) patch.
             Pass ``config.patch_size`` to cut without margin (validation).
+        previous: for a cascade stage, the previous stage's map ``(Z, Y, X)`` on the case's
+            grid (:mod:`autoseg.data.previous_stage`): cut where the segmentation is and
+            returned as its second channel, so that augmentation moves both alike.
 
     Returns:
         ``(data, seg)``. 3D: ``(C, *patch)`` and ``(1, *patch)``. 2D: one slice across axis 0,
@@ -63,6 +67,7 @@ def sample_patch(
         chosen one (the end slices repeated past the volume's ends), stacked channel-major as
         ``(C * K, H, W)`` (channel ``c``, slice ``k`` at index ``c * K + k``), and the
         segmentation of the centre slice only, ``(1, H, W)``. Data float32, seg the store's dtype.
+        With ``previous``, seg has 2 channels: the segmentation, then ``previous``.
 
     Raises:
         ValueError: the case has no segmentation, or ``patch_size`` has the wrong length.
@@ -86,6 +91,8 @@ def sample_patch(
         start = place_patch(case.seg.shape, size, final, rng, point=point)
         data = crop_padded(case.data, start, size)
         seg = crop_padded(case.seg[None], start, size)
+        if previous is not None:
+            seg = np.concatenate([seg, crop_padded(previous[None], start, size).astype(seg.dtype)])
         return data.astype(np.float32, copy=False), seg
     n_slices = case.seg.shape[0]
     z = int(rng.integers(n_slices)) if location is None else int(location[1])
@@ -96,6 +103,8 @@ def sample_patch(
     data = crop_padded(case.data[:, slices], start, size)  # (C, K, H, W)
     data = data.reshape(data.shape[0] * k, *size)
     seg = crop_padded(case.seg[z][None], start, size)
+    if previous is not None:
+        seg = np.concatenate([seg, crop_padded(previous[z][None], start, size).astype(seg.dtype)])
     return data.astype(np.float32, copy=False), seg
 
 

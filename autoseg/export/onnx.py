@@ -33,7 +33,7 @@ OPSET = 17
 def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
     """The JSON beside exported networks: plan subset, patch, normalisation, labels (and how the
     logits become probabilities and label maps), files."""
-    model = load_model(model_dir, folds=folds, device="cpu")
+    model = load_model(model_dir, folds=folds, device="cpu", previous_stage=False)
     cfg, plan = model.config, model.plan
     return {
         "schema_version": SIDECAR_VERSION,
@@ -42,7 +42,7 @@ def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
         "kind": cfg.kind,
         "patch_size": list(cfg.patch_size),
         "in_slices": cfg.in_slices,
-        "input_channels": len(plan.channel_names) * cfg.in_slices,
+        "input_channels": plan.network_input_channels(cfg),
         "input_name": "input",
         "output_name": "logits",
         "channel_names": list(plan.channel_names),
@@ -73,9 +73,9 @@ def export_onnx(
         The written ``model.onnx`` paths.
     """
     onnx = get_onnx()
-    model = load_model(model_dir, folds=folds, device="cpu")
+    model = load_model(model_dir, folds=folds, device="cpu", previous_stage=False)
     cfg, plan = model.config, model.plan
-    c_in = len(plan.channel_names) * cfg.in_slices
+    c_in = plan.network_input_channels(cfg)
     written = []
     for fold, net in zip(model.folds, model.networks, strict=True):
         dummy = torch.zeros(1, c_in, *cfg.patch_size)

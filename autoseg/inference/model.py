@@ -19,7 +19,7 @@ from autoseg.checkpoint_meta import CheckpointMeta
 from autoseg.errors import CheckpointError, ModelError
 from autoseg.inference.choice import InferenceChoice
 from autoseg.inference.postprocess import Postprocessing
-from autoseg.networks.unet import build_network
+from autoseg.networks.unet import network_for
 from autoseg.planning.plan import Configuration, Plan
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainedModel:
-    """One configuration's networks (one per fold) and what prediction needs with them."""
+    """One configuration's networks (one per fold) and what prediction needs with them.
+
+    ``previous`` is a cascade stage's previous stage (``3d_lowres`` for ``3d_cascade_fullres``):
+    its folds' ensembled prediction of a scan is part of the cascade's input.
+    """
 
     plan: Plan
     config: Configuration
@@ -35,6 +39,7 @@ class TrainedModel:
     folds: list[str]
     model_dir: Path
     postprocessing: Postprocessing | None = field(default=None)
+    previous: TrainedModel | None = field(default=None)
 
 
 def trained_folds(model_dir: Path, checkpoint: str = "final") -> list[str]:
@@ -51,8 +56,13 @@ def load_model(
     checkpoint: str = "final",
     device: torch.device | str = "cpu",
     backend: str = "torch",
+    previous_stage: bool = True,
 ) -> TrainedModel:
     """Load a configuration's fold networks in eval mode.
+
+    A cascade stage's previous stage is loaded with it (every trained fold of it, whatever
+    ``folds`` says: prediction runs their ensemble first), unless ``previous_stage`` is False
+    (export needs the stage's own networks only).
 
     Args:
         model_dir: ``<work>/<dataset>/models/<config>``.
@@ -61,9 +71,12 @@ def load_model(
         device: where the networks go.
         backend: ``torch`` (checkpoints), ``onnx`` (``fold_k/model.onnx`` run by onnxruntime) or
             ``tensorrt`` (``fold_k/model.engine``); the exported ones come from ``autoseg export``.
+        previous_stage: also load a cascade stage's previous stage.
 
     Raises:
         CheckpointError: no plan, no trained fold, or an unreadable checkpoint.
+        ModelError: a cascade stage's previous stage is not trained, or was trained with another
+            plan than the cascade stage.
     """
     plan_path = model_dir / "plans.json"
     if not plan_path.is_file():
@@ -81,6 +94,11 @@ def load_model(
         )
         raise CheckpointError(msg)
     device = torch.device(device)
+    previous = None
+    if previous_stage and config.previous_stage is not None:  # first: it fails before any loading
+        previous = _load_previous_stage(
+            model_dir, plan, config.previous_stage, checkpoint=checkpoint, device=device, backend=backend
+        )
     if backend != "torch":
         from autoseg.inference.backends import OnnxNetwork, TensorRTNetwork
 
@@ -94,7 +112,41 @@ def load_model(
         networks = [_load_torch(model_dir, f, checkpoint, config, plan, device) for f in folds]
     pp_path = model_dir / "postprocessing.json"
     pp = Postprocessing.load(pp_path) if pp_path.is_file() else None
-    return TrainedModel(plan, config, networks, list(folds), model_dir, pp)
+    return TrainedModel(plan, config, networks, list(folds), model_dir, pp, previous)
+
+
+def _load_previous_stage(
+    model_dir: Path, plan: Plan, stage: str, *, checkpoint: str, device: torch.device, backend: str
+) -> TrainedModel:
+    """The previous stage of the cascade stage in ``model_dir``: all its trained folds.
+
+    Raises:
+        ModelError: it is not trained (the message gives the commands), or its plan of ``stage``
+            is not the one the cascade stage was trained with.
+    """
+    stage_dir = model_dir.parent / stage
+    if not (stage_dir / "plans.json").is_file() or not trained_folds(stage_dir, checkpoint):
+        msg = (
+            f"{model_dir.name} takes the prediction of {stage} as input, but {stage_dir} has no "
+            f"trained fold (checkpoint_{checkpoint}.pt); train its folds first: "
+            f"`autoseg train {plan.dataset_name} {stage} FOLD`"
+        )
+        raise ModelError(msg)
+    expected, found = (
+        plan.configuration_hash(stage),
+        Plan.load(stage_dir / "plans.json").configuration_hash(stage),
+    )
+    if expected != found:
+        msg = (
+            f"{stage_dir / 'plans.json'}: {stage} was trained with another plan (hash {found}) "
+            f"than the one {model_dir.name} was trained with ({expected}); train {model_dir.name} "
+            f"again on the predictions of this {stage}, or {stage} again with the plan of "
+            f"{model_dir / 'plans.json'}"
+        )
+        raise ModelError(msg)
+    previous = load_model(stage_dir, checkpoint=checkpoint, device=device, backend=backend)
+    log.info("%s: its previous stage %s, folds %s", model_dir.name, stage, ", ".join(previous.folds))
+    return previous
 
 
 def _load_torch(
@@ -119,9 +171,7 @@ def _load_torch(
         against=str(model_dir / "plans.json"),
         fix=f"retrain fold {fold} with this plan, or leave it out (-f with the other folds)",
     )
-    net = build_network(
-        config, in_channels=len(plan.channel_names), n_classes=plan.num_classes, deep_supervision=False
-    )
+    net = network_for(plan, config, deep_supervision=False)
     try:
         net.load_weights(state["network"], source=str(path))
     except (KeyError, CheckpointError) as e:

@@ -1,7 +1,12 @@
 """Predict new scans with trained models: same preprocessing as training, sliding window with
 TTA, folds averaged (logits), configurations averaged (probabilities: softmax over labels or a
 sigmoid per region, as the plan's :class:`~autoseg.labels.LabelScheme` says), back to the source
-grid, post-processing, written atomically one file per case."""
+grid, post-processing, written atomically one file per case.
+
+A cascade stage (``3d_cascade_fullres``) runs its previous stage first: that stage's folds
+predict the scan (ensembled, raw label map on the source grid, no post-processing: what its
+cross-validation predictions were when the cascade trained on them), and the label map joins the
+cascade's input as one-hot channels (:mod:`autoseg.preprocessing.previous_stage`)."""
 
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from autoseg.io.dataset import Case, Dataset
 from autoseg.io.image import write_image
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.case import preprocess_arrays
+from autoseg.preprocessing.previous_stage import previous_stage_indices, with_previous_stage
 from autoseg.preprocessing.properties import CaseProperties
 
 log = logging.getLogger(__name__)
@@ -159,8 +165,12 @@ class Predictor:
         pre = preprocess_arrays(
             case.data, None, case.geometry.spacing, model.plan, model.config, case_id=case.case_id
         )
+        data = pre.data
+        if model.previous is not None:
+            previous = self._previous_stage(model, model.previous, case, pre.properties)
+            data = with_previous_stage(data, previous, model.plan.label_scheme)
         t1 = time.perf_counter()
-        logits = self._logits(model, torch.from_numpy(pre.data))
+        logits = self._logits(model, torch.from_numpy(data))
         log.debug(
             "%s %s: preprocess %.2f s, network %.2f s",
             case.case_id,
@@ -169,6 +179,17 @@ class Predictor:
             time.perf_counter() - t1,
         )
         return logits, pre.properties
+
+    def _previous_stage(
+        self, model: TrainedModel, previous: TrainedModel, case: LoadedCase, props: CaseProperties
+    ) -> np.ndarray:
+        """``previous``'s label map of ``case`` on ``model``'s grid (``props``'s), as stored
+        indices (:func:`~autoseg.preprocessing.previous_stage.previous_stage_indices`)."""
+        logits, previous_props = self._network_logits(previous, case)
+        labels = logits_to_labels(logits, previous_props, previous.plan)
+        del logits
+        log.debug("%s: %s predicted for %s", case.case_id, previous.config.name, model.config.name)
+        return previous_stage_indices(labels, props, model.plan)
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
         if self.postprocessing is None:

@@ -5,6 +5,6 @@ description."""
 from __future__ import annotations
 
 from autoseg.networks.topology import input_divisor
-from autoseg.networks.unet import UNet, build_network
+from autoseg.networks.unet import UNet, build_network, network_for
 
-__all__ = ["UNet", "build_network", "input_divisor"]
+__all__ = ["UNet", "build_network", "input_divisor", "network_for"]

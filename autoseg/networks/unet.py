@@ -39,9 +39,9 @@ from torch import nn
 from autoseg.errors import CheckpointError
 from autoseg.networks.topology import check_network, conv_padding
 from autoseg.planning.kinds import kind_of
-from autoseg.planning.plan import Configuration
+from autoseg.planning.plan import Configuration, Plan
 
-__all__ = ["UNet", "build_network"]
+__all__ = ["UNet", "build_network", "network_for"]
 
 _SLOPE = 0.01
 #: Convolution, transposed convolution and instance norm per number of spatial dimensions.
@@ -194,8 +194,26 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def network_for(plan: Plan, config: Configuration, *, deep_supervision: bool | None = None) -> UNet:
+    """The U-Net of ``config`` of ``plan``: :func:`build_network` with the plan's channels,
+    classes and previous-stage channels (:meth:`~autoseg.planning.plan.Plan.network_input_channels`),
+    so that training, prediction and export build the same network."""
+    return build_network(
+        config,
+        in_channels=len(plan.channel_names),
+        n_classes=plan.num_classes,
+        deep_supervision=deep_supervision,
+        previous_stage_channels=plan.previous_stage_channels(config),
+    )
+
+
 def build_network(
-    config: Configuration, *, in_channels: int, n_classes: int, deep_supervision: bool | None = None
+    config: Configuration,
+    *,
+    in_channels: int,
+    n_classes: int,
+    deep_supervision: bool | None = None,
+    previous_stage_channels: int = 0,
 ) -> UNet:
     """The U-Net of one plan configuration.
 
@@ -207,6 +225,8 @@ def build_network(
         n_classes: output channels, background included.
         deep_supervision: build the deep-supervision heads; default the plan's choice (training).
             Prediction and export pass False: the heads are never evaluated there.
+        previous_stage_channels: channels appended after the image channels for a cascade stage
+            (the previous stage's one-hot prediction; the plan decides how many).
 
     Returns:
         A :class:`UNet` in training mode. Inputs are ``(B, channels, *patch)`` float tensors
@@ -223,7 +243,7 @@ def build_network(
     kind = kind_of(config.kind)
     return UNet(
         kind.spatial_dims,
-        kind.input_channels(in_channels, config.in_slices),
+        kind.input_channels(in_channels, config.in_slices, previous_stage_channels),
         n_classes,
         net.features_per_stage,
         net.kernel_sizes,

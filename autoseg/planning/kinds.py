@@ -59,14 +59,18 @@ class Kind:
     window_batch: int
     network_batch_cpu: int
 
-    def input_channels(self, image_channels: int, in_slices: int) -> int:
-        """Network input channels: the image channels, times ``in_slices`` where slices are stacked.
+    def input_channels(self, image_channels: int, in_slices: int, previous_stage_channels: int = 0) -> int:
+        """Network input channels: the image channels, times ``in_slices`` where slices are
+        stacked, then the channels of a previous stage's prediction (a cascade stage; the plan
+        decides how many: :meth:`~autoseg.planning.plan.Plan.previous_stage_channels`).
 
         Examples:
             >>> KINDS["2.5d"].input_channels(2, 5), KINDS["2d"].input_channels(2, 5)
             (10, 2)
+            >>> KINDS["3d"].input_channels(1, 1, 2)
+            3
         """
-        return image_channels * (in_slices if self.stacks_slices else 1)
+        return image_channels * (in_slices if self.stacks_slices else 1) + previous_stage_channels
 
     def planned_axes(self, values: Sequence[float] | np.ndarray) -> list[float]:
         """The axes of a 3-axis spacing or shape that the patch spans (2D kinds: axes 1, 2).

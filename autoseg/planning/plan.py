@@ -24,7 +24,7 @@ from autoseg._atomic import write_json_atomic
 from autoseg._contract import digest, load, parse, to_json
 from autoseg.errors import PlanError
 from autoseg.labels import LabelScheme, LabelSchemeError
-from autoseg.planning.kinds import ConfigKind
+from autoseg.planning.kinds import ConfigKind, kind_of
 
 PLAN_VERSION = 3
 _FIX = "run `autoseg plan` again"
@@ -171,6 +171,25 @@ class Plan:
         """Network output channels: labels with background, or regions."""
         return self.label_scheme.n_outputs
 
+    def previous_stage_channels(self, config: Configuration) -> int:
+        """Network input channels that carry the previous stage's prediction (0 without one).
+
+        A cascade stage (``previous_stage`` set) sees, besides the image, the previous stage's
+        label map one-hot encoded: one channel per foreground label, or per region (never the
+        background, never the ignore label), in :attr:`LabelScheme.entries` order. This is the
+        one place that decides the count; :meth:`network_input_channels` adds it up.
+        """
+        return len(self.label_scheme.entries) if config.previous_stage is not None else 0
+
+    def network_input_channels(self, config: Configuration) -> int:
+        """Channels of the network input of ``config``: the image channels (times ``in_slices``
+        where the kind stacks slices) plus :meth:`previous_stage_channels`: one image channel
+        and labels 1, 2 give 1 for ``3d_fullres`` and 3 for ``3d_cascade_fullres``.
+        """
+        return kind_of(config.kind).input_channels(
+            len(self.channel_names), config.in_slices, self.previous_stage_channels(config)
+        )
+
     def configuration(self, name: str) -> Configuration:
         """The named configuration.
 
@@ -190,11 +209,13 @@ class Plan:
         puts out.
 
         The network, patch, kind, slices, spacing and resampling of the configuration, and what
-        the plan decides for every configuration: channels, labels, transpose and normalisation.
-        Stored in checkpoints, so that a checkpoint is never continued or used for prediction
+        the plan decides for every configuration: channels, labels, transpose and normalisation;
+        for a cascade stage also the hash of its previous stage (its inputs include that stage's
+        predictions, so a cascade trained on another first stage does not fit). Stored in
+        checkpoints, so that a checkpoint is never continued or used for prediction
         under another plan. Left out because the weights stay valid without them: the batch
-        size and batch Dice (how training ran), the medians and memory estimate, the cascade
-        links, notes and the GPU budget. A re-plan with another budget that changes only the
+        size and batch Dice (how training ran), the medians and memory estimate, the link to a
+        next stage, notes and the GPU budget. A re-plan with another budget that changes only the
         batch size keeps the trained folds usable.
         """
         config = self.configuration(name)
@@ -211,9 +232,12 @@ class Plan:
             config.resampling,
         )
         identity = digest(_Identity, part)
-        if self.regions_class_order is None:  # as before regions existed: old checkpoints match
-            return identity
-        return digest(tuple[str, tuple[int, ...]], (identity, self.regions_class_order))
+        if self.regions_class_order is not None:  # without: as before regions, old checkpoints match
+            identity = digest(tuple[str, tuple[int, ...]], (identity, self.regions_class_order))
+        if config.previous_stage is not None:
+            previous = self.configuration_hash(config.previous_stage)
+            identity = digest(tuple[str, str], (identity, previous))
+        return identity
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""

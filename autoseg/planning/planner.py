@@ -3,12 +3,14 @@
 The data flow: fingerprint -> target spacing and transpose -> per configuration: median shape at
 that spacing -> initial patch -> topology -> shrink the patch until the batch of 2 fits the
 memory budget -> batch size. Then the optional configurations: ``3d_lowres`` (+ cascade) when the
-full-resolution patch covers little of the image, ``2.5d`` for thick-sliced data.
+full-resolution patch covers little of the image (or when asked for, ``--add-lowres``), ``2.5d``
+for thick-sliced data (or when asked for, ``--add-2.5d``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -34,6 +36,16 @@ LOWRES_COVERAGE = 0.25
 LOWRES_STEP = 1.03
 #: A low-resolution stage must cut the voxels at least this much to be worth training.
 LOWRES_MIN_REDUCTION = 2.0
+#: With ``--add-lowres`` where the rule plans no low-resolution stage (the data is small enough
+#: for the full-resolution patch, or a stage covering a quarter would be too close to full
+#: resolution), the spacing grows by the same steps until the stage has at least this many times
+#: fewer voxels: 8x is twice the spacing of isotropic data, a stage genuinely coarser than full
+#: resolution, whose prediction the cascade can learn to refine.
+ADDED_LOWRES_REDUCTION = 8.0
+#: The fewest stages a U-Net can have (``networks.topology.check_network`` refuses fewer).
+MIN_STAGES = 3
+#: Growth steps tried before giving up (1.03**200 is a factor of ~370 per axis).
+_MAX_LOWRES_STEPS = 200
 
 
 def _median_shape(
@@ -145,48 +157,123 @@ def plan_configuration(
     )
 
 
+def _grow_spacing(spacing: np.ndarray) -> np.ndarray:
+    """One growth step of the low-resolution spacing (nnU-Net's): axes finer than half the
+    coarsest grow first (by :data:`LOWRES_STEP`), then all axes together."""
+    grow = spacing < spacing.max() / 2
+    return spacing * np.where(grow, LOWRES_STEP, 1.0) if grow.any() else spacing * LOWRES_STEP
+
+
 def _lowres(
-    fp: Fingerprint, fullres: Configuration, forward: Sequence[int], *, n_classes: int, gpu_memory_gb: float
+    fp: Fingerprint,
+    fullres: Configuration,
+    forward: Sequence[int],
+    *,
+    n_classes: int,
+    gpu_memory_gb: float,
+    asked: bool = False,
 ) -> tuple[Configuration | None, str]:
     """A coarser 3D stage whose patch covers at least a quarter of the median image, or None;
-    and the plan note that says why (each of the two rules can decide)."""
+    and the plan note that says why (each of the two rules can decide).
+
+    With ``asked`` (``--add-lowres``), a stage is planned where the rules would plan none: its
+    spacing grows until it has :data:`ADDED_LOWRES_REDUCTION` times fewer voxels than full
+    resolution (see :func:`_added_lowres`); the note gives the rule's reason and the stage's.
+    """
     full_voxels = float(np.prod(fullres.median_shape))
     coverage = float(np.prod(fullres.patch_size) / full_voxels)
     if coverage >= LOWRES_COVERAGE:
-        return None, (
-            f"no 3d_lowres: the full-resolution patch covers {min(coverage, 1):.0%} of "
+        why_not = (
+            f"the full-resolution patch covers {min(coverage, 1):.0%} of "
             f"the median image (>= {LOWRES_COVERAGE:.0%})"
         )
+        return _added_lowres(fp, fullres, forward, n_classes, gpu_memory_gb, why_not, asked)
+    planned = functools.partial(
+        plan_configuration,
+        "3d_lowres",
+        "3d",
+        n_cases=len(fp.cases),
+        n_classes=n_classes,
+        gpu_memory_gb=gpu_memory_gb,
+    )
     spacing = np.asarray(fullres.spacing, dtype=np.float64)
-    for _ in range(200):
-        coarsest = spacing.max()
-        grow = spacing < coarsest / 2
-        spacing = spacing * np.where(grow, LOWRES_STEP, 1.0) if grow.any() else spacing * LOWRES_STEP
+    for _ in range(_MAX_LOWRES_STEPS):
+        spacing = _grow_spacing(spacing)
         shape = _median_shape(fp, spacing, forward)
-        cfg = plan_configuration(
-            "3d_lowres",
-            "3d",
-            spacing,
-            shape,
-            n_cases=len(fp.cases),
-            n_classes=n_classes,
-            gpu_memory_gb=gpu_memory_gb,
-        )
+        cfg = planned(spacing, shape)
         if np.prod(cfg.patch_size) / np.prod(shape) >= LOWRES_COVERAGE:
             break
     reduction = full_voxels / float(np.prod(cfg.median_shape))
     if reduction < LOWRES_MIN_REDUCTION:
-        return None, (
-            f"no 3d_lowres: the full-resolution patch covers only {coverage:.0%} of the "
+        why_not = (
+            f"the full-resolution patch covers only {coverage:.0%} of the "
             f"median image, but a stage coarse enough for its patch to cover "
             f"{LOWRES_COVERAGE:.0%} would have only {reduction:.2f}x fewer voxels "
             f"(< {LOWRES_MIN_REDUCTION:g}x): too close to full resolution to help"
         )
+        return _added_lowres(fp, fullres, forward, n_classes, gpu_memory_gb, why_not, asked)
     return cfg, (
         f"3d_lowres + cascade: the full-resolution patch covers {coverage:.0%} of the "
         f"median image (< {LOWRES_COVERAGE:.0%}); the low-resolution stage has "
         f"{reduction:.1f}x fewer voxels"
     )
+
+
+def _added_lowres(
+    fp: Fingerprint,
+    fullres: Configuration,
+    forward: Sequence[int],
+    n_classes: int,
+    gpu_memory_gb: float,
+    why_not: str,
+    asked: bool,
+) -> tuple[Configuration | None, str]:
+    """The low-resolution stage ``--add-lowres`` asks for where the rules plan none (``why_not``).
+
+    The spacing grows by the rule's steps (:func:`_grow_spacing`) until the median image has
+    :data:`ADDED_LOWRES_REDUCTION` times fewer voxels than at full resolution, or until the
+    planned network would have fewer than the :data:`MIN_STAGES` stages a U-Net needs (tiny
+    images: the last spacing that still gives them is kept, if it has at least
+    :data:`LOWRES_MIN_REDUCTION` times fewer voxels; else no stage). Without ``asked``: no stage,
+    and the note says why.
+    """
+    if not asked:
+        return None, f"no 3d_lowres: {why_not}"
+    full_voxels = float(np.prod(fullres.median_shape))
+    spacing = np.asarray(fullres.spacing, dtype=np.float64)
+    cfg: Configuration | None = None
+    for _ in range(_MAX_LOWRES_STEPS):
+        grown = _grow_spacing(spacing)
+        candidate = plan_configuration(
+            "3d_lowres",
+            "3d",
+            grown,
+            _median_shape(fp, grown, forward),
+            n_cases=len(fp.cases),
+            n_classes=n_classes,
+            gpu_memory_gb=gpu_memory_gb,
+        )
+        if candidate.network.n_stages < MIN_STAGES:
+            break
+        spacing, cfg = grown, candidate
+        if full_voxels / float(np.prod(cfg.median_shape)) >= ADDED_LOWRES_REDUCTION:
+            break
+    if cfg is None or full_voxels / float(np.prod(cfg.median_shape)) < LOWRES_MIN_REDUCTION:
+        return None, (
+            f"no 3d_lowres although asked for with --add-lowres: {why_not}, and a spacing "
+            f"with {LOWRES_MIN_REDUCTION:g}x fewer voxels than {_fmt_spacing(fullres.spacing)} "
+            f"leaves too small an image for a {MIN_STAGES}-stage U-Net"
+        )
+    reduction = full_voxels / float(np.prod(cfg.median_shape))
+    return cfg, (
+        f"3d_lowres + cascade asked for with --add-lowres (the rule plans none: {why_not}): "
+        f"spacing {_fmt_spacing(cfg.spacing)} mm instead of {_fmt_spacing(fullres.spacing)}, "
+        f"{reduction:.1f}x fewer voxels"
+    )
+
+
+def _fmt_spacing(spacing: Sequence[float]) -> str:
+    return "x".join(f"{s:.3g}" for s in spacing)
 
 
 def _normalization(fp: Fingerprint) -> tuple[Normalization, ...]:
@@ -208,13 +295,17 @@ def _normalization(fp: Fingerprint) -> tuple[Normalization, ...]:
     return tuple(out)
 
 
-def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = False) -> Plan:
+def make_plan(
+    fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = False, add_lowres: bool = False
+) -> Plan:
     """Plan every configuration for a fingerprinted dataset.
 
     Args:
         fp: the dataset's fingerprint.
         gpu_memory_gb: memory budget for patch and batch sizes.
         add_2p5d: offer ``2.5d`` even where the data is not thick-sliced.
+        add_lowres: offer ``3d_lowres`` + ``3d_cascade_fullres`` even where the full-resolution
+            patch covers enough of the image (see :func:`_added_lowres`).
 
     Returns:
         The plan; ``notes`` says which optional configurations were offered and why.
@@ -235,7 +326,9 @@ def make_plan(fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = F
         full = plan_configuration(
             "3d_fullres", "3d", spacing, shape, n_cases=n, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb
         )
-        low, note = _lowres(fp, full, forward, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb)
+        low, note = _lowres(
+            fp, full, forward, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb, asked=add_lowres
+        )
         notes.append(note)
         if low is not None:
             full = _replace(full, batch_dice=True, previous_stage=None)

@@ -22,6 +22,7 @@ resolutions, or one tensor) and the integer label map ``(B, 1, *spatial)``, and 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,8 +31,19 @@ from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from torch import nn
 
 from autoseg._registry import Registry
+from autoseg.errors import AutosegError
+from autoseg.labels import LabelScheme
 
-__all__ = ["LOSSES", "DeepSupervisionLoss", "DiceFocalLoss", "deep_supervision_weights", "make_loss"]
+__all__ = [
+    "LOSSES",
+    "DeepSupervisionLoss",
+    "DiceFocalLoss",
+    "MaskedDiceLoss",
+    "MaskedPointwiseLoss",
+    "SchemeLoss",
+    "deep_supervision_weights",
+    "make_loss",
+]
 
 SMOOTH = 1e-5
 
@@ -110,12 +122,17 @@ class DeepSupervisionLoss(nn.Module):
 
     Call it with ``outputs``, a list of logits ``[(B, C, *s_0), (B, C, *s_1), ...]`` finest first
     (``len(weights)`` of them) or one ``(B, C, *s_0)`` tensor, and ``target``, ``(B, 1, *s_0)``
-    integer labels ``0..C-1`` (a float tensor holding integers is accepted too). The target is
-    resampled to each output's size with nearest-neighbour sampling.
+    integer labels ``0..C-1`` (a float tensor holding integers is accepted too); with a
+    ``scheme``, the stored indices of :class:`~autoseg.labels.LabelScheme`, turned into each
+    head's target and ignore mask by :meth:`~autoseg.labels.LabelScheme.training_target`. The
+    target is resampled to each output's size with nearest-neighbour sampling.
     """
 
     def __init__(
-        self, base: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weights: Sequence[float]
+        self,
+        base: Callable[..., torch.Tensor],
+        weights: Sequence[float],
+        scheme: LabelScheme | None = None,
     ) -> None:
         super().__init__()
         if not weights or any(w < 0 for w in weights):
@@ -123,6 +140,9 @@ class DeepSupervisionLoss(nn.Module):
             raise ValueError(msg)
         self.base = base
         self.weights = tuple(float(w) for w in weights)
+        #: None: plain labels without ignore, the base loss takes ``(logits, labels)`` as before
+        #: regions and ignore labels existed; else it takes ``(logits, target, mask)``.
+        self.scheme = scheme
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Scalar float32 loss (see the class docstring for the layouts)."""
@@ -144,38 +164,135 @@ class DeepSupervisionLoss(nn.Module):
                     total = total + 0.0 * logits.float().sum()
                     continue
                 labels = _resize_labels(target, logits.shape[2:])
-                total = total + weight * self.base(logits.float(), labels)
+                if self.scheme is None:
+                    total = total + weight * self.base(logits.float(), labels)
+                else:
+                    goal, mask = self.scheme.training_target(labels)
+                    total = total + weight * self.base(logits.float(), goal, mask)
         return total
 
 
-#: Base losses by name: ``(batch_dice=...) -> loss(logits (B, C, *s), target (B, 1, *s))``;
+class MaskedDiceLoss(nn.Module):
+    """Soft Dice with an optional mask of annotated voxels: softmax over labels (background left
+    out, as nnU-Net) or sigmoid per region (every region counts).
+
+    ``1 - (2 * tp + smooth) / (predicted + reference + smooth)`` per channel (and per sample
+    unless ``batch_dice``), averaged; only voxels where the mask is 1 enter the sums, so an
+    unannotated voxel neither rewards nor penalises any prediction (nnU-Net's ignore label).
+    Equal to MONAI's ``DiceLoss`` when nothing is masked.
+    """
+
+    def __init__(self, *, batch_dice: bool, regions: bool) -> None:
+        super().__init__()
+        self.batch_dice = batch_dice
+        self.regions = regions
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``logits`` ``(B, C, *s)``; ``target`` ``(B, C, *s)`` 0/1 regions or ``(B, 1, *s)``
+        labels; ``mask`` ``(B, 1, *s)`` or None."""
+        probs, onehot = _probabilities_and_onehot(logits, target, regions=self.regions)
+        if not self.regions:
+            probs, onehot = probs[:, 1:], onehot[:, 1:]
+        if mask is not None:
+            probs, onehot = probs * mask, onehot * mask
+        axes = [0, *range(2, logits.ndim)] if self.batch_dice else list(range(2, logits.ndim))
+        tp = (probs * onehot).sum(axes)
+        denominator = probs.sum(axes) + onehot.sum(axes)
+        return (1.0 - (2.0 * tp + SMOOTH) / (denominator + SMOOTH)).mean()
+
+
+class MaskedPointwiseLoss(nn.Module):
+    """Cross-entropy (labels, softmax) or binary cross-entropy (regions, sigmoid), optionally
+    focal (``gamma > 0``), averaged over the annotated voxels only.
+
+    With ``gamma = 0`` and no mask this is ``F.cross_entropy`` (labels) or
+    ``F.binary_cross_entropy_with_logits`` (regions, averaged over regions and voxels).
+    """
+
+    def __init__(self, *, regions: bool, gamma: float = 0.0) -> None:
+        super().__init__()
+        self.regions = regions
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """See :class:`MaskedDiceLoss` for the layouts."""
+        if self.regions:
+            per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            if self.gamma:
+                p_true = torch.exp(-per)
+                per = (1.0 - p_true) ** self.gamma * per
+        else:
+            log_p = F.log_softmax(logits, dim=1)
+            labels = target[:, 0].long()
+            per = -log_p.gather(1, labels[:, None])
+            if self.gamma:
+                per = (1.0 - torch.exp(-per)) ** self.gamma * per
+        if mask is None:
+            return per.mean()
+        weight = mask.expand_as(per)
+        return (per * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class SchemeLoss(nn.Module):
+    """Dice plus a pointwise term, for any label scheme (regions, ignore): the base loss
+    :class:`DeepSupervisionLoss` calls with ``(logits, target, mask)``."""
+
+    def __init__(self, *, batch_dice: bool, regions: bool, gamma: float = 0.0) -> None:
+        super().__init__()
+        self.dice = MaskedDiceLoss(batch_dice=batch_dice, regions=regions)
+        self.pointwise = MaskedPointwiseLoss(regions=regions, gamma=gamma)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Scalar loss (see :class:`MaskedDiceLoss` for the layouts)."""
+        return self.dice(logits, target, mask) + self.pointwise(logits, target, mask)
+
+
+def _probabilities_and_onehot(
+    logits: torch.Tensor, target: torch.Tensor, *, regions: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if regions:
+        return torch.sigmoid(logits), target.float()
+    onehot = F.one_hot(target[:, 0].long(), logits.shape[1]).movedim(-1, 1).float()
+    return torch.softmax(logits, dim=1), onehot
+
+
+#: Base losses by name: ``(batch_dice=..., scheme=...) -> loss``. With ``scheme`` None (plain
+#: labels, no ignore label) the loss takes ``(logits (B, C, *s), labels (B, 1, *s))``; with a
+#: scheme, ``(logits, target, mask)`` as :meth:`autoseg.labels.LabelScheme.training_target` makes
+#: them. A loss registered without a ``scheme`` parameter serves plain labels only.
 #: :func:`make_loss` wraps the chosen one for deep supervision.
-LOSSES: Registry[Callable[..., Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = Registry(
-    "loss", flag="--loss"
-)
+LOSSES: Registry[Callable[..., Callable[..., torch.Tensor]]] = Registry("loss", flag="--loss")
 
 
 @LOSSES.register("dice_ce")
-def dice_ce(*, batch_dice: bool) -> nn.Module:
-    """nnU-Net's loss: soft Dice over the foreground classes plus cross-entropy over all classes,
-    weight 1 each, smooth 1e-5."""
-    return DiceCELoss(
-        include_background=False,
-        to_onehot_y=True,
-        softmax=True,
-        batch=batch_dice,
-        smooth_nr=SMOOTH,
-        smooth_dr=SMOOTH,
-    )
+def dice_ce(*, batch_dice: bool, scheme: LabelScheme | None = None) -> nn.Module:
+    """nnU-Net's loss: soft Dice plus cross-entropy, weight 1 each, smooth 1e-5. Labels: Dice over
+    the foreground classes, softmax cross-entropy over all; regions: Dice and binary
+    cross-entropy per region (sigmoid). An ignore label's voxels are left out of both terms."""
+    if scheme is None:
+        return DiceCELoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            batch=batch_dice,
+            smooth_nr=SMOOTH,
+            smooth_dr=SMOOTH,
+        )
+    return SchemeLoss(batch_dice=batch_dice, regions=scheme.regions)
 
 
 @LOSSES.register("dice_focal")
-def dice_focal(*, batch_dice: bool) -> nn.Module:
-    """The same Dice plus a softmax focal loss with gamma 2 (:class:`DiceFocalLoss`)."""
-    return DiceFocalLoss(batch_dice=batch_dice)
+def dice_focal(*, batch_dice: bool, scheme: LabelScheme | None = None) -> nn.Module:
+    """The same Dice plus a focal loss with gamma 2 (:class:`DiceFocalLoss` for plain labels;
+    a sigmoid focal term per region for regions)."""
+    if scheme is None:
+        return DiceFocalLoss(batch_dice=batch_dice)
+    return SchemeLoss(batch_dice=batch_dice, regions=scheme.regions, gamma=2.0)
 
 
-def make_loss(kind: str, *, n_outputs: int, batch_dice: bool) -> DeepSupervisionLoss:
+def make_loss(
+    kind: str, *, n_outputs: int, batch_dice: bool, scheme: LabelScheme | None = None
+) -> DeepSupervisionLoss:
     """The training loss for a network with ``n_outputs`` outputs (1 without deep supervision).
 
     Args:
@@ -184,6 +301,9 @@ def make_loss(kind: str, *, n_outputs: int, batch_dice: bool) -> DeepSupervision
         n_outputs: outputs the network returns in training (``n_stages - 1`` for a
             :class:`~autoseg.networks.unet.UNet` with deep supervision, else 1).
         batch_dice: the configuration's ``batch_dice``.
+        scheme: the plan's label scheme; with regions or an ignore label the target becomes
+            per-region masks and an ignore mask (:class:`SchemeLoss`). None, or plain labels
+            without ignore: the loss of a label map, as before.
 
     Returns:
         A :class:`DeepSupervisionLoss` with :func:`deep_supervision_weights` weights.
@@ -200,7 +320,19 @@ def make_loss(kind: str, *, n_outputs: int, batch_dice: bool) -> DeepSupervision
         torch.Size([])
     """
     weights = deep_supervision_weights(n_outputs)
-    return DeepSupervisionLoss(LOSSES.get(kind)(batch_dice=batch_dice), weights)
+    factory = LOSSES.get(kind)
+    if scheme is not None and not scheme.regions and scheme.ignore is None:
+        scheme = None  # plain labels: the losses as they were, bit for bit
+    if scheme is None:
+        return DeepSupervisionLoss(factory(batch_dice=batch_dice), weights)
+    if "scheme" not in inspect.signature(factory).parameters:
+        what = "regions" if scheme.regions else "an ignore label"
+        msg = (
+            f"loss {kind!r} takes no label scheme, so it cannot train labels with {what}; "
+            "choose --loss dice_ce or dice_focal, or give the loss a `scheme` parameter"
+        )
+        raise AutosegError(msg)
+    return DeepSupervisionLoss(factory(batch_dice=batch_dice, scheme=scheme), weights, scheme)
 
 
 def _check_target(logits: torch.Tensor, target: torch.Tensor) -> None:

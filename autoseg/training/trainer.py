@@ -35,8 +35,9 @@ from autoseg._contract import parse
 from autoseg._precision import amp_dtype_for
 from autoseg.checkpoint_meta import CheckpointMeta
 from autoseg.data.loader import make_loader
+from autoseg.data.previous_stage import PreviousStageInput
 from autoseg.errors import CheckpointError
-from autoseg.networks.unet import build_network
+from autoseg.networks.unet import network_for
 from autoseg.options import describe
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
@@ -104,6 +105,12 @@ class Trainer:
         train_ids: training case ids.
         val_ids: validation case ids (empty for fold "all").
         out_dir: the fold's folder (checkpoints, log, curves, validation/).
+        previous_stage: a cascade stage's previous-stage predictions of every training and
+            validation case (:func:`autoseg.training.cascade.prepare_previous_stage`); required
+            exactly when ``config`` has a previous stage.
+
+    Raises:
+        ValueError: ``previous_stage`` given without a previous stage in ``config``, or missing.
     """
 
     def __init__(
@@ -115,7 +122,16 @@ class Trainer:
         train_ids: list[str],
         val_ids: list[str],
         out_dir: Path,
+        *,
+        previous_stage: PreviousStageInput | None = None,
     ) -> None:
+        if (previous_stage is None) != (config.previous_stage is None):
+            msg = (
+                f"{config.name}: previous stage {config.previous_stage!r}, but its predictions "
+                f"{previous_stage}"
+            )
+            raise ValueError(msg)
+        self.previous_stage = previous_stage
         self.plan, self.config, self.cfg = plan, config, cfg
         self.store, self.train_ids, self.val_ids = store, train_ids, val_ids
         self.out_dir = Path(out_dir)
@@ -128,7 +144,7 @@ class Trainer:
         rng.seed_all(cfg.seed + self.world.rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        net = build_network(config, in_channels=len(plan.channel_names), n_classes=plan.num_classes)
+        net = network_for(plan, config)
         self.network = net.to(self.device)
         self.model = dist.wrap(self.network, self.device)
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(self.network.parameters(), cfg)
@@ -137,7 +153,9 @@ class Trainer:
             "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
         n_out = config.network.n_stages - 1 if config.network.deep_supervision else 1
-        self.loss_fn = make_loss(cfg.loss, n_outputs=n_out, batch_dice=config.batch_dice)
+        self.loss_fn = make_loss(
+            cfg.loss, n_outputs=n_out, batch_dice=config.batch_dice, scheme=plan.label_scheme
+        )
         bs = cfg.batch_size or config.batch_size
         self.batch_size = max(1, math.ceil(bs / self.world.size))
 
@@ -311,8 +329,9 @@ class Trainer:
     @torch.no_grad()
     def _val_epoch(self, loader: Any) -> dict[str, Any]:
         self.model.eval()
-        n = self.plan.num_classes
-        tp, fp, fn = np.zeros(n - 1), np.zeros(n - 1), np.zeros(n - 1)
+        scheme = self.plan.label_scheme
+        n = len(scheme.entries)
+        tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
         losses = []
         for _ in range(self.cfg.val_iters):
             batch = next(loader)
@@ -321,13 +340,14 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self.model(x)
             losses.append(float(self.loss_fn(out, y)))
-            pred = out.argmax(1)
-            ref = y[:, 0].long()
-            for c in range(1, n):
-                p, r = pred == c, ref == c
-                tp[c - 1] += float((p & r).sum())
-                fp[c - 1] += float((p & ~r).sum())
-                fn[c - 1] += float((~p & r).sum())
+            pred = scheme.predicted_masks(out)
+            ref, annotated = scheme.reference_masks(y)
+            if annotated is not None:  # unannotated voxels count for nothing
+                pred, ref = pred & annotated, ref & annotated
+            dims = [0, *range(2, pred.ndim)]
+            tp += (pred & ref).sum(dims).cpu().numpy()
+            fp += (pred & ~ref).sum(dims).cpu().numpy()
+            fn += (~pred & ref).sum(dims).cpu().numpy()
         tp, fp, fn, loss = dist.sum_arrays(tp, fp, fn, np.array([np.mean(losses)]))
         dice = _pseudo_dice(tp, fp, fn)
         finite = [d for d in dice if not math.isnan(d)]
@@ -354,6 +374,7 @@ class Trainer:
             augment=True,
             augmentation=cfg.augmentation,
             start=steps * cfg.accumulate,
+            previous_stage=self.previous_stage,
         )
         val_loader = make_loader(
             self.store,
@@ -364,6 +385,7 @@ class Trainer:
             seed=(cfg.seed, rank, 1),
             augment=False,
             start=s.epoch * cfg.val_iters,
+            previous_stage=self.previous_stage,
         )
         return train_loader, val_loader
 

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg._atomic import write_json_atomic
+from autoseg.data.previous_stage import PreviousStageInput
 from autoseg.errors import PreprocessedDataError
 from autoseg.evaluation.metrics import dice_per_entry, mean_per_label, nan_to_none
 from autoseg.inference.probabilities import ProbabilityMap
@@ -30,6 +31,7 @@ from autoseg.inference.source_grid import (
 from autoseg.io.align import read_onto
 from autoseg.io.image import write_image
 from autoseg.planning.plan import Configuration, Plan
+from autoseg.preprocessing.previous_stage import with_previous_stage
 from autoseg.preprocessing.store import PreprocessedStore
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,12 @@ def validate_fold(
     amp_dtype: torch.dtype | None,
     save_probabilities: bool,
     tta: bool = True,
+    previous_stage: PreviousStageInput | None = None,
 ) -> dict[str, Any]:
     """Predict and score the validation cases; writes ``out_dir/CASE.nii.gz`` and ``summary.json``.
+
+    A cascade stage gets ``previous_stage``: each case's input then carries the previous stage's
+    cross-validation prediction as one-hot channels, as in training.
 
     Returns:
         The summary: per case and label (or region) Dice, mean per label, foreground mean.
@@ -70,7 +76,12 @@ def validate_fold(
     per_case = []
     for cid in tqdm(val_ids, desc="Validating", unit="case", disable=None):
         case = store.load(cid)
-        data = torch.from_numpy(np.array(case.data))  # a writable copy of the memmap
+        if previous_stage is None:
+            data = torch.from_numpy(np.array(case.data))  # a writable copy of the memmap
+        else:
+            data = torch.from_numpy(
+                with_previous_stage(case.data, previous_stage.load(cid), plan.label_scheme)
+            )
         logits = predict_logits(
             network, data, config, tta=tta, device=device, output_device="cpu", amp_dtype=amp_dtype
         )

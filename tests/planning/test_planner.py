@@ -731,3 +731,85 @@ class TestLowresNote:
         assert words in note
         assert ("3d_lowres" in plan.configurations) is kept
         assert note.startswith("3d_lowres + cascade" if kept else "no 3d_lowres")
+
+
+class TestAddLowres:
+    """``--add-lowres``: a genuinely coarser 3d_lowres + the cascade where the rule plans none."""
+
+    def test_small_data_gets_a_coarser_stage(self):
+        plan = make_plan(small_iso(), add_lowres=True)
+        assert set(plan.configurations) == {"3d_fullres", "3d_lowres", "3d_cascade_fullres", "2d"}
+        full, low, casc = (plan.configuration(n) for n in ("3d_fullres", "3d_lowres", "3d_cascade_fullres"))
+        # isotropic: all axes grow by 1.03 a step until 8x fewer voxels: after 23 steps,
+        # 1.97 mm, the median shape rounds to 20 x 25 x 20 = 40 x 50 x 40 / 8
+        assert low.spacing == pytest.approx((1.03**23,) * 3)
+        assert low.median_shape == (20, 25, 20)
+        assert math.prod(full.median_shape) / math.prod(low.median_shape) >= 8
+        assert low.network.n_stages >= 3
+        assert (low.next_stage, casc.previous_stage) == ("3d_cascade_fullres", "3d_lowres")
+        assert casc.spacing == full.spacing
+        assert casc.network == full.network
+        assert (full.batch_dice, low.batch_dice) == (True, False)
+        (note,) = [n for n in plan.notes if "3d_lowres" in n]
+        assert note.startswith("3d_lowres + cascade asked for with --add-lowres")
+        assert "covers 100% of the median image" in note
+        assert "fewer voxels" in note
+
+    def test_without_the_flag_nothing_changes(self):
+        assert make_plan(small_iso()) == make_plan(small_iso(), add_lowres=False)
+        assert "3d_lowres" not in make_plan(small_iso()).configurations
+
+    def test_the_rule_decides_where_it_plans_one(self):
+        assert make_plan(large_ct(), add_lowres=True) == make_plan(large_ct())
+
+    def test_too_close_to_full_resolution_is_added_too(self):
+        # edge 220: the rule's stage would have only 1.31x fewer voxels (TestLowresNote)
+        plan = make_plan(make_fp((220,) * 3, (1.0, 1.0, 1.0), 20), add_lowres=True)
+        low = plan.configuration("3d_lowres")
+        assert 220**3 / math.prod(low.median_shape) >= 8
+        (note,) = [n for n in plan.notes if "3d_lowres" in n]
+        assert "would have only 1.31x fewer voxels" in note
+        assert "--add-lowres" in note
+
+    @pytest.mark.parametrize(("edge", "kept"), [(16, False), (24, True)], ids=["16", "24"])
+    def test_tiny_images_keep_a_three_stage_network(self, edge, kept):
+        # 16 voxels a side: 15 is the smallest image with 3 stages, only 1.2x fewer voxels;
+        # 24: 15 voxels a side is 4.1x fewer (>= 2x, the rule's minimum), short of 8x
+        plan = make_plan(make_fp((edge,) * 3, (1.0, 1.0, 1.0), 10, channels=("MRI",)), add_lowres=True)
+        assert ("3d_lowres" in plan.configurations) is kept
+        if kept:
+            low = plan.configuration("3d_lowres")
+            assert low.network.n_stages == 3
+            assert low.median_shape == (15, 15, 15)
+        else:
+            (note,) = [n for n in plan.notes if "3d_lowres" in n]
+            assert note.startswith("no 3d_lowres although asked for with --add-lowres")
+            assert "too small an image for a 3-stage U-Net" in note
+
+
+class TestCascadeInput:
+    """The cascade's extra input channels come from the plan, one per foreground output."""
+
+    def test_labels(self):
+        plan = make_plan(small_iso(), add_lowres=True)  # background + 2 labels
+        channels = {n: plan.network_input_channels(c) for n, c in plan.configurations.items()}
+        assert channels == {"3d_fullres": 1, "3d_lowres": 1, "3d_cascade_fullres": 3, "2d": 1}
+
+    def test_regions_and_ignore(self):
+        fp = dataclasses.replace(
+            small_iso(),
+            labels={"background": 0, "whole": (1, 2, 3), "core": (2, 3), "enh": 3, "ignore": 4},
+            regions_class_order=(1, 2, 3),
+        )
+        plan = make_plan(fp, add_lowres=True)
+        # one channel per region, none for the background or the ignore label
+        assert plan.network_input_channels(plan.configuration("3d_cascade_fullres")) == 1 + 3
+
+    def test_hash_follows_the_previous_stage(self):
+        plan = make_plan(small_iso(), add_lowres=True)
+        assert plan.configuration_hash("3d_cascade_fullres") != plan.configuration_hash("3d_fullres")
+        low = plan.configuration("3d_lowres")
+        coarser = dataclasses.replace(low, spacing=(3.0,) * 3)
+        other = dataclasses.replace(plan, configurations={**plan.configurations, "3d_lowres": coarser})
+        assert other.configuration_hash("3d_cascade_fullres") != plan.configuration_hash("3d_cascade_fullres")
+        assert other.configuration_hash("3d_fullres") == plan.configuration_hash("3d_fullres")

@@ -1,0 +1,195 @@
+"""What a cascade stage (``3d_cascade_fullres``) trains on besides the images: its previous
+stage's cross-validation predictions.
+
+nnU-Net's cascade, and this one: the full-resolution stage takes as input the low-resolution
+stage's prediction of the case. For a *training* case that prediction must come from a
+low-resolution model that did not train on it, or the cascade learns from predictions far better
+than any it will get on a new scan (a model's predictions of its own training cases are nearly
+perfect). Every case is in exactly one fold's validation set, and fold ``k`` of ``3d_lowres``
+writes its validation cases' label maps to ``models/3d_lowres/fold_k/validation/``: those
+cross-validation predictions, one per case, are what every fold of the cascade reads, for its
+training and its validation cases alike.
+
+:func:`find_cv_predictions` finds them from the splits (case -> the fold that validated it) and
+refuses, naming the ``3d_lowres`` folds to train, when any is missing; a fold's predictions count
+only when its validation finished after its final checkpoint (``summary.json`` lists the case
+and is not older than ``checkpoint_final.pt``), so a fold retrained on another split cannot
+leave behind predictions of cases it trained on. :func:`prepare_previous_stage` brings them onto
+the cascade's preprocessed grid (:mod:`autoseg.preprocessing.previous_stage`) under the fold's
+folder, ``fold_k/previous_stage/CASE.npy``, and records in ``fold_k/previous_stage.json`` which
+file of which fold each case's input came from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoseg._atomic import write_atomic, write_json_atomic
+from autoseg.data.previous_stage import PreviousStageInput
+from autoseg.data.splits import Splits
+from autoseg.errors import ModelError, PreprocessedDataError
+from autoseg.io.align import read_onto
+from autoseg.planning.plan import Configuration, Plan
+from autoseg.preprocessing.previous_stage import previous_stage_indices, source_shape
+from autoseg.preprocessing.store import PreprocessedStore
+
+log = logging.getLogger(__name__)
+
+_ENDING = ".nii.gz"
+MANIFEST = "previous_stage.json"
+FOLDER = "previous_stage"
+
+
+@dataclass(frozen=True)
+class CVPrediction:
+    """The previous stage's cross-validation prediction of one case.
+
+    Attributes:
+        case_id: the case.
+        fold: the previous stage's fold that validated the case (and so did not train on it).
+        path: that fold's label map of the case (source grid).
+    """
+
+    case_id: str
+    fold: str
+    path: Path
+
+
+def _validated_cases(fold_dir: Path) -> set[str] | None:
+    """The cases a fold's finished validation predicted, or None when it has not finished since
+    the fold's final checkpoint (no summary, an unreadable one, or one older than the checkpoint)."""
+    summary = fold_dir / "validation" / "summary.json"
+    final = fold_dir / "checkpoint_final.pt"
+    try:
+        if summary.stat().st_mtime_ns < final.stat().st_mtime_ns:
+            return None
+        per_case = json.loads(summary.read_text())["per_case"]
+        return {str(c["case_id"]) for c in per_case}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def find_cv_predictions(
+    model_dir: Path,
+    splits: Splits,
+    case_ids: Sequence[str],
+    *,
+    dataset: str,
+    needed_by: str,
+) -> dict[str, CVPrediction]:
+    """The previous stage's cross-validation prediction of every case in ``case_ids``.
+
+    Args:
+        model_dir: the previous stage's model folder, ``<work>/<dataset>/models/3d_lowres``.
+        splits: the dataset's cross-validation folds (``splits.json``); case ``c`` is read from
+            the fold whose ``val`` holds it.
+        case_ids: the cases the cascade fold trains and validates on.
+        dataset: the dataset's name, for the commands in the message.
+        needed_by: who asks (``"3d_cascade_fullres fold 0"``), for the message.
+
+    Returns:
+        Case id -> its :class:`CVPrediction`.
+
+    Raises:
+        ModelError: a case is in no fold's validation set, or the folds that validate some cases
+            have not been trained and validated; one line naming exactly those folds and the
+            commands that train them.
+    """
+    stage = model_dir.name
+    fold_of = {cid: k for k, fold in enumerate(splits) for cid in fold["val"]}
+    unsplit = [c for c in case_ids if c not in fold_of]
+    if unsplit:
+        msg = (
+            f"{needed_by} needs {stage}'s cross-validation predictions, but case(s) "
+            f"{', '.join(unsplit[:5])} are in no fold's validation set of splits.json, so no {stage} "
+            "model predicts them without having trained on them; give every case a validation fold "
+            "in splits.json"
+        )
+        raise ModelError(msg)
+    validated: dict[int, set[str] | None] = {}
+    found: dict[str, CVPrediction] = {}
+    missing: dict[int, list[str]] = {}
+    for cid in case_ids:
+        k = fold_of[cid]
+        if k not in validated:
+            validated[k] = _validated_cases(model_dir / f"fold_{k}")
+        path = model_dir / f"fold_{k}" / "validation" / f"{cid}{_ENDING}"
+        cases = validated[k]
+        if cases is None or cid not in cases or not path.is_file():
+            missing.setdefault(k, []).append(cid)
+        else:
+            found[cid] = CVPrediction(cid, str(k), path)
+    if missing:
+        folds = sorted(missing)
+        n = sum(len(v) for v in missing.values())
+        commands = " and ".join(f"`autoseg train {dataset} {stage} {k}`" for k in folds)
+        msg = (
+            f"{needed_by} takes {stage}'s cross-validation prediction of each case as input, but "
+            f"{stage} fold(s) {', '.join(map(str, folds))} have not predicted their {n} validation "
+            f"case(s) among these (no finished validation under {model_dir}/fold_<k>/validation/); "
+            f"train them first: {commands} (each predicts the cases it did not train on)"
+        )
+        raise ModelError(msg)
+    return found
+
+
+def prepare_previous_stage(
+    sources: dict[str, CVPrediction],
+    plan: Plan,
+    config: Configuration,
+    store: PreprocessedStore,
+    fold_dir: Path,
+) -> PreviousStageInput:
+    """Bring each case's previous-stage prediction onto ``config``'s preprocessed grid.
+
+    Writes ``fold_dir/previous_stage/CASE.npy`` (stored indices, the store's grid) for every case
+    of ``sources`` and ``fold_dir/previous_stage.json`` (case -> fold and file read).
+
+    Returns:
+        Where the loader and the validation find them.
+
+    Raises:
+        AutosegError: a prediction cannot be read or is not on its scan's grid.
+        PreprocessedDataError: a case's properties lack the source geometry.
+    """
+    folder = fold_dir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for cid, src in sorted(sources.items()):
+        props = store.properties(cid)
+        if props.geometry is None:
+            msg = (
+                f"{store.folder / (cid + '.json')}: no source geometry; delete {store.folder} and train again"
+            )
+            raise PreprocessedDataError(msg)
+        label_map = read_onto(
+            src.path, props.geometry, source_shape(props, plan), grid_of=f"case {cid}'s image"
+        )
+        indices = previous_stage_indices(label_map, props, plan)
+
+        def write(tmp: Path, indices: np.ndarray = indices) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to other names
+                np.save(f, indices, allow_pickle=False)
+
+        write_atomic(folder / f"{cid}.npy", write)
+    write_json_atomic(
+        fold_dir / MANIFEST,
+        {
+            "configuration": config.name,
+            "previous_stage": config.previous_stage,
+            "cases": {cid: {"fold": s.fold, "file": str(s.path)} for cid, s in sorted(sources.items())},
+        },
+    )
+    log.info(
+        "%s: %s's cross-validation predictions of %d cases (folds %s) as input channels",
+        config.name,
+        config.previous_stage,
+        len(sources),
+        ", ".join(sorted({s.fold for s in sources.values()})),
+    )
+    return PreviousStageInput(folder, plan.label_scheme)
