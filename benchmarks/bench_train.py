@@ -14,6 +14,12 @@ every run is kept in ``results/train_hippocampus_cpu.json`` and the table compar
     .venv/bin/python benchmarks/bench_train.py --nnunet-runs 1   # one more nnU-Net run (~45 min)
     .venv/bin/python benchmarks/bench_train.py --collect-nnunet RESULTS/fold_0   # a finished run
     .venv/bin/python benchmarks/bench_train.py --table            # only rewrite the table
+    .venv/bin/python benchmarks/bench_train.py --regions --seeds 1 2 --nnunet-runs 2
+
+``--regions`` trains both tools on nnU-Net's regions scenario (its Dataset997: labels
+``{hippocampus: [1, 2], anterior: 1}``, ``regions_class_order [2, 1]``, sigmoid outputs) of the
+same data and split, scored per region; its runs are kept apart
+(``results/train_hippocampus_regions_cpu.json`` and ``.md``; there is no reference run).
 
 The nnU-Net reference run of ../shared/reference is always one of the nnU-Net rows. Run on an
 otherwise idle machine: s/iteration is the median epoch time / 45 (validation iterations
@@ -41,6 +47,7 @@ from _measure import HERE, ROOT, SHARED, write_result
 
 REFERENCE = SHARED / "reference" / "nnunet_cpu_run"
 RUNS = HERE / "results" / "train_hippocampus_cpu.json"
+REGION_RUNS = HERE / "results" / "train_hippocampus_regions_cpu.json"
 log = logging.getLogger("bench_train")
 
 
@@ -58,6 +65,8 @@ def _today() -> str:
 def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> dict[str, object]:
     """Plan, train and validate fold 0 with autoseg; one result row."""
     exe = str(ROOT / ".venv" / "bin" / "autoseg")
+    if args.regions:
+        data = _regions_dataset(data, work / "data" / data.name)
     _run([exe, "plan", str(data), "--work-dir", str(work), "-q"])
     ref_splits = json.loads((REFERENCE / "splits_final.json").read_text())
     from autoseg.data.splits import make_splits
@@ -103,9 +112,36 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
         "iters": args.iters,
         "total_min": wall / 60,
         "pseudo_dice": [round(r["pseudo_dice_mean"], 3) for r in recs],
-        "dice": [summary["mean"]["1"], summary["mean"]["2"]],
+        "dice": [summary["mean"][k] for k in _keys(args)[0]],
         "dice_mean": summary["foreground_mean"],
     }
+
+
+def _keys(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The summary keys of the two scores: autoseg's, nnU-Net's."""
+    if args.regions:
+        return ["hippocampus", "anterior"], ["(1, 2)", "1"]
+    return ["1", "2"], ["1", "2"]
+
+
+def _regions_dataset(msd: Path, dest: Path) -> Path:
+    """The MSD hippocampus folder as nnU-Net's regions scenario (nnU-Net v2 layout, links to the
+    files; the same case ids, so the same split)."""
+    from autoseg.io.samples import SCENARIOS
+
+    labels, order, _ = SCENARIOS["regions"]
+    meta = json.loads((msd / "dataset.json").read_text())
+    (dest / "imagesTr").mkdir(parents=True)
+    (dest / "labelsTr").mkdir()
+    for entry in meta["training"]:
+        name = Path(entry["image"]).name
+        case = name.removesuffix(".nii.gz")
+        (dest / "imagesTr" / f"{case}_0000.nii.gz").symlink_to((msd / entry["image"]).resolve())
+        (dest / "labelsTr" / name).symlink_to((msd / entry["label"]).resolve())
+    dataset = {"channel_names": {"0": "MRI"}, "labels": labels, "regions_class_order": order}
+    dataset |= {"numTraining": len(meta["training"]), "file_ending": ".nii.gz"}
+    (dest / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    return dest
 
 
 def reference_nnunet() -> dict[str, object]:
@@ -125,7 +161,9 @@ def reference_nnunet() -> dict[str, object]:
     }
 
 
-def collect_nnunet(fold: Path, iters: int, total_min: float | None = None) -> dict[str, object]:
+def collect_nnunet(
+    fold: Path, iters: int, total_min: float | None = None, keys: tuple[str, str] = ("1", "2")
+) -> dict[str, object]:
     """A result row from a finished nnU-Net fold folder (its training log and validation)."""
     text = "\n".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
     epoch_s = [float(x) for x in re.findall(r"Epoch time: ([\d.]+) s", text)]
@@ -142,7 +180,7 @@ def collect_nnunet(fold: Path, iters: int, total_min: float | None = None) -> di
         "iters": iters,
         "total_min": total_min,
         "pseudo_dice": [round(statistics.mean(d), 3) for d in dice],
-        "dice": [s["mean"]["1"]["Dice"], s["mean"]["2"]["Dice"]],
+        "dice": [s["mean"][k]["Dice"] for k in keys],
         "dice_mean": s["foreground_mean"]["Dice"],
     }
 
@@ -186,6 +224,14 @@ def run_nnunet(data: Path, work: Path, n_runs: int, args: argparse.Namespace) ->
     (msd / "imagesTs").mkdir()
     (msd / "dataset.json").write_text((data / "dataset.json").read_text())
     _run([str(b / "nnUNetv2_convert_MSD_dataset"), "-i", str(msd), "-overwrite_id", "4"], env)
+    if args.regions:  # nnU-Net's Dataset997: the same labels declared as regions
+        from autoseg.io.samples import SCENARIOS
+
+        labels, order, _ = SCENARIOS["regions"]
+        raw_json = work / "raw" / "Dataset004_Hippocampus" / "dataset.json"
+        dj = json.loads(raw_json.read_text())
+        dj["labels"], dj["regions_class_order"] = labels, order
+        raw_json.write_text(json.dumps(dj, indent=1))
     _run([str(b / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "2"], env)
     pre = work / "pre" / "Dataset004_Hippocampus"
     (pre / "splits_final.json").write_text((REFERENCE / "splits_final.json").read_text())
@@ -206,7 +252,7 @@ def run_nnunet(data: Path, work: Path, n_runs: int, args: argparse.Namespace) ->
             env,
         )
         fold = next((work / f"res{i}").glob("Dataset004_Hippocampus/*/fold_0"))
-        rows.append(collect_nnunet(fold, args.iters, wall / 60))
+        rows.append(collect_nnunet(fold, args.iters, wall / 60, tuple(_keys(args)[1])))  # type: ignore[arg-type]
     return rows
 
 
@@ -219,7 +265,8 @@ def _s_per_iter(row: dict) -> float:
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     """The markdown table of every run, then the means per tool and their comparison."""
     lines = [
-        f"## train: hippocampus 3d_fullres fold 0 on CPU (2 cores), {args.epochs} x {args.iters} "
+        f"## train: hippocampus{' regions' if args.regions else ''} 3d_fullres fold 0 on CPU (2 cores), "
+        f"{args.epochs} x {args.iters} "
         f"iterations of batch 7, {args.val_iters} val iters/epoch",
         "",
         "Every run of `benchmarks/bench_train.py` (kept in train_hippocampus_cpu.json). Runs that "
@@ -228,8 +275,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "which it starts to predict foreground (see the pseudo-Dice columns), which varies from run "
         "to run (nnU-Net does not seed its runs), so the tools are compared by the mean of their runs.",
         "",
-        "| tool | run | date | s / it | total min | pseudo-Dice per epoch | Dice ant. | Dice post. "
-        "| Dice mean |",
+        "| tool | run | date | s / it | total min | pseudo-Dice per epoch | "
+        + ("Dice hippocampus | Dice anterior " if args.regions else "Dice ant. | Dice post. ")
+        + "| Dice mean |",
         "|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
@@ -295,10 +343,12 @@ def main() -> int:
         help="keep the work folders here (e.g. for bench_predict.py --work DIR/autoseg<seed>)",
     )
     ap.add_argument("--note", default="", help="appended to each run's label (e.g. what changed)")
+    ap.add_argument("--regions", action="store_true", help="nnU-Net's regions scenario (Dataset997)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = [] if args.fresh or not RUNS.is_file() else json.loads(RUNS.read_text())
-    if not rows:
+    runs = REGION_RUNS if args.regions else RUNS
+    rows = [] if args.fresh or not runs.is_file() else json.loads(runs.read_text())
+    if not rows and not args.regions:
         rows.append(reference_nnunet())
     if not args.table:
         data = args.data.resolve()
@@ -306,13 +356,14 @@ def main() -> int:
             tmp = args.keep_work or Path(tmp_dir)
             for seed in args.seeds:
                 rows.append(run_autoseg(data, Path(tmp) / f"autoseg{seed}", seed, args))
-                RUNS.write_text(json.dumps(rows, indent=1))
+                runs.write_text(json.dumps(rows, indent=1))
             if args.nnunet_runs:
                 rows += run_nnunet(data, Path(tmp) / "nnunet", args.nnunet_runs, args)
-        rows += [collect_nnunet(f.resolve(), args.iters) for f in args.collect_nnunet]
-        RUNS.parent.mkdir(exist_ok=True)
-        RUNS.write_text(json.dumps(rows, indent=1))
-    write_result("train_hippocampus_cpu.md", table(rows, args))
+        keys = tuple(_keys(args)[1])
+        rows += [collect_nnunet(f.resolve(), args.iters, None, keys) for f in args.collect_nnunet]  # type: ignore[arg-type]
+        runs.parent.mkdir(exist_ok=True)
+        runs.write_text(json.dumps(rows, indent=1))
+    write_result(runs.with_suffix(".md").name, table(rows, args))
     return 0
 
 
