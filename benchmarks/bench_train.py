@@ -117,6 +117,10 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
     }
 
 
+def _runs_file(args: argparse.Namespace) -> Path:
+    return REGION_RUNS if args.regions else RUNS
+
+
 def _keys(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """The summary keys of the two scores: autoseg's, nnU-Net's."""
     if args.regions:
@@ -269,7 +273,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"{args.epochs} x {args.iters} "
         f"iterations of batch 7, {args.val_iters} val iters/epoch",
         "",
-        "Every run of `benchmarks/bench_train.py` (kept in train_hippocampus_cpu.json). Runs that "
+        f"Every run of `benchmarks/bench_train.py` (kept in {_runs_file(args).name}). Runs that "
         "shared the CPU with other jobs have slower epochs; the s/iteration comparison uses each "
         "tool's fastest median. At this budget the Dice of a run depends mostly on the epoch at "
         "which it starts to predict foreground (see the pseudo-Dice columns), which varies from run "
@@ -346,7 +350,7 @@ def main() -> int:
     ap.add_argument("--regions", action="store_true", help="nnU-Net's regions scenario (Dataset997)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    runs = REGION_RUNS if args.regions else RUNS
+    runs = _runs_file(args)
     rows = [] if args.fresh or not runs.is_file() else json.loads(runs.read_text())
     if not rows and not args.regions:
         rows.append(reference_nnunet())
