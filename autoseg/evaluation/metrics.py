@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from autoseg.errors import DatasetError
-from autoseg.labels import LabelScheme
+from autoseg.labels import LabelScheme, entry_mask
 
 K = TypeVar("K", int, str)
 
@@ -69,12 +69,6 @@ def confusion(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[int, int, 
     p, r = pred == label, ref == label
     tp = int(np.count_nonzero(p & r))
     return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
-
-
-def entry_mask(label_map: np.ndarray, values: Sequence[int]) -> np.ndarray:
-    """The voxels of a label or region: holding one of ``values`` (``==`` for one value, which
-    is what plain labels always used, and faster than ``np.isin``)."""
-    return label_map == values[0] if len(values) == 1 else np.isin(label_map, values)
 
 
 def dice_per_entry(pred: np.ndarray, ref: np.ndarray, scheme: LabelScheme) -> dict[str, float]:

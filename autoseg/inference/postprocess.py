@@ -26,6 +26,7 @@ import numpy as np
 from autoseg._atomic import write_json_atomic
 from autoseg._contract import load, parse
 from autoseg.errors import ModelError
+from autoseg.labels import entry_mask
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def target_of(values: Sequence[int]) -> Target:
 
 def target_mask(labels: np.ndarray, target: Target) -> np.ndarray:
     """The voxels of ``labels`` that belong to ``target``."""
-    return labels == target if isinstance(target, int) else np.isin(labels, target)
+    return entry_mask(labels, (target,) if isinstance(target, int) else target)
 
 
 @dataclass(frozen=True)
