@@ -8,9 +8,10 @@ the checkpoint's ``"meta"`` key as plain strings, numbers and dicts (checkpoints
 ``torch.load(weights_only=True)``: no pickled classes); readers validate it back into the
 dataclass with :meth:`CheckpointMeta.from_checkpoint` and compare it with :meth:`~CheckpointMeta.check`.
 
-Formats: 2 (this one); 1 kept ``format``, ``configuration``, ``n_classes`` and ``train_config``
-at the top level of the checkpoint and had no plan identity. Format-1 checkpoints still load
-(configuration and class count are checked; the plan cannot be).
+Formats: 3 (this one); 2 lacked ``previous_stage`` (read as None); 1 kept ``format``,
+``configuration``, ``n_classes`` and ``train_config`` at the top level of the checkpoint and had no
+plan identity. Format-1 and -2 checkpoints still load (format 1: configuration and class count
+are checked; the plan cannot be).
 
 This module imports no training code: prediction reads checkpoints too.
 """
@@ -28,7 +29,7 @@ from autoseg.planning.plan import Configuration, Plan
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 _FIX = "retrain this fold"
 #: The top-level keys of a format-1 checkpoint that held its metadata.
 _FORMAT_1_KEYS = ("format", "configuration", "n_classes", "train_config")
@@ -46,6 +47,9 @@ class CheckpointMeta:
             format-1 checkpoint, which did not record it.
         train_config: the training settings (``TrainConfig.to_dict()``); training validates
             them when it continues, prediction does not read them.
+        previous_stage: a cascade stage's digest of the previous-stage predictions it trains on
+            (:attr:`autoseg.data.previous_stage.PreviousStageInput.digest`); training refuses to
+            continue on others. None: not a cascade stage, or not recorded (format 1 and 2).
     """
 
     format: int
@@ -53,16 +57,26 @@ class CheckpointMeta:
     n_classes: int
     plan_hash: str | None
     train_config: dict[str, Any]
+    previous_stage: str | None = None
 
     @classmethod
-    def for_training(cls, plan: Plan, config: Configuration, train_config: dict[str, Any]) -> CheckpointMeta:
-        """The metadata of a checkpoint trained for ``config`` of ``plan``."""
+    def for_training(
+        cls,
+        plan: Plan,
+        config: Configuration,
+        train_config: dict[str, Any],
+        *,
+        previous_stage: str | None = None,
+    ) -> CheckpointMeta:
+        """The metadata of a checkpoint trained for ``config`` of ``plan`` (on the previous-stage
+        inputs with digest ``previous_stage``, for a cascade stage)."""
         return cls(
             format=CHECKPOINT_FORMAT,
             configuration=config.name,
             n_classes=plan.num_classes,
             plan_hash=plan.configuration_hash(config.name),
             train_config=dict(train_config),
+            previous_stage=previous_stage,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,8 +100,13 @@ class CheckpointMeta:
             raise CheckpointError(msg)
         if "meta" in checkpoint:
             data, version = checkpoint["meta"], CHECKPOINT_FORMAT
+            if isinstance(data, dict) and data.get("format") == 2 and "previous_stage" not in data:
+                data = {**data, "format": CHECKPOINT_FORMAT, "previous_stage": None}
         elif checkpoint.get("format") == 1 and type(checkpoint.get("format")) is int:
-            data = {k: checkpoint[k] for k in _FORMAT_1_KEYS if k in checkpoint} | {"plan_hash": None}
+            data = {k: checkpoint[k] for k in _FORMAT_1_KEYS if k in checkpoint} | {
+                "plan_hash": None,
+                "previous_stage": None,
+            }
             version = 1
         else:
             found = checkpoint.get("format", "missing")

@@ -213,13 +213,13 @@ def train(
     try:
         previous_stage = None
         if cv_predictions is not None:
-            from autoseg.data.previous_stage import PreviousStageInput
-            from autoseg.training.cascade import FOLDER, prepare_previous_stage
+            from autoseg.training.cascade import load_previous_stage, prepare_previous_stage
 
             if world.is_main:
-                prepare_previous_stage(cv_predictions, the_plan, config, store, fold_dir)
+                previous_stage = prepare_previous_stage(cv_predictions, the_plan, config, store, fold_dir)
             dist.barrier()
-            previous_stage = PreviousStageInput(fold_dir / FOLDER, the_plan.label_scheme)
+            if not world.is_main:
+                previous_stage = load_previous_stage(fold_dir, the_plan)
         log.info(
             "training %s fold %s on %d cases (%d validation), device %s",
             config.name,

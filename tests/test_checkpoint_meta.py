@@ -44,19 +44,20 @@ def test_round_trip(plan, meta):
         "n_classes": 3,
         "plan_hash": plan.configuration_hash("2d"),
         "train_config": TRAIN_CONFIG,
+        "previous_stage": None,
     }
     back = _read({"meta": meta, "network": {}})
     assert back.to_dict() == meta
     assert back.differences(plan, plan.configuration("2d")) == []
 
 
-@pytest.mark.parametrize("version", [3, 1, "2", None], ids=["3", "1", "str", "none"])
+@pytest.mark.parametrize("version", [4, 1, "3", None], ids=["4", "1", "str", "none"])
 def test_wrong_format(meta, version):
     meta["format"] = version
     with pytest.raises(
         CheckpointError,
         match=rf"^{_where()}: checkpoint metadata format is {re.escape(repr(version))}, "
-        rf"this autoseg reads 2{re.escape(FIX)}$",
+        rf"this autoseg reads 3{re.escape(FIX)}$",
     ):
         _read({"meta": meta})
 
@@ -103,6 +104,28 @@ def test_no_metadata(checkpoint):
 def test_not_a_dict():
     with pytest.raises(CheckpointError, match=rf"^{_where()}: not an autoseg checkpoint \(a list\)"):
         _read([])
+
+
+class TestFormat2:
+    """Checkpoints of format 2 lack ``previous_stage`` (the cascade's input digest): read as None."""
+
+    def test_loads_without_the_previous_stage_digest(self, plan, meta):
+        del meta["previous_stage"]
+        meta["format"] = 2
+        back = _read({"meta": meta})
+        assert (back.format, back.previous_stage) == (CHECKPOINT_FORMAT, None)
+        assert back.differences(plan, plan.configuration("2d")) == []
+
+    def test_format_2_with_format_3_keys_is_refused(self, meta):
+        meta["format"] = 2
+        with pytest.raises(CheckpointError, match="format is 2, this autoseg reads 3"):
+            _read({"meta": meta})
+
+    def test_a_cascade_digest_round_trips(self, plan):
+        meta = CheckpointMeta.for_training(
+            plan, plan.configuration("2d"), TRAIN_CONFIG, previous_stage="0123456789abcdef"
+        )
+        assert _read({"meta": meta.to_dict()}).previous_stage == "0123456789abcdef"
 
 
 class TestFormat1:

@@ -68,10 +68,14 @@ class PreviousStageInput:
     Attributes:
         folder: ``CASE.npy`` per case: ``(Z, Y, X)`` stored indices on the store's grid.
         scheme: the label scheme (one channel per foreground entry).
+        digest: a hash of the previous-stage predictions these maps were made from (which fold's
+            file of each case, and its content); checkpoints record it, so ``--continue`` can
+            refuse when the previous stage was retrained in between. None: not known.
     """
 
     folder: Path
     scheme: LabelScheme
+    digest: str | None = None
 
     @property
     def channels(self) -> int:

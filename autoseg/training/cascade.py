@@ -16,21 +16,27 @@ only when its validation finished after its final checkpoint (``summary.json`` l
 and is not older than ``checkpoint_final.pt``), so a fold retrained on another split cannot
 leave behind predictions of cases it trained on. :func:`prepare_previous_stage` brings them onto
 the cascade's preprocessed grid (:mod:`autoseg.preprocessing.previous_stage`) under the fold's
-folder, ``fold_k/previous_stage/CASE.npy``, and records in ``fold_k/previous_stage.json`` which
-file of which fold each case's input came from.
+folder, ``fold_k/previous_stage/CASE.npy``, and records in ``fold_k/previous_stage.json`` (a
+typed, versioned :class:`PreviousStageManifest`) which file of which fold each case's input came
+from, with its SHA-256. A hash of that record goes into every checkpoint of the fold, so
+``--continue`` after the previous stage was retrained (other inputs for the rest of the run) is
+refused instead of silently mixing two sets of inputs in one model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from autoseg._atomic import write_atomic, write_json_atomic
+from autoseg._contract import digest, load, parse, to_json
 from autoseg.data.previous_stage import PreviousStageInput
 from autoseg.data.splits import Splits
 from autoseg.errors import ModelError, PreprocessedDataError
@@ -43,7 +49,9 @@ log = logging.getLogger(__name__)
 
 _ENDING = ".nii.gz"
 MANIFEST = "previous_stage.json"
+MANIFEST_VERSION = 1
 FOLDER = "previous_stage"
+_FIX = "train this fold again (without --continue)"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,72 @@ class CVPrediction:
     case_id: str
     fold: str
     path: Path
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """Where one case's previous-stage input came from.
+
+    Attributes:
+        fold: the previous stage's fold that validated the case.
+        file: that fold's prediction of the case.
+        sha256: the file's content hash when it was read.
+    """
+
+    fold: str
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PreviousStageManifest:
+    """``fold_k/previous_stage.json``: what a cascade fold's input channels were made from.
+
+    Attributes:
+        configuration: the cascade configuration.
+        previous_stage: its previous stage.
+        cases: case id -> where its input came from.
+        schema_version: the file's version.
+    """
+
+    configuration: str
+    previous_stage: str
+    cases: dict[str, ManifestEntry]
+    schema_version: int = MANIFEST_VERSION
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the record: equal for equal inputs (same files, same contents)."""
+        return digest(PreviousStageManifest, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, its version first."""
+        d = to_json(self)
+        return {"schema_version": d.pop("schema_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreviousStageManifest:
+        """Strict inverse of :meth:`to_dict`.
+
+        Raises:
+            ModelError: wrong or missing version, missing or unknown keys, wrongly typed values.
+        """
+        return parse(
+            cls, d, name="previous-stage manifest", version=MANIFEST_VERSION, error=ModelError, fix=_FIX
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> PreviousStageManifest:
+        """Read and check a fold's manifest; every error names the file."""
+        return load(path, cls.from_dict, error=ModelError, fix=_FIX, missing=f"not prepared; {_FIX}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _validated_cases(fold_dir: Path) -> set[str] | None:
@@ -149,10 +223,11 @@ def prepare_previous_stage(
     """Bring each case's previous-stage prediction onto ``config``'s preprocessed grid.
 
     Writes ``fold_dir/previous_stage/CASE.npy`` (stored indices, the store's grid) for every case
-    of ``sources`` and ``fold_dir/previous_stage.json`` (case -> fold and file read).
+    of ``sources``, removes the maps of other cases (left by an earlier run of the fold on
+    another split), and writes ``fold_dir/previous_stage.json`` (:class:`PreviousStageManifest`).
 
     Returns:
-        Where the loader and the validation find them.
+        Where the loader and the validation find them, with the manifest's digest.
 
     Raises:
         AutosegError: a prediction cannot be read or is not on its scan's grid.
@@ -160,6 +235,17 @@ def prepare_previous_stage(
     """
     folder = fold_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
+    manifest = PreviousStageManifest(
+        configuration=config.name,
+        previous_stage=str(config.previous_stage),
+        cases={
+            cid: ManifestEntry(fold=s.fold, file=str(s.path), sha256=_sha256(s.path))
+            for cid, s in sorted(sources.items())
+        },
+    )
+    for stale in folder.glob("*.npy"):
+        if stale.stem not in sources:
+            stale.unlink()
     for cid, src in sorted(sources.items()):
         props = store.properties(cid)
         if props.geometry is None:
@@ -177,14 +263,7 @@ def prepare_previous_stage(
                 np.save(f, indices, allow_pickle=False)
 
         write_atomic(folder / f"{cid}.npy", write)
-    write_json_atomic(
-        fold_dir / MANIFEST,
-        {
-            "configuration": config.name,
-            "previous_stage": config.previous_stage,
-            "cases": {cid: {"fold": s.fold, "file": str(s.path)} for cid, s in sorted(sources.items())},
-        },
-    )
+    write_json_atomic(fold_dir / MANIFEST, manifest.to_dict())
     log.info(
         "%s: %s's cross-validation predictions of %d cases (folds %s) as input channels",
         config.name,
@@ -192,4 +271,15 @@ def prepare_previous_stage(
         len(sources),
         ", ".join(sorted({s.fold for s in sources.values()})),
     )
-    return PreviousStageInput(folder, plan.label_scheme)
+    return PreviousStageInput(folder, plan.label_scheme, manifest.digest)
+
+
+def load_previous_stage(fold_dir: Path, plan: Plan) -> PreviousStageInput:
+    """The previous-stage input :func:`prepare_previous_stage` wrote for ``fold_dir`` (how the
+    other processes of a distributed run find it).
+
+    Raises:
+        ModelError: the manifest is missing or invalid.
+    """
+    manifest = PreviousStageManifest.load(fold_dir / MANIFEST)
+    return PreviousStageInput(fold_dir / FOLDER, plan.label_scheme, manifest.digest)

@@ -162,7 +162,12 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     def _checkpoint_state(self) -> dict[str, Any]:
         s = self.state
-        meta = CheckpointMeta.for_training(self.plan, self.config, self.cfg.to_dict())
+        meta = CheckpointMeta.for_training(
+            self.plan,
+            self.config,
+            self.cfg.to_dict(),
+            previous_stage=self.previous_stage.digest if self.previous_stage else None,
+        )
         return {
             "meta": meta.to_dict(),
             "network": self.network.state_dict(),
@@ -234,6 +239,7 @@ class Trainer:
         if old.fold != self.cfg.fold:
             msg = f"{path}: trained as fold {old.fold!r}, not fold {self.cfg.fold!r}; {_CONTINUE_FIX}"
             raise CheckpointError(msg)
+        self._check_same_previous_stage(meta, path)
         changed = changed_settings(old, self.cfg, plan_batch_size=self.config.batch_size)
         refused = {k: v for k, v in changed.items() if k not in HARMLESS_CHANGES}
         if refused:
@@ -250,6 +256,28 @@ class Trainer:
             log.warning(
                 "continuing %s with changed settings: %s%s", path.name, _describe_changes(changed), note
             )
+
+    def _check_same_previous_stage(self, meta: CheckpointMeta, path: Path) -> None:
+        """Refuse to continue a cascade stage on other previous-stage predictions than it began
+        with (the previous stage was retrained in between): the model would have learnt from two
+        sets of inputs, and no record would say so.
+
+        Raises:
+            CheckpointError: the recorded digest differs from the current inputs'.
+        """
+        now = self.previous_stage.digest if self.previous_stage else None
+        if meta.previous_stage is None or now is None:
+            if now is not None:
+                log.warning("%s: which previous-stage predictions it trained on is not recorded", path.name)
+            return
+        if meta.previous_stage != now:
+            msg = (
+                f"{path}: {self.config.previous_stage}'s predictions that this fold takes as input "
+                f"changed since it began (a {self.config.previous_stage} fold was retrained; see "
+                f"{self.out_dir / 'previous_stage.json'}); --continue would train on other inputs: "
+                "train this fold from scratch (without --continue)"
+            )
+            raise CheckpointError(msg)
 
     def resume(self) -> bool:
         """Restore the latest (else the final) checkpoint of this fold, checking it is this run's.

@@ -12,7 +12,7 @@ import pytest
 from autoseg.data.loader import make_loader
 from autoseg.data.previous_stage import PreviousStageInput, perturb, random_morphology
 from autoseg.io.dataset import load_dataset
-from autoseg.io.image import read_image
+from autoseg.io.image import read_image, write_image
 from autoseg.preprocessing.previous_stage import one_hot, previous_stage_indices
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +113,78 @@ class TestPerturbations:
         # stored indices: values (0, 1, 2, 3) -> 0..3; a voxel of value 2 is in both regions
         hot = one_hot(np.array([0, 1, 2, 3]), scheme)
         assert hot.tolist() == [[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+
+
+class TestPrepare:
+    """``prepare_previous_stage``: maps on the store's grid, a strict manifest whose digest
+    follows the predictions' contents, and no maps left of cases the fold no longer has."""
+
+    @pytest.fixture
+    def sources(self, prepared, tmp_path):
+        from autoseg.training.cascade import CVPrediction
+
+        labels = {c.case_id: c.label for c in load_dataset(ROOT / "data" / "hippocampus_sample").cases}
+        out = {}
+        for k, cid in enumerate(prepared.case_ids[:3]):
+            path = tmp_path / "lowres" / f"fold_{k}" / "validation" / f"{cid}.nii.gz"
+            path.parent.mkdir(parents=True)
+            path.write_bytes(Path(labels[cid]).read_bytes())
+            out[cid] = CVPrediction(cid, str(k), path)
+        return out
+
+    def _prepare(self, prepared, sources, fold_dir):
+        from autoseg.training.cascade import prepare_previous_stage
+
+        config = dataclasses.replace(prepared.plan.configuration("3d_fullres"), previous_stage="3d_lowres")
+        return prepare_previous_stage(sources, prepared.plan, config, prepared.store("3d_fullres"), fold_dir)
+
+    def test_maps_manifest_and_a_digest_that_follows_the_contents(self, prepared, sources, tmp_path):
+        from autoseg.training.cascade import MANIFEST, PreviousStageManifest
+
+        fold_dir = tmp_path / "fold_0"
+        first = self._prepare(prepared, sources, fold_dir)
+        store = prepared.store("3d_fullres")
+        for cid in sources:
+            np.testing.assert_array_equal(first.load(cid), store.load(cid).seg)
+        manifest = PreviousStageManifest.load(fold_dir / MANIFEST)
+        assert manifest.digest == first.digest
+        assert {c: e.fold for c, e in manifest.cases.items()} == {c: s.fold for c, s in sources.items()}
+        assert self._prepare(prepared, sources, fold_dir).digest == first.digest  # same inputs
+        # the previous stage retrained: one prediction changed (one voxel) -> another digest
+        cid, src = next(iter(sources.items()))
+        img = read_image(src.path)
+        changed = img.array.copy()
+        changed.flat[0] = 1 - changed.flat[0]
+        write_image(changed, img.geometry, src.path)
+        assert self._prepare(prepared, sources, fold_dir).digest != first.digest
+
+    def test_maps_of_other_cases_are_removed(self, prepared, sources, tmp_path):
+        fold_dir = tmp_path / "fold_0"
+        self._prepare(prepared, sources, fold_dir)
+        fewer = dict(list(sources.items())[:2])
+        previous = self._prepare(prepared, fewer, fold_dir)
+        assert sorted(p.stem for p in previous.folder.glob("*.npy")) == sorted(fewer)
+
+    @pytest.mark.parametrize(
+        ("edit", "match"),
+        [
+            (lambda d: d.pop("schema_version"), "version"),
+            (lambda d: d.update(extra=1), "extra"),
+            (lambda d: next(iter(d["cases"].values())).pop("sha256"), "sha256"),
+        ],
+        ids=["no-version", "unknown-key", "no-hash"],
+    )
+    def test_a_damaged_manifest_is_named(self, prepared, sources, tmp_path, edit, match):
+        import json
+
+        from autoseg.errors import ModelError
+        from autoseg.training.cascade import MANIFEST, load_previous_stage
+
+        fold_dir = tmp_path / "fold_0"
+        self._prepare(prepared, sources, fold_dir)
+        d = json.loads((fold_dir / MANIFEST).read_text())
+        edit(d)
+        (fold_dir / MANIFEST).write_text(json.dumps(d))
+        with pytest.raises(ModelError, match=match) as e:
+            load_previous_stage(fold_dir, prepared.plan)
+        assert str(fold_dir / MANIFEST) in str(e.value)
