@@ -126,6 +126,12 @@ def test_cascade_trains_on_cv_predictions_and_predicts(
     # the same with both stages exported to ONNX: the cascade's ONNX runs the lowres ONNX first
     for config in ("3d_cascade_fullres", "3d_lowres"):
         assert main(["export", "hippo", config, "--work-dir", str(work), "-q"]) == 0
+    side = json.loads((work / "hippo" / "models" / "3d_cascade_fullres" / "export.json").read_text())
+    assert (side["previous_stage"], side["previous_stage_channels"], side["input_channels"]) == (
+        "3d_lowres",
+        2,
+        3,
+    )
     outs = {}
     for backend in ("torch", "onnx"):  # both in float32 (torch's default on CPU is bfloat16)
         args[4] = str(outs.setdefault(backend, tmp_path / f"out_{backend}"))

@@ -26,7 +26,7 @@ from autoseg.inference.model import load_model
 
 log = logging.getLogger(__name__)
 
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: previous_stage, previous_stage_channels
 OPSET = 17
 
 
@@ -43,6 +43,10 @@ def sidecar(model_dir: Path, folds: list[str], fmt: str) -> dict[str, Any]:
         "patch_size": list(cfg.patch_size),
         "in_slices": cfg.in_slices,
         "input_channels": plan.network_input_channels(cfg),
+        # a cascade stage's last input channels: its previous stage's label map (that export
+        # runs first), one-hot, one channel per foreground label or region in declared order
+        "previous_stage": cfg.previous_stage,
+        "previous_stage_channels": plan.previous_stage_channels(cfg),
         "input_name": "input",
         "output_name": "logits",
         "channel_names": list(plan.channel_names),
