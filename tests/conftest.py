@@ -12,6 +12,7 @@ import torch
 
 from autoseg.cli import main
 from autoseg.io.samples import copy_sample_subset
+from tests.budget import tiny
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -39,18 +40,7 @@ def trained_work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                     "hippo",
                     config,
                     "all",
-                    "--epochs",
-                    "1",
-                    "--iters-per-epoch",
-                    "2",
-                    "--val-iters",
-                    "1",
-                    "--batch-size",
-                    "2",
-                    "--device",
-                    "cpu",
-                    "--augment-workers",
-                    "0",
+                    *tiny(),
                     *common,
                 ]
             )

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from autoseg.cli import main
 from autoseg.io.image import read_image
 from autoseg.io.samples import sample_dataset_dir
+from tests.budget import tiny
 
 pytestmark = pytest.mark.slow
 
@@ -66,18 +67,7 @@ def test_two_channel_2p5d_trains_and_predicts(tmp_path: Path) -> None:
                 ds.name,
                 "2.5d",
                 "0",
-                "--epochs",
-                "1",
-                "--iters-per-epoch",
-                "2",
-                "--val-iters",
-                "1",
-                "--batch-size",
-                "2",
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
+                *tiny(),
                 *common,
             ]
         )

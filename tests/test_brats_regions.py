@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from autoseg.cli import main
 from autoseg.io.samples import BRATS_REGIONS, make_brats_regions_dataset
 from autoseg.planning.plan import Plan
+from tests.budget import tiny
 
 BRATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_sample"
 pytestmark = pytest.mark.skipif(
@@ -38,8 +39,8 @@ def test_brats_regions_train_predict_evaluate(tmp_path: Path) -> None:
     assert (scheme.activation, list(scheme.output_names)) == ("sigmoid", REGION_NAMES)
     # fold 'all': no final validation of 155-slice volumes (validation per region is tested on
     # the hippocampus scenarios); two iterations are enough to exercise the region outputs
-    train = ["train", "brats", "2d", "all", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1"]
-    assert main([*train, "--batch-size", "4", "--device", "cpu", *common]) == 0
+    budget = tiny(batch_size=4, augment_workers=None)  # the default augmentation workers
+    assert main(["train", "brats", "2d", "all", *budget, *common]) == 0
 
     scan_dir, out = tmp_path / "scans", tmp_path / "out"
     scan_dir.mkdir()

@@ -17,25 +17,11 @@ import torch
 from autoseg.cli import main
 from autoseg.io.image import read_image
 from autoseg.io.samples import copy_sample_subset, sample_dataset_dir
+from tests.budget import tiny
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--epochs",
-    "1",
-    "--iters-per-epoch",
-    "2",
-    "--val-iters",
-    "1",
-    "--batch-size",
-    "2",
-    "--device",
-    "cpu",
-    "--augment-workers",
-    "0",
-    "--preprocess-workers",
-    "1",
-]
+TINY = [*tiny(), "--preprocess-workers", "1"]
 
 
 def _train(work: Path, config: str, fold: str, *extra: str) -> int:

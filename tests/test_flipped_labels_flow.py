@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from autoseg.cli import main
 from autoseg.io.samples import copy_sample_subset
+from tests.budget import tiny
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +28,7 @@ def _train_and_choose(ds: Path, work: Path) -> tuple[dict, dict]:
                 ds.name,
                 "3d_fullres",
                 "0",
-                "--epochs",
-                "1",
-                "--iters-per-epoch",
-                "2",
-                "--val-iters",
-                "1",
-                "--batch-size",
-                "2",
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
+                *tiny(),
                 *common,
             ]
         )

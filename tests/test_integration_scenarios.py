@@ -27,6 +27,7 @@ from autoseg.labels import LabelScheme
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.training.checkpoint import load_checkpoint
+from tests.budget import tiny
 
 CONFIGS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 
@@ -57,8 +58,7 @@ def test_scenario_through_every_configuration(tmp_path: Path, scenario: str) -> 
     plan = Plan.load(work / scenario / "plans.json")
     assert set(CONFIGS) <= set(plan.configurations)
     scheme = plan.label_scheme
-    budget = ["--n-folds", "2", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1"]
-    budget += ["--batch-size", "2", "--device", "cpu", "--augment-workers", "0", *common]
+    budget = ["--n-folds", "2", *tiny(), *common]
     runs = [(c, "0") for c in CONFIGS if c != "3d_cascade_fullres"]
     runs += [("3d_lowres", "1"), ("3d_cascade_fullres", "0")]
     for config, fold in runs:

@@ -23,6 +23,7 @@ from autoseg.cli import main
 from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
 from autoseg.io.image import read_image
 from autoseg.io.samples import copy_sample_subset, sample_dataset_dir
+from tests.budget import tiny
 
 pytestmark = pytest.mark.slow
 
@@ -53,18 +54,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> dict:
                         "hippo",
                         config,
                         fold,
-                        "--epochs",
-                        "1",
-                        "--iters-per-epoch",
-                        "2",
-                        "--val-iters",
-                        "1",
-                        "--batch-size",
-                        "2",
-                        "--device",
-                        "cpu",
-                        "--workers",
-                        "0",
+                        *tiny(),
                         *common,
                     ]
                 )

@@ -17,6 +17,7 @@ from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.io.image import read_image
 from autoseg.io.samples import make_scenario_dataset
 from autoseg.planning.plan import Plan
+from tests.budget import tiny
 
 NAMES = ["hippocampus", "anterior"]
 
@@ -26,8 +27,7 @@ def test_regions_with_ignore_from_training_to_evaluation(tmp_path: Path) -> None
     work = tmp_path / "work"
     common = ["--work-dir", str(work), "-q"]
     assert main(["plan", str(ds), "--preprocess-workers", "1", *common]) == 0
-    train = ["train", "sparse", "2d", "0", "--n-folds", "2", "--epochs", "1", "--iters-per-epoch", "2"]
-    train += ["--val-iters", "1", "--batch-size", "4", "--device", "cpu", "--augment-workers", "0"]
+    train = ["train", "sparse", "2d", "0", "--n-folds", "2", *tiny(batch_size=4)]
     assert main([*train, *common]) == 0
     plan = Plan.load(work / "sparse" / "plans.json")
     scheme = plan.label_scheme

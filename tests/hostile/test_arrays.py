@@ -14,22 +14,9 @@ import pytest
 
 from autoseg.cli import main
 from autoseg.io.samples import copy_sample_subset
+from tests.budget import tiny
 
-TRAIN = [
-    "--epochs",
-    "1",
-    "--iters-per-epoch",
-    "1",
-    "--val-iters",
-    "0",
-    "--batch-size",
-    "2",
-    "--device",
-    "cpu",
-    "--augment-workers",
-    "0",
-    "--no-val-probabilities",
-]
+TRAIN = [*tiny(iters=1, val_iters=0), "--no-val-probabilities"]
 
 
 @pytest.fixture(scope="module")

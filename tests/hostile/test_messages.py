@@ -17,24 +17,10 @@ import SimpleITK as sitk
 
 from autoseg.cli import main
 from autoseg.io.samples import DATA_DIR, copy_sample_subset, make_single_case_dataset
+from tests.budget import tiny
 
 CASE = "hippocampus_023"
-TINY = [
-    "--epochs",
-    "1",
-    "--iters-per-epoch",
-    "1",
-    "--val-iters",
-    "0",
-    "--batch-size",
-    "2",
-    "--device",
-    "cpu",
-    "--augment-workers",
-    "0",
-    "--no-val-probabilities",
-    "-q",
-]
+TINY = [*tiny(iters=1, val_iters=0), "--no-val-probabilities", "-q"]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -30,6 +30,7 @@ from autoseg.io.samples import copy_sample_subset
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.progress import read_records
 from autoseg.training.trainer import Trainer
+from tests.budget import tiny
 
 N_CASES = 4
 EPOCHS = 4
@@ -84,20 +85,9 @@ def _args(work: Path, *extra: str, workers: int = 0) -> list[str]:
         "all",
         "--work-dir",
         str(work),
-        "--device",
-        "cpu",
         "--precision",
         "fp32",
-        "--batch-size",
-        "2",
-        "--epochs",
-        str(EPOCHS),
-        "--iters-per-epoch",
-        str(ITERS),
-        "--val-iters",
-        "1",
-        "--augment-workers",
-        str(workers),
+        *tiny(epochs=EPOCHS, iters=ITERS, augment_workers=workers),
         "--seed",
         "7",
         "-q",

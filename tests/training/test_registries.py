@@ -18,6 +18,7 @@ from autoseg.errors import AutosegError
 from autoseg.io.samples import copy_sample_subset
 from autoseg.training.losses import LOSSES, dice_ce
 from autoseg.training.schedule import OPTIMIZERS, SCHEDULES
+from tests.budget import tiny
 
 
 class TestRegistry:
@@ -115,18 +116,7 @@ def test_training_uses_the_named_components(tmp_path: Path, user_components: dic
         "hippo",
         "3d_fullres",
         "all",
-        "--epochs",
-        "2",
-        "--iters-per-epoch",
-        "1",
-        "--val-iters",
-        "1",
-        "--batch-size",
-        "2",
-        "--device",
-        "cpu",
-        "--augment-workers",
-        "0",
+        *tiny(epochs=2, iters=1),
         "--lr",
         "0.001",
         "--loss",
@@ -162,24 +152,8 @@ def test_a_run_stored_before_the_named_components_continues(tmp_path: Path) -> N
     work = tmp_path / "work"
     common = ["--work-dir", str(work), "-q"]
     assert main(["plan", str(ds), "--preprocess-workers", "1", *common]) == 0
-    args = [
-        "train",
-        "hippo",
-        "3d_fullres",
-        "all",
-        "--iters-per-epoch",
-        "1",
-        "--val-iters",
-        "1",
-        "--batch-size",
-        "2",
-        "--device",
-        "cpu",
-        "--augment-workers",
-        "0",
-        *common,
-    ]
-    assert main([*args, "--epochs", "1"]) == 0
+    args = ["train", "hippo", "3d_fullres", "all", *common]
+    assert main([*args, *tiny(iters=1)]) == 0
     fold = work / "hippo" / "models" / "3d_fullres" / "fold_all"
     stored = sorted(fold.glob("checkpoint_*.pt"))
     assert fold / "checkpoint_final.pt" in stored
@@ -188,6 +162,6 @@ def test_a_run_stored_before_the_named_components_continues(tmp_path: Path) -> N
         for key in ("optimizer", "schedule", "augmentation"):
             del ck["meta"]["train_config"][key]
         torch.save(ck, path)
-    assert main([*args, "--epochs", "2", "--continue"]) == 0
+    assert main([*args, *tiny(epochs=2, iters=1), "--continue"]) == 0
     path = fold / "checkpoint_final.pt"
     assert torch.load(path, weights_only=True)["epoch"] == 2

@@ -23,6 +23,7 @@ from autoseg.cli import main
 from autoseg.io.samples import copy_sample_subset
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.progress import read_records
+from tests.budget import tiny
 
 N_CASES = 8
 
@@ -46,41 +47,23 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train_args(dataset: Path, config: str, fold: str, *extra: str) -> list[str]:
-    return [
-        "train",
-        "hippo",
-        config,
-        fold,
-        "--work-dir",
-        str(_work(dataset)),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--batch-size",
-        "4",
-        "--precision",
-        "fp32",
-        "-q",
-        *extra,
-    ]
+def _train_args(
+    dataset: Path,
+    config: str,
+    fold: str,
+    *extra: str,
+    epochs: int = 1,
+    iters: int = 2,
+    val_iters: int = 1,
+    batch_size: int = 4,
+) -> list[str]:
+    budget = tiny(epochs=epochs, iters=iters, val_iters=val_iters, batch_size=batch_size)
+    where = ["--work-dir", str(_work(dataset))]
+    return ["train", "hippo", config, fold, *where, *budget, "--precision", "fp32", "-q", *extra]
 
 
 def test_loss_falls(dataset: Path) -> None:
-    args = _train_args(
-        dataset,
-        "2d",
-        "all",
-        "--epochs",
-        "6",
-        "--iters-per-epoch",
-        "4",
-        "--val-iters",
-        "1",
-        "--checkpoint-every",
-        "100",
-    )
+    args = _train_args(dataset, "2d", "all", "--checkpoint-every", "100", epochs=6, iters=4)
     assert main(args) == 0
     fold = _work(dataset) / "hippo/models/2d/fold_all"
     losses = [r["train_loss"] for r in read_records(fold / "progress.jsonl")]
@@ -93,19 +76,7 @@ def test_loss_falls(dataset: Path) -> None:
 
 
 def test_fold_validation_writes_summary_and_label_maps(dataset: Path) -> None:
-    args = _train_args(
-        dataset,
-        "3d_fullres",
-        "0",
-        "--epochs",
-        "1",
-        "--iters-per-epoch",
-        "1",
-        "--val-iters",
-        "1",
-        "--batch-size",
-        "2",
-    )
+    args = _train_args(dataset, "3d_fullres", "0", iters=1, batch_size=2)
     assert main(args) == 0
     val = _work(dataset) / "hippo/models/3d_fullres/fold_0/validation"
     summary = json.loads((val / "summary.json").read_text())
@@ -120,7 +91,7 @@ def test_fold_validation_writes_summary_and_label_maps(dataset: Path) -> None:
 def test_2p5d_trains_when_planned(dataset: Path) -> None:
     plan = json.loads((_work(dataset) / "hippo/plans.json").read_text())
     assert plan["configurations"]["2.5d"]["in_slices"] >= 3
-    args = _train_args(dataset, "2.5d", "all", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1")
+    args = _train_args(dataset, "2.5d", "all")
     assert main(args) == 0
     ck = load_checkpoint(_work(dataset) / "hippo/models/2.5d/fold_all/checkpoint_final.pt")
     first = next(v for k, v in ck["network"].items() if k.endswith("weight") and v.ndim == 4)
@@ -128,7 +99,7 @@ def test_2p5d_trains_when_planned(dataset: Path) -> None:
 
 
 def test_configuration_not_in_plan_is_refused(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(_train_args(dataset, "3d_lowres", "0", "--epochs", "1")) == 2
+    assert main(_train_args(dataset, "3d_lowres", "0")) == 2
     err = capsys.readouterr().err
     assert "3d_lowres" in err
     assert "3d_fullres, 2d, 2.5d" in err
@@ -150,20 +121,7 @@ def _run_until(cmd: list[str], *, predicate, timeout: float = 240) -> subprocess
 def test_sigkill_then_continue_resumes_at_the_checkpoint(dataset: Path) -> None:
     fold = _work(dataset) / "hippo/models/2d/fold_1"
     latest = fold / "checkpoint_latest.pt"
-    args = _train_args(
-        dataset,
-        "2d",
-        "1",
-        "--epochs",
-        "4",
-        "--iters-per-epoch",
-        "2",
-        "--val-iters",
-        "1",
-        "--checkpoint-every",
-        "1",
-        "--no-val-probabilities",
-    )
+    args = _train_args(dataset, "2d", "1", "--checkpoint-every", "1", "--no-val-probabilities", epochs=4)
 
     def has_epoch_2() -> bool:
         try:
@@ -215,19 +173,7 @@ def test_sigkill_then_continue_resumes_at_the_checkpoint(dataset: Path) -> None:
 
 def test_sigterm_saves_the_latest_checkpoint(dataset: Path) -> None:
     fold = _work(dataset) / "hippo/models/2d/fold_2"
-    args = _train_args(
-        dataset,
-        "2d",
-        "2",
-        "--epochs",
-        "50",
-        "--iters-per-epoch",
-        "2",
-        "--val-iters",
-        "1",
-        "--checkpoint-every",
-        "1000",
-    )
+    args = _train_args(dataset, "2d", "2", "--checkpoint-every", "1000", epochs=50)
     records = fold / "progress.jsonl"
     proc = _run_until(
         [sys.executable, "-m", "autoseg", *args], predicate=lambda: len(read_records(records)) >= 1
@@ -244,7 +190,7 @@ def test_sigterm_saves_the_latest_checkpoint(dataset: Path) -> None:
 
 def test_two_ddp_processes_stay_in_sync(dataset: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    args = _train_args(dataset, "2d", "all", "--epochs", "1", "--iters-per-epoch", "3", "--val-iters", "1")
+    args = _train_args(dataset, "2d", "all", iters=3)
     args.remove("-q")  # the sync report is an info line
     out = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "autoseg", *args],
@@ -279,18 +225,7 @@ def test_continue_refuses_a_checkpoint_of_another_run(
 ) -> None:
     """--continue checks the checkpoint's metadata before anything is written: another plan or
     fold is refused naming what differs; changed settings are a warning; format 1 still resumes."""
-    args = _train_args(
-        dataset,
-        "2d",
-        "3",
-        "--epochs",
-        "1",
-        "--iters-per-epoch",
-        "1",
-        "--val-iters",
-        "1",
-        "--no-val-probabilities",
-    )
+    args = _train_args(dataset, "2d", "3", "--no-val-probabilities", iters=1)
     assert main(args) == 0
     fold = _work(dataset) / "hippo/models/2d/fold_3"
     latest = fold / "checkpoint_latest.pt"  # what --continue takes before checkpoint_final.pt
