@@ -242,6 +242,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from autoseg.evaluation.evaluate import evaluate_folders
 
     opts = _options(EvaluateOptions, args)
+    if args.lesion_iou is not None and not opts.lesions:
+        log.warning("--lesion-iou has no effect without --lesions")
     scheme = None
     if opts.dataset_json is not None:
         from autoseg.io.dataset import read_label_scheme
@@ -263,6 +265,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         tolerance_mm=opts.tolerance,
         workers=_preprocess_workers(opts),
         plot=opts.plot,
+        lesions=opts.lesions,
+        lesion_iou=opts.lesion_iou,
     )
     width = max([8, *(len(k) for k in summary["per_label"])])  # region names can be long
     lines = [
@@ -275,6 +279,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"{lab:>{width}} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
     m = summary["mean"]
     lines.append(f"{'mean':>{width}} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f} {m['nsd']:7.4f}")
+    if opts.lesions:
+        lines += _lesion_lines(summary["lesions"], out, width)
     if opts.images is not None:
         from autoseg.evaluation.overlay import save_overlays
 
@@ -282,6 +288,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"{len(pngs)} overlay PNGs -> {overlays}")
     log.info("\n".join(lines))
     return 0
+
+
+def _lesion_lines(lesions: dict[str, Any], out: Path, width: int) -> list[str]:
+    """The lesion table evaluate prints: counts per label, and the CPM with probabilities."""
+    files = f"{out.stem}_lesions.csv" + (", " + f"{out.stem}_froc.png" if _has_froc(lesions) else "")
+    lines = [
+        f"lesions (IoU > {lesions['settings']['iou_threshold']:g}, one-to-one) -> {files}",
+        f"{'label':>{width}} {'ref':>5} {'pred':>5} {'sens':>6} {'prec':>6} {'FP/case':>7} {'F1':>6}"
+        + (f" {'CPM':>6}" if _has_froc(lesions) else ""),
+    ]
+    for lab, c in lesions["per_label"].items():
+        cpm = f" {c['froc']['cpm']:6.3f}" if c["froc"] is not None else ""
+        lines.append(
+            f"{lab:>{width}} {c['n_reference']:5d} {c['n_predicted']:5d} {c['sensitivity']:6.3f} "
+            f"{c['precision']:6.3f} {c['fp_per_case']:7.2f} {c['f1']:6.3f}{cpm}"
+        )
+    return lines
+
+
+def _has_froc(lesions: dict[str, Any]) -> bool:
+    return any(c["froc"] is not None for c in lesions["per_label"].values())
 
 
 def _cmd_find_best(args: argparse.Namespace) -> int:
@@ -475,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_evaluate,
         help="score predictions against references",
         description="Per case and label: Dice, IoU, HD95, normalised surface "
-        "Dice, sensitivity, specificity, precision, volume difference; JSON + CSV.",
+        "Dice, sensitivity, specificity, precision, volume difference; JSON + CSV. "
+        "With --lesions also lesion-wise detection (and the FROC from CASE.npz probabilities).",
     )
     ev.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
     ev.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")

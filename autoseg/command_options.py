@@ -192,6 +192,22 @@ class EvaluateOptions:
         "outlines) in <stem>_overlays/",
         metavar="DIR",
     )
+    lesions: bool = option(
+        False,
+        "also score lesions: connected components (26-connected) of each label or region, a "
+        "predicted and a reference lesion matching one-to-one when their IoU exceeds --lesion-iou; "
+        "per label sensitivity, precision, F1, false positives per case, each lesion's volume "
+        "(<stem>_lesions.csv); with CASE.npz probabilities beside every prediction, the FROC (a "
+        "lesion's score: its largest probability; sensitivity at 1/8 to 8 false positives per "
+        "case and their mean, the CPM; <stem>_froc.png)",
+    )
+    lesion_iou: float = option(
+        0.1,
+        "with --lesions: the IoU above which a predicted and a reference lesion match",
+        metavar="IOU",
+        minimum=0,
+        maximum=1,
+    )
     preprocess_workers: int | None = _preprocess_workers()
     legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")
 

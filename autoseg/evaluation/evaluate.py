@@ -10,7 +10,10 @@ rotated, resampled) is refused. The outputs, for ``out_json`` =
 - ``DIR/summary.json``: ``{"per_case": [...], "per_label": {label: {metric: mean}},
   "mean": {metric: mean over labels}, "settings": {...}}``, NaN written as ``null``;
 - ``DIR/summary.csv``: one row per case and label, columns ``case,label,<metrics>``, NaN empty;
-- ``DIR/summary_boxplot.png`` with ``plot=True`` (see :mod:`autoseg.evaluation.plot`).
+- ``DIR/summary_boxplot.png`` with ``plot=True`` (see :mod:`autoseg.evaluation.plot`);
+- with ``lesions=True``, a ``"lesions"`` key in the JSON, ``DIR/summary_lesions.csv`` (one row per
+  lesion) and, when every prediction has its ``CASE.npz`` probabilities beside it,
+  ``DIR/summary_froc.png`` (see :mod:`autoseg.evaluation.lesion_report`).
 
 Metric definitions and the conventions for labels missing from a map are in
 :mod:`autoseg.evaluation.metrics`; means skip NaN.
@@ -38,6 +41,8 @@ from autoseg._atomic import write_atomic, write_json_atomic
 from autoseg._fs import list_dir, output_file_problem, read_problem
 from autoseg._parallel import map_cases, values_or_raise
 from autoseg.errors import DatasetError, FileSystemError
+from autoseg.evaluation.lesion_report import LesionJob, case_lesions, probability_files, summarize, write_csv
+from autoseg.evaluation.lesions import DEFAULT_IOU
 from autoseg.evaluation.metrics import (
     HD_PERCENTILE,
     METRICS,
@@ -48,7 +53,7 @@ from autoseg.evaluation.metrics import (
     mean_per_label,
     nan_to_none,
 )
-from autoseg.io.align import find_reorientation
+from autoseg.io.align import Reorientation, find_reorientation
 from autoseg.io.image import Geometry, has_image_ending, read_image, strip_ending
 from autoseg.labels import LabelScheme
 
@@ -66,6 +71,8 @@ def evaluate_folders(
     tolerance_mm: float = 1.0,
     workers: int = 1,
     plot: bool = False,
+    lesions: bool = False,
+    lesion_iou: float = DEFAULT_IOU,
 ) -> dict[str, Any]:
     """Score every reference in ``ref_dir`` against the prediction of the same case name.
 
@@ -81,6 +88,10 @@ def evaluate_folders(
         tolerance_mm: normalised surface Dice tolerance in mm.
         workers: processes scoring cases in parallel.
         plot: also save ``<stem>_boxplot.png`` (Dice and NSD per label, the cases as points).
+        lesions: also match the lesions (connected components) of each label or region, see
+            :mod:`autoseg.evaluation.lesions`, and write ``<stem>_lesions.csv``; with every
+            prediction's ``CASE.npz`` beside it, also the FROC and ``<stem>_froc.png``.
+        lesion_iou: a predicted and a reference lesion match when their IoU exceeds this.
 
     Returns:
         The summary written to ``out_json``, with NaN (not ``null``) where a mean is undefined.
@@ -88,9 +99,12 @@ def evaluate_folders(
     Raises:
         DatasetError: a folder is missing or holds no reference, references lack predictions,
             a prediction is not on its reference's grid (flipped or permuted axes are fine),
-            a file cannot be read, or no label is left to score; every problem is listed and
-            nothing is written.
-        ValueError: ``labels`` is empty or given with ``scheme``, or ``tolerance_mm`` negative.
+            a file cannot be read, or no label is left to score, or (with ``lesions``) only some
+            predictions have their ``CASE.npz``; every problem is listed and nothing is written.
+        ModelError: with ``lesions``, a ``CASE.npz`` is unreadable, of another shape or label
+            scheme (the message names it); nothing is written.
+        ValueError: ``labels`` is empty or given with ``scheme``, ``tolerance_mm`` negative, or
+            ``lesion_iou`` outside [0, 1].
     """
     pred_dir, ref_dir, out_json = Path(pred_dir), Path(ref_dir), Path(out_json)
     if labels is not None and not labels:
@@ -102,17 +116,25 @@ def evaluate_folders(
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         msg = f"tolerance_mm must be a finite value >= 0, got {tolerance_mm}"
         raise ValueError(msg)
-    problems = _output_problems(out_json, plot=plot)  # before any work: nothing half-written
+    if not (math.isfinite(lesion_iou) and 0 <= lesion_iou <= 1):
+        msg = f"lesion_iou must be in [0, 1], got {lesion_iou}"
+        raise ValueError(msg)
+    problems = _output_problems(out_json, plot=plot, lesions=lesions)  # before any work
     try:
         pairs = _pair_cases(pred_dir, ref_dir)
     except DatasetError as e:
         raise DatasetError(problems + e.problems) from e
     problems += [p for pair in pairs for p in _check_pair(*pair[1:])]
+    prob_files, prob_problems = probability_files(pairs) if lesions else (None, [])
+    problems += prob_problems
     if problems:
         raise DatasetError(problems)
 
     fixed = None if labels is None else tuple(int(v) for v in labels)
-    jobs = [(pred, ref, fixed, float(tolerance_mm), scheme) for _, pred, ref in pairs]
+    jobs = [
+        (pred, ref, fixed, float(tolerance_mm), scheme, _lesion_job(lesions, lesion_iou, prob_files, case))
+        for case, pred, ref in pairs
+    ]
     results = values_or_raise(map_cases(_score_case, jobs, workers=workers, desc="Evaluating"))
     if scheme is None and fixed is None:
         fixed = tuple(sorted({v for r in results for v in r["ref_labels"]}))
@@ -153,6 +175,10 @@ def evaluate_folders(
         "mean": {m: per_metric[m]["foreground_mean"] for m in METRICS},
         "settings": settings,
     }
+    if lesions:
+        summary["lesions"] = _write_lesions(
+            out_json, pairs, results, keys, iou=float(lesion_iou), with_froc=prob_files is not None
+        )
     _write_csv(out_json.with_name(out_json.stem + ".csv"), per_case)
     if plot:
         from autoseg.evaluation.plot import save_boxplot
@@ -162,13 +188,38 @@ def evaluate_folders(
     return summary
 
 
-def _outputs(out_json: Path, *, plot: bool) -> list[Path]:
-    """The files :func:`evaluate_folders` writes for ``out_json``."""
-    outs = [out_json, out_json.with_name(out_json.stem + ".csv")]
-    return [*outs, out_json.with_name(out_json.stem + "_boxplot.png")] if plot else outs
+def _outputs(out_json: Path, *, plot: bool, lesions: bool = False) -> list[Path]:
+    """The files :func:`evaluate_folders` may write for ``out_json``."""
+    ends = [".csv", *(["_boxplot.png"] if plot else []), *(["_lesions.csv", "_froc.png"] if lesions else [])]
+    return [out_json, *(out_json.with_name(out_json.stem + e) for e in ends)]
 
 
-def _output_problems(out_json: Path, *, plot: bool) -> list[str]:
+def _lesion_job(lesions: bool, iou: float, prob_files: dict[str, Path] | None, case: str) -> LesionJob | None:
+    """What a case's scoring needs for its lesions, or None without ``lesions``."""
+    return LesionJob(float(iou), (prob_files or {}).get(case)) if lesions else None
+
+
+def _write_lesions(
+    out_json: Path,
+    pairs: list[tuple[str, Path, Path]],
+    results: list[dict[str, Any]],
+    keys: list[str],
+    *,
+    iou: float,
+    with_froc: bool,
+) -> dict[str, Any]:
+    """Write ``<stem>_lesions.csv`` (and ``<stem>_froc.png``); the summary's ``"lesions"`` value."""
+    found = [(case, r["lesions"]) for (case, _, _), r in zip(pairs, results, strict=True)]
+    out = summarize(found, keys, iou_threshold=iou, with_froc=with_froc)
+    write_csv(out_json.with_name(out_json.stem + "_lesions.csv"), found, keys)
+    if with_froc:
+        from autoseg.evaluation.plot import save_froc
+
+        save_froc(out["per_label"], out_json.with_name(out_json.stem + "_froc.png"))
+    return out
+
+
+def _output_problems(out_json: Path, *, plot: bool, lesions: bool = False) -> list[str]:
     """Why the outputs could not be written (``-o`` names a folder, a file is in the way of the
     folder, the folder is read-only, ...): checked first, so that a run that cannot write its
     summary writes nothing at all (not the CSV without the JSON)."""
@@ -179,7 +230,7 @@ def _output_problems(out_json: Path, *, plot: bool) -> list[str]:
             f"such as {out_json / 'summary.json'}"
         )
     else:
-        for out in _outputs(out_json, plot=plot)[1:]:
+        for out in _outputs(out_json, plot=plot, lesions=lesions)[1:]:
             if out.is_dir():
                 problems.append(
                     f"{out}: is a folder where evaluate writes a file; move it or choose another -o"
@@ -296,19 +347,22 @@ def _present_labels(arr: np.ndarray) -> set[int]:
 
 
 def _score_case(
-    job: tuple[Path, Path, tuple[int, ...] | None, float, LabelScheme | None],
+    job: tuple[Path, Path, tuple[int, ...] | None, float, LabelScheme | None, LesionJob | None],
 ) -> dict[str, Any]:
     """Metrics of one case: ``{"metrics": {key: {...}}, "ref_labels": [...], "n_voxels": n}``,
-    keyed by label value (as text) or, with a scheme, by entry key. Without fixed labels or a
-    scheme it scores the labels present in either map; the caller fills in the labels absent
-    from both.
+    keyed by label value (as text) or, with a scheme, by entry key, and with a lesion job
+    ``"lesions": {key: CaseLesions}``. Without fixed labels or a scheme it scores the labels
+    present in either map; the caller fills in the labels absent from both.
 
     Raises:
-        AutosegError: a file cannot be read, or changed since its header was checked.
+        AutosegError: a file cannot be read, or changed since its header was checked, or (with
+            lesions) its probabilities cannot be used.
     """
-    pred_path, ref_path, labels, tolerance_mm, scheme = job
+    pred_path, ref_path, labels, tolerance_mm, scheme, lesion_job = job
     ref_img, pred_img = read_image(ref_path), read_image(pred_path)
     ref, pred = as_labels(ref_img.array, source=ref_path), as_labels(pred_img.array, source=pred_path)
+    stored_shape = pred.shape
+    how: Reorientation | None = None
     if ref.ndim == 3:
         how = find_reorientation(pred_img.geometry, pred.shape, ref_img.geometry, ref.shape)
         if how is not None:
@@ -318,19 +372,35 @@ def _score_case(
         raise DatasetError(msg)
     if scheme is not None:
         annotated = scheme.annotated(ref)
-        return {
+        entries = list(zip(scheme.entry_keys, (e.values for e in scheme.entries), strict=True))
+        out = {
             "metrics": entry_metrics(pred, ref, scheme, spacing=ref_img.spacing, tolerance_mm=tolerance_mm),
             "ref_labels": [],
             "n_voxels": int(ref.size if annotated is None else np.count_nonzero(annotated)),
         }
-    ref_labels = _present_labels(ref)
-    todo = labels if labels is not None else sorted(ref_labels | _present_labels(pred))
-    metrics = case_metrics(pred, ref, todo, spacing=ref_img.spacing, tolerance_mm=tolerance_mm)
-    return {
-        "metrics": {str(k): v for k, v in metrics.items()},
-        "ref_labels": sorted(ref_labels),
-        "n_voxels": int(ref.size),
-    }
+    else:
+        ref_labels = _present_labels(ref)
+        todo = labels if labels is not None else sorted(ref_labels | _present_labels(pred))
+        metrics = case_metrics(pred, ref, todo, spacing=ref_img.spacing, tolerance_mm=tolerance_mm)
+        annotated, entries = None, [(str(v), (int(v),)) for v in todo]
+        out = {
+            "metrics": {str(k): v for k, v in metrics.items()},
+            "ref_labels": sorted(ref_labels),
+            "n_voxels": int(ref.size),
+        }
+    if lesion_job is not None:
+        out["lesions"] = case_lesions(
+            pred,
+            ref,
+            entries,
+            lesion_job,
+            spacing=ref_img.spacing,
+            annotated=annotated,
+            scheme=scheme,
+            stored_shape=stored_shape,
+            reorientation=how,
+        )
+    return out
 
 
 def _write_csv(path: Path, per_case: list[dict[str, Any]]) -> None:

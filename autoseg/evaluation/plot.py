@@ -1,4 +1,5 @@
-"""Box plots of per-case scores, one box per label, the cases drawn as points on top.
+"""Box plots of per-case scores, one box per label, the cases drawn as points on top; FROC curves
+of lesion detection.
 
 Drawn on a bare :class:`matplotlib.figure.Figure` (Agg, no pyplot), so it needs no display and
 leaves matplotlib's global state alone.
@@ -65,4 +66,46 @@ def save_boxplot(
         ax.set_title(f"{name}: mean over labels {overall} ({len(per_case)} cases)")
         ax.set_ylabel(name)
         ax.grid(axis="y", alpha=0.3)
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def save_froc(per_label: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Save the FROC curve of each label: sensitivity against false positives per case (log
+    scale), LUNA16's seven rates marked, the CPM in the legend.
+
+    Args:
+        per_label: ``{label: {"froc": {...}}}`` as the ``"lesions"`` ``"per_label"`` of
+            :func:`autoseg.evaluation.evaluate.evaluate_folders` (see
+            :meth:`autoseg.evaluation.lesions.Froc.to_dict`); labels without reference
+            lesions (NaN sensitivities) are listed but not drawn.
+        path: PNG to write (atomically).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    rates: list[float] = []
+    for label, entry in per_label.items():
+        f = entry["froc"]
+        rates = f["fp_rates"]
+        if math.isnan(f["cpm"]):
+            ax.plot([], [], label=f"label {label}: no reference lesion")
+            continue
+        fps, sens = f["curve"]["fp_per_case"], f["curve"]["sensitivity"]
+        # the step function the seven values are read from; drawn on to the last rate
+        xs = [max(x, rates[0] / 2) for x in fps] + [max(rates[-1], fps[-1])]
+        (line,) = ax.step(xs, [*sens, sens[-1]], where="post", label=f"label {label}: CPM {f['cpm']:.3f}")
+        ax.plot(rates, f["sensitivity"], "o", color=line.get_color())
+    ax.set_xscale("log", base=2)
+    if rates:
+        ax.set_xlim(rates[0] / 2, rates[-1] * 1.5)
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per case")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_title("FROC")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
     return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
