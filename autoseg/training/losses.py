@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,19 @@ def deep_supervision_weights(n_outputs: int) -> tuple[float, ...]:
     return tuple(w / total for w in raw)
 
 
+def _soft_dice_args(batch_dice: bool) -> dict[str, Any]:
+    """MONAI's Dice arguments for nnU-Net's soft Dice of plain labels (both losses use them):
+    softmax over the classes, background left out, smooth 1e-5 on both sides."""
+    return {
+        "include_background": False,
+        "to_onehot_y": True,
+        "softmax": True,
+        "batch": batch_dice,
+        "smooth_nr": SMOOTH,
+        "smooth_dr": SMOOTH,
+    }
+
+
 class DiceFocalLoss(nn.Module):
     """Soft Dice (foreground classes) plus softmax focal loss (all classes).
 
@@ -94,14 +108,7 @@ class DiceFocalLoss(nn.Module):
 
     def __init__(self, *, batch_dice: bool, gamma: float = 2.0) -> None:
         super().__init__()
-        self.dice = DiceLoss(
-            include_background=False,
-            to_onehot_y=True,
-            softmax=True,
-            batch=batch_dice,
-            smooth_nr=SMOOTH,
-            smooth_dr=SMOOTH,
-        )
+        self.dice = DiceLoss(**_soft_dice_args(batch_dice))
         self.focal = FocalLoss(
             include_background=True, to_onehot_y=True, use_softmax=True, gamma=gamma, reduction="none"
         )
@@ -270,14 +277,7 @@ def dice_ce(*, batch_dice: bool, scheme: LabelScheme | None = None) -> nn.Module
     the foreground classes, softmax cross-entropy over all; regions: Dice and binary
     cross-entropy per region (sigmoid). An ignore label's voxels are left out of both terms."""
     if scheme is None:
-        return DiceCELoss(
-            include_background=False,
-            to_onehot_y=True,
-            softmax=True,
-            batch=batch_dice,
-            smooth_nr=SMOOTH,
-            smooth_dr=SMOOTH,
-        )
+        return DiceCELoss(**_soft_dice_args(batch_dice))
     return SchemeLoss(batch_dice=batch_dice, regions=scheme.regions)
 
 
