@@ -21,6 +21,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from autoseg.inference.uncertainty import Activation, batch_entropy
 from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration
 
@@ -157,13 +158,16 @@ def make_predictor(
     tta: bool,
     amp_dtype: torch.dtype | None,
     max_batch: int = 2,
+    member_entropy: Activation | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Window -> logits function.
 
     Runs the network (2D kinds on the squeezed slice) and, with ``tta``, averages the logits over
     every mirror combination. Windows and their mirrored copies go through the network in
     batches of ``max_batch`` (on a CPU the kind's ``network_batch_cpu``; on a GPU larger batches
-    fill the device). Returns float32.
+    fill the device). Returns float32. With ``member_entropy`` (the outputs' activation), one
+    more channel follows the logits: the mean over the mirrors of the entropy of each mirror's
+    own probabilities (:mod:`autoseg.inference.uncertainty`), blended like the logits.
     """
     kind = kind_of(config.kind)
     flips = _flip_combinations(kind.mirror_axes) if tta else [()]
@@ -181,10 +185,12 @@ def make_predictor(
         out = torch.cat([run(chunk) for chunk in batch.split(max_batch)])
         parts = out.split(w.shape[0])
         # sum() starts from the int 0, so its type includes int; the result is a tensor.
-        acc = cast(
-            torch.Tensor, sum((torch.flip(p, f) if f else p) for p, f in zip(parts, flips, strict=True))
-        )
-        return acc / len(flips)
+        unflipped = [torch.flip(p, f) if f else p for p, f in zip(parts, flips, strict=True)]
+        mean = cast(torch.Tensor, sum(unflipped)) / len(flips)
+        if member_entropy is None:
+            return mean
+        entropy = cast(torch.Tensor, sum(batch_entropy(p, member_entropy) for p in unflipped)) / len(flips)
+        return torch.cat([mean, entropy], dim=1)
 
     return predictor
 
@@ -201,6 +207,7 @@ def predict_logits(
     device: torch.device | str = "cpu",
     output_device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
+    member_entropy: Activation | None = None,
 ) -> torch.Tensor:
     """Logits of one preprocessed case.
 
@@ -216,9 +223,12 @@ def predict_logits(
         output_device: where the blended logits accumulate (default: ``device``); the CPU
             keeps large outputs off a small GPU.
         amp_dtype: autocast dtype (``torch.float16`` on CUDA, ``torch.bfloat16`` on CPU), or None.
+        member_entropy: the outputs' activation, to add the mirrors' mean entropy as a last
+            channel (see :func:`make_predictor`); None for logits only.
 
     Returns:
-        ``(n_classes, Z, Y, X)`` float32 logits on ``output_device``.
+        ``(n_classes, Z, Y, X)`` float32 logits on ``output_device`` (one channel more with
+        ``member_entropy``).
     """
     kind = kind_of(config.kind)
     x = data[None].to(device=device, dtype=torch.float32)
@@ -234,6 +244,7 @@ def predict_logits(
         tta=tta,
         amp_dtype=amp_dtype,
         max_batch=kind.network_batch_cpu if on_cpu else 4 * sw_batch_size,
+        member_entropy=member_entropy,
     )
     out = sliding_window(
         x,

@@ -1,0 +1,144 @@
+"""Uncertainty maps and the triage row: entropy from logits, the mirrors' mean entropy carried
+through the sliding window, mutual information, the per-case summary and uncertainty.csv."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.inference.sliding_window import predict_logits
+from autoseg.inference.uncertainty import (
+    CaseUncertainty,
+    entropy_from_logits,
+    max_entropy,
+    mutual_information,
+    summarize,
+    write_uncertainty_csv,
+)
+from autoseg.planning.plan import Plan
+
+PLAN = Path(__file__).resolve().parents[2] / "plans" / "hippocampus_sample" / "plans.json"
+
+
+def _direct_entropy(logits: np.ndarray, activation: str) -> np.ndarray:
+    z = logits.astype(np.float64)
+    if activation == "softmax":
+        p = np.exp(z - z.max(axis=0))
+        p /= p.sum(axis=0)
+        return -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=0)
+    p = 1 / (1 + np.exp(-z))
+    q = 1 - p
+    return -(p * np.log(np.clip(p, 1e-300, None)) + q * np.log(np.clip(q, 1e-300, None))).sum(axis=0)
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_entropy_from_logits_is_the_entropy(activation, scale):
+    z = np.random.default_rng(0).normal(size=(3, 7, 5)) * scale
+    got = entropy_from_logits(torch.from_numpy(z).float(), activation).numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, _direct_entropy(z, activation), atol=2e-4)
+    assert (got >= -1e-6).all()
+    assert (got <= max_entropy(3, activation) + 1e-5).all()
+
+
+def test_uniform_outputs_reach_the_maximum():
+    for activation, k in (("softmax", 4), ("sigmoid", 2)):
+        h = entropy_from_logits(torch.zeros(k, 2), activation)
+        np.testing.assert_allclose(h.numpy(), max_entropy(k, activation), rtol=1e-6)
+
+
+def _case(shape=(12, 14, 10)) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(1).normal(size=(1, *shape)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def config():
+    return Plan.load(PLAN).configuration("3d_fullres")
+
+
+def test_without_mirrors_the_channel_is_the_entropy_of_the_logits(config):
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
+    data = _case()  # smaller than the patch: one window
+    out = predict_logits(net, data, config, tta=False, member_entropy="softmax")
+    logits = predict_logits(net, data, config, tta=False)
+    assert out.shape[0] == logits.shape[0] + 1
+    torch.testing.assert_close(out[:3], logits)
+    torch.testing.assert_close(out[3], entropy_from_logits(logits, "softmax"), atol=1e-5, rtol=1e-5)
+
+
+def test_mirror_disagreement_gives_mutual_information(config):
+    data = _case()
+    # a 1x1x1 convolution sees no direction: every mirror agrees, so no mutual information
+    torch.manual_seed(0)
+    symmetric = torch.nn.Conv3d(1, 3, 1).eval()
+    out = predict_logits(symmetric, data, config, tta=True, member_entropy="softmax")
+    h = entropy_from_logits(out[:3], "softmax").numpy()
+    assert float(mutual_information(h, out[3].numpy()).max()) < 1e-5
+    # a kernel that looks one way: the mirrors disagree, the mean of their entropies is below the
+    # entropy of their consensus somewhere (positive mutual information), never much above it
+    torch.manual_seed(0)
+    skewed = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
+    with torch.no_grad():
+        skewed.weight[..., 0, :, :] *= 4
+    out = predict_logits(skewed, data, config, tta=True, member_entropy="softmax")
+    h = entropy_from_logits(out[:3], "softmax").numpy()
+    mi = mutual_information(h, out[3].numpy())
+    assert float(mi.max()) > 1e-3
+    assert (mi >= 0).all()
+
+
+def test_regions_use_binary_entropies(config):
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    out = predict_logits(net, _case(), config, tta=False, member_entropy="sigmoid")
+    want = _direct_entropy(out[:2].numpy(), "sigmoid")
+    np.testing.assert_allclose(out[2].numpy(), want, atol=1e-4)
+
+
+class TestSummary:
+    def test_means_inside_the_foreground_and_the_uncertain_volume(self):
+        labels = np.zeros((4, 4, 4), np.uint8)
+        labels[:2] = 1  # 32 voxels of foreground
+        h = np.full(labels.shape, 0.1, np.float32)
+        h[0] = 0.9  # 16 foreground voxels above half the maximum (max 1.0)
+        h[3, 0, 0] = 0.8  # one background voxel too
+        row = summarize("c", h, h / 4, labels, (2.0, 1.0, 0.5), max_entropy_nats=1.0)
+        assert row.foreground_ml == pytest.approx(32 / 1000)
+        assert row.mean_entropy_foreground == pytest.approx(0.5, abs=1e-6)
+        assert row.mean_mutual_information_foreground == pytest.approx(0.125, abs=1e-6)
+        assert row.uncertain_ml == pytest.approx(17 / 1000)
+
+    def test_no_foreground(self):
+        z = np.zeros((2, 2, 2), np.float32)
+        row = summarize("c", z, z, z.astype(np.uint8), (1.0, 1.0, 1.0), max_entropy_nats=1.0)
+        assert math.isnan(row.mean_entropy_foreground)
+        assert row.foreground_ml == 0
+
+    def test_shapes_must_agree(self):
+        z = np.zeros((2, 2, 2), np.float32)
+        with pytest.raises(ValueError, match="case c: maps"):
+            summarize("c", z, z, np.zeros((2, 2, 3)), (1.0,) * 3, max_entropy_nats=1.0)
+
+
+def test_csv_least_certain_first_and_kept_across_runs(tmp_path):
+    path = tmp_path / "uncertainty.csv"
+    nan = float("nan")
+    write_uncertainty_csv(
+        [CaseUncertainty("a", 1.0, 0.2, 0.01, 0.5), CaseUncertainty("b", 0.0, nan, nan, 0.0)], path
+    )
+    write_uncertainty_csv(
+        [CaseUncertainty("c", 2.0, 0.7, 0.1, 1.5), CaseUncertainty("a", 1.0, 0.1, 0.0, 0.2)], path
+    )
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["c", "a", "b"]  # a's new row; no foreground last
+    assert rows[1]["mean_entropy_foreground"] == "0.1"
+    assert rows[2]["mean_entropy_foreground"] == ""
+    assert not list(tmp_path.glob(".partial-*"))
