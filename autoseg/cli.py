@@ -206,6 +206,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     opts = _options(PredictOptions, args)
     _warn_legacy_workers(opts)
+    if opts.seg_codes is not None and opts.output_format == "nifti":
+        log.warning("--seg-codes has no effect without --output-format dicom-seg or both")
     device = _device(opts.device)
     report = predict(
         args.input,
@@ -223,6 +225,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         checkpoint=opts.checkpoint,
         backend=opts.backend,
         postprocess=opts.postprocessing,
+        output_format=opts.output_format,
+        seg_codes=opts.seg_codes,
     )
     log.info(
         "%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",
@@ -483,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         common,
         _cmd_predict,
         help="segment new scans",
-        description="Segment scans with trained models; outputs CASE.nii.gz on each input's own grid.",
+        description="Segment scans with trained models; outputs CASE.nii.gz on each input's own grid "
+        "and, with --output-format dicom-seg|both, a DICOM Segmentation CASE.dcm per DICOM series.",
     )
     pr.add_argument(
         "-i",

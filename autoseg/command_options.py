@@ -164,6 +164,18 @@ class PredictOptions:
     backend: Literal["torch", "onnx", "tensorrt"] = option(
         "torch", "run the exported networks (autoseg export) with onnxruntime or TensorRT"
     )
+    output_format: Literal["nifti", "dicom-seg", "both"] = option(
+        "nifti",
+        "what to write per case: CASE.nii.gz, or for DICOM series inputs a DICOM Segmentation "
+        "CASE.dcm (one segment per label or region, referencing the series' images), or both",
+    )
+    seg_codes: Path | None = option(
+        None,
+        "JSON file naming what each DICOM-SEG segment is: label name -> {category, type} codes, "
+        'each [value, scheme, meaning], e.g. ["85756007", "SCT", "Tissue"]',
+        metavar="FILE.json",
+        run_time_default='SCT 85756007 "Tissue" for category and type',
+    )
     legacy_workers: int | None = _legacy_workers("no effect on predict", "remove it")
 
 

@@ -23,7 +23,7 @@ from autoseg.planning.planner import make_plan
 from autoseg.workspace import Workspace
 
 if TYPE_CHECKING:
-    from autoseg.inference.predictor import PredictReport
+    from autoseg.inference.predictor import OutputFormat, PredictReport
     from autoseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -286,14 +286,19 @@ def predict(
     checkpoint: str = _PREDICT.checkpoint,
     backend: str = _PREDICT.backend,
     postprocess: bool = _PREDICT.postprocessing,
+    output_format: OutputFormat = _PREDICT.output_format,
+    seg_codes: Path | None = _PREDICT.seg_codes,
 ) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
     Without ``dataset``, the work folder must hold exactly one planned dataset. Without
     ``configurations``, find-best's choice is used (its configurations, folds and
     post-processing), else the only trained configuration. ``folds`` overrides the folds of
-    whichever configurations are used. ``postprocess=False`` writes the raw label maps. The
-    defaults are ``autoseg predict``'s (:class:`~autoseg.command_options.PredictOptions`).
+    whichever configurations are used. ``postprocess=False`` writes the raw label maps.
+    ``output_format`` ``"dicom-seg"`` or ``"both"`` also writes a DICOM-SEG per DICOM series
+    (``CASE.dcm``), its segments coded from ``seg_codes`` (a JSON file, checked against the
+    model's labels before anything is predicted). The defaults are ``autoseg predict``'s
+    (:class:`~autoseg.command_options.PredictOptions`).
     """
     import torch
 
@@ -335,12 +340,23 @@ def predict(
         ", ".join(",".join(m.folds) for m in models),
         dev,
     )
+    codes = None
+    if seg_codes is not None and output_format != "nifti":
+        from autoseg.io.dicom_seg import read_seg_codes
+
+        codes = read_seg_codes(seg_codes, models[0].plan.label_scheme)
     amp = amp_dtype_for(precision, dev) if backend == "torch" else None
     predictor = Predictor(models, device=dev, amp_dtype=amp, step=step, tta=tta, postprocessing=pp)
     if pp:
         log.info("post-processing: %s", pp)
     return predict_path(
-        source, out_dir, predictor, overwrite=overwrite, save_probabilities=save_probabilities
+        source,
+        out_dir,
+        predictor,
+        overwrite=overwrite,
+        save_probabilities=save_probabilities,
+        output_format=output_format,
+        seg_codes=codes,
     )
 
 

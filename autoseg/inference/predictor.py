@@ -1,7 +1,9 @@
 """Predict new scans with trained models: same preprocessing as training, sliding window with
 TTA, folds averaged (logits), configurations averaged (probabilities: softmax over labels or a
 sigmoid per region, as the plan's :class:`~autoseg.labels.LabelScheme` says), back to the source
-grid, post-processing, written atomically one file per case.
+grid, post-processing, written atomically one file per case: ``CASE.nii.gz``, and for a DICOM
+series with ``output_format`` ``"dicom-seg"`` or ``"both"`` a DICOM Segmentation ``CASE.dcm``
+that references the series' images (:mod:`autoseg.io.dicom_seg`).
 
 A cascade stage (``3d_cascade_fullres``) runs its previous stage first: that stage's folds
 predict the scan (ensembled, raw label map on the source grid, no post-processing: what its
@@ -16,9 +18,10 @@ import os
 import time
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ from autoseg.inference.source_grid import (
 )
 from autoseg.io.case import LoadedCase, load_case
 from autoseg.io.dataset import Case, Dataset
+from autoseg.io.dicom_seg import SegAlgorithm, SegmentCodes, build_dicom_seg, seg_sources, write_dicom_seg
 from autoseg.io.image import write_image
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.case import preprocess_arrays
@@ -46,6 +50,10 @@ from autoseg.preprocessing.previous_stage import previous_stage_indices, with_pr
 from autoseg.preprocessing.properties import CaseProperties
 
 log = logging.getLogger(__name__)
+
+#: What ``predict`` writes per case: ``CASE.nii.gz``, a DICOM-SEG ``CASE.dcm`` (DICOM series
+#: inputs only), or both.
+OutputFormat = Literal["nifti", "dicom-seg", "both"]
 
 
 @dataclass
@@ -211,6 +219,30 @@ def _dataset_for(plan: Plan, source: Path, cases: list[Case]) -> Dataset:
     )
 
 
+@dataclass(frozen=True)
+class _CaseOutputs:
+    """A case's output files: ``CASE.nii.gz``, ``CASE.dcm`` (DICOM-SEG), ``CASE.npz``
+    (probabilities), each None when not asked for."""
+
+    nifti: Path | None
+    seg: Path | None
+    probabilities: Path | None
+
+    @classmethod
+    def of(
+        cls, out_dir: Path, case_id: str, output_format: OutputFormat, save_probabilities: bool
+    ) -> _CaseOutputs:
+        return cls(
+            out_dir / f"{case_id}.nii.gz" if output_format != "dicom-seg" else None,
+            out_dir / f"{case_id}.dcm" if output_format != "nifti" else None,
+            out_dir / f"{case_id}.npz" if save_probabilities else None,
+        )
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p in (self.nifti, self.seg, self.probabilities) if p is not None]
+
+
 def predict_path(
     source: Path,
     out_dir: Path,
@@ -218,8 +250,12 @@ def predict_path(
     *,
     overwrite: bool = False,
     save_probabilities: bool = False,
+    output_format: OutputFormat = "nifti",
+    seg_codes: Mapping[str, SegmentCodes] | None = None,
 ) -> PredictReport:
-    """Predict every case under ``source`` into ``out_dir/CASE.nii.gz``.
+    """Predict every case under ``source`` into ``out_dir/CASE.nii.gz`` and/or, for DICOM
+    series, a DICOM-SEG ``out_dir/CASE.dcm`` (``output_format``; ``seg_codes`` name what the
+    segments are, see :func:`~autoseg.io.dicom_seg.read_seg_codes`).
 
     A case that cannot be read is reported and skipped; the others are still predicted.
     A case is done, and skipped unless ``overwrite``, only when every requested output (the
@@ -228,63 +264,125 @@ def predict_path(
     predicted again, with a warning. ``out_dir`` is created with the first output, so a run in
     which every case fails leaves no empty folder behind.
 
+    A DICOM-SEG is built (and its source headers checked) before any file of its case is
+    written, so a series it cannot reference fails alone, leaving no file of that case.
+
     Raises:
         DatasetError: inputs are ambiguous (two files for one case), an output would overwrite
             an input, or a folder stands where an output goes; every problem is listed and
-            nothing is written.
+            nothing is written. With a DICOM-SEG asked for, an input that is an image file
+            (nothing to reference; one line naming it).
         FileSystemError: ``out_dir`` cannot be created or written.
     """
     plan = predictor.plan
     check_output_dir(out_dir, fix="choose another output folder with -o")
-    sweep_partials(out_dir)
     cases, problems = find_cases(source, n_channels=len(plan.channel_names))
-    outputs = {c.case_id: _outputs(out_dir, c.case_id, save_probabilities) for c in cases}
+    if output_format != "nifti":
+        _refuse_files_for_seg(cases)
+    sweep_partials(out_dir)
+    outputs = {
+        c.case_id: _CaseOutputs.of(out_dir, c.case_id, output_format, save_probabilities) for c in cases
+    }
     if blocked := _blocked_outputs(cases, outputs):
         raise DatasetError(blocked)
     report = PredictReport(failed=list(problems))
     for p in problems:
         log.error(p)
     dataset = _dataset_for(plan, source, cases)
+    algorithm = _seg_algorithm(predictor) if output_format != "nifti" else None
     for case in tqdm(cases, desc="Predicting", unit="case", disable=None):
-        dest = outputs[case.case_id][0]
-        if not overwrite and all(_is_done(o) for o in outputs[case.case_id]):
+        outs = outputs[case.case_id]
+        if not overwrite and all(_is_done(o) for o in outs.paths):
             report.skipped.append(case.case_id)
             continue
         try:
             loaded = load_case(case, dataset, with_label=False)
+            sources = None
+            if algorithm is not None:
+                sources = seg_sources(loaded.sources, loaded.geometry, case.images[0])
         except DatasetError as e:
-            for p in e.problems:
-                log.error(p)
-            report.failed.extend(e.problems)
+            _failed(report, e)
             continue
         for w in loaded.warnings:
             log.warning(w)
         labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
-        if probs is not None:
-            ProbabilityMap.of(probs, plan.label_scheme).save(outputs[case.case_id][1])
-        write_image(labels, loaded.geometry, dest)
+        seg = None
+        if sources is not None and algorithm is not None:
+            try:  # before any file of the case is written
+                seg = build_dicom_seg(
+                    labels,
+                    sources,
+                    plan.label_scheme,
+                    algorithm=algorithm,
+                    codes=seg_codes,
+                    folder=case.images[0],
+                )
+            except DatasetError as e:
+                _failed(report, e)
+                continue
+        if probs is not None and outs.probabilities is not None:
+            ProbabilityMap.of(probs, plan.label_scheme).save(outs.probabilities)
+        if outs.nifti is not None:
+            write_image(labels, loaded.geometry, outs.nifti)
+        if seg is not None and outs.seg is not None:
+            write_dicom_seg(seg, outs.seg)
         report.written.append(case.case_id)
     return report
 
 
-def _outputs(out_dir: Path, case_id: str, save_probabilities: bool) -> list[Path]:
-    """A case's output files: ``CASE.nii.gz``, and ``CASE.npz`` with probabilities."""
-    dest = out_dir / f"{case_id}.nii.gz"
-    return [dest, out_dir / f"{case_id}.npz"] if save_probabilities else [dest]
+def _failed(report: PredictReport, error: DatasetError) -> None:
+    """Log a case's problems and count it as failed (the other cases are still predicted)."""
+    for p in error.problems:
+        log.error(p)
+    report.failed.extend(error.problems)
 
 
-def _blocked_outputs(cases: list[Case], outputs: dict[str, list[Path]]) -> list[str]:
+def _refuse_files_for_seg(cases: list[Case]) -> None:
+    """Refuse, before anything is written, inputs a DICOM-SEG cannot reference: image files."""
+    files = [c.images[0] for c in cases if not c.images[0].is_dir()]
+    if files:
+        more = f" (and {len(files) - 1} more image files)" if len(files) > 1 else ""
+        msg = (
+            f"{files[0]}: a DICOM-SEG references DICOM images, and this input is an image file"
+            f"{more}; give DICOM series folders, or --output-format nifti"
+        )
+        raise DatasetError(msg)
+
+
+def _seg_algorithm(predictor: Predictor) -> SegAlgorithm:
+    """How a DICOM-SEG names what made it: autoseg's version, the dataset and configurations,
+    their folds and the post-processing."""
+    from autoseg import __version__
+
+    models = predictor.models
+    return SegAlgorithm(
+        version=__version__,
+        model=f"{predictor.plan.dataset_name} {'+'.join(m.config.name for m in models)}",
+        parameters={
+            "folds": "; ".join(",".join(m.folds) for m in models),
+            "postprocessing": str(predictor.postprocessing) if predictor.postprocessing else "none",
+        },
+    )
+
+
+def _blocked_outputs(cases: list[Case], outputs: dict[str, _CaseOutputs]) -> list[str]:
     """Outputs that cannot be written without harm: one that is an input scan (``-o`` the input
-    folder, scans named ``CASE.nii.gz``: it would be skipped as done, or overwritten), or a folder
-    in an output's place (found only after the other cases were written)."""
+    folder, scans named ``CASE.nii.gz``: it would be skipped as done, or overwritten), a DICOM-SEG
+    inside an input DICOM series folder (the series would no longer be one), or a folder in an
+    output's place (found only after the other cases were written)."""
     inputs = {os.path.realpath(p): p for c in cases for p in c.images}
     problems = []
     for cid, outs in outputs.items():
-        for out in outs:
+        for out in outs.paths:
             if (scan := inputs.get(os.path.realpath(out))) is not None:
                 problems.append(
                     f"{out}: the output of case {cid!r} would replace the input scan {scan}; "
                     "choose another output folder with -o"
+                )
+            elif out == outs.seg and (series := inputs.get(os.path.realpath(out.parent))) is not None:
+                problems.append(
+                    f"{out}: the DICOM-SEG of case {cid!r} would be written into the input DICOM "
+                    f"series folder {series}; choose another output folder with -o"
                 )
             elif out.is_dir():
                 problems.append(f"{out}: is a folder where an output goes; move it or choose another -o")
@@ -316,7 +414,10 @@ def _is_done(path: Path) -> bool:
 
 
 def _damage(path: Path) -> str | None:
-    """What is wrong with the compressed stream of ``path`` (``.gz`` or ``.npz``), or None."""
+    """What is wrong with the compressed stream of ``path`` (``.gz`` or ``.npz``), or with a
+    DICOM-SEG (``.dcm``), or None."""
+    if path.suffix == ".dcm":
+        return _seg_damage(path)
     try:
         if path.suffix == ".npz":
             with zipfile.ZipFile(path) as z:
@@ -329,3 +430,29 @@ def _damage(path: Path) -> str | None:
     except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile, zlib.error) as e:
         return str(e) or type(e).__name__
     return None
+
+
+def _seg_damage(path: Path) -> str | None:
+    """What is wrong with a DICOM-SEG file: not DICOM, not a Segmentation, or pixel data shorter
+    than its frames need (1 bit per pixel); None when it is whole."""
+    import warnings
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about what it can read anyway
+            ds = pydicom.dcmread(path)
+        if str(ds.get("SOPClassUID", "")) != _SEG_STORAGE:
+            return "not a DICOM Segmentation"
+        bits = int(ds.NumberOfFrames) * int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated)
+        if len(ds.PixelData) < (bits + 7) // 8:
+            return "its pixel data is cut short"
+    except (InvalidDicomError, EOFError, AttributeError, KeyError, TypeError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+#: SOP Class UID of a DICOM Segmentation (Segmentation Storage).
+_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

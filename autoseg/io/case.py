@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from autoseg.errors import DatasetError, ImageReadError
 from autoseg.io.align import find_reorientation
 from autoseg.io.dataset import Case, Dataset
 from autoseg.io.image import GRID_ATOL, SPACING_RTOL, Geometry, Image, read_image
+
+if TYPE_CHECKING:
+    import pydicom
 
 
 @dataclass
@@ -31,6 +35,9 @@ class LoadedCase:
         geometry: the first channel's geometry (all channels share its grid).
         warnings: non-fatal findings (a label or channel reoriented onto the image grid, an
             empty label), each naming a file.
+        sources: the first channel's DICOM headers in slice order (``data[:, k]`` is the pixel
+            data of ``sources[k]``; :attr:`~autoseg.io.volume.Image.sources`), empty unless it
+            is a DICOM series.
     """
 
     case_id: str
@@ -38,6 +45,7 @@ class LoadedCase:
     label: np.ndarray | None
     geometry: Geometry
     warnings: list[str] = field(default_factory=list)
+    sources: tuple[pydicom.Dataset, ...] = ()
 
 
 def _split_4d(img: Image, n_channels: int, problems: list[str]) -> list[Image]:
@@ -196,7 +204,7 @@ def load_case(case: Case, dataset: Dataset, *, with_label: bool = True) -> Loade
         label = _read_label(case.label, case.case_id, dataset, ref, problems, warnings)
     if problems or data is None or ref is None:
         raise DatasetError(problems)
-    return LoadedCase(case.case_id, data, label, ref.geometry, warnings)
+    return LoadedCase(case.case_id, data, label, ref.geometry, warnings, ref.sources)
 
 
 def _read_label(

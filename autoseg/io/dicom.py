@@ -14,7 +14,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class _Slice:
     position: tuple[float, ...] | None
     orientation: tuple[float, ...] | None
     instance: int | None
+    header: pydicom.Dataset = field(compare=False, repr=False)
 
 
 def _floats(value: object, count: int) -> tuple[float, ...] | None:
@@ -84,6 +85,7 @@ def _read_header(path: Path) -> _Slice | None:
             position=_floats(ds.get("ImagePositionPatient"), 3),
             orientation=_floats(ds.get("ImageOrientationPatient"), 6),
             instance=int(instance) if instance not in (None, "") else None,
+            header=ds,
         )
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
         return None
@@ -235,7 +237,9 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> Image:
             (DICOMDIR, text, hidden files) are ignored.
 
     Returns:
-        The volume (modality rescale applied by SimpleITK), its geometry, and ``folder``.
+        The volume (modality rescale applied by SimpleITK), its geometry, ``folder``, and the
+        slices' headers in the volume's slice order (:attr:`Image.sources`): ``array[k]`` is
+        the pixel data of ``sources[k]``.
 
     Raises:
         ImageReadError: no DICOM images; several series; slices differing in size or
@@ -260,7 +264,8 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> Image:
                 "folder must hold one multi-frame file or single-frame slices, split them"
             )
             raise ImageReadError(msg)
-        return _to_image(folder, lambda: sitk.ReadImage(str(slices[0].path)))
+        image = _to_image(folder, lambda: sitk.ReadImage(str(slices[0].path)))
+        return replace(image, sources=(slices[0].header,))
     sizes = Counter(s.size for s in slices)
     if len(sizes) > 1:
         listing = ", ".join(f"{n} files of {r}x{c}" for (r, c), n in sizes.most_common())
@@ -275,7 +280,7 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> Image:
     reader.MetaDataDictionaryArrayUpdateOff()
     reader.LoadPrivateTagsOff()
     try:
-        return _to_image(folder, reader.Execute)
+        image = _to_image(folder, reader.Execute)
     except ImageReadError as e:
         # SimpleITK names no file: read the slices one by one to name the damaged ones.
         bad = [s.path for s in ordered if not _readable_slice(s.path)]
@@ -284,6 +289,7 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> Image:
         more = f" (and {len(bad) - 1} more: {', '.join(p.name for p in bad[1:4])})" if len(bad) > 1 else ""
         msg = f"{bad[0]}: this slice's pixel data cannot be read (truncated?){more}; re-copy the series"
         raise ImageReadError(msg) from e
+    return replace(image, sources=tuple(s.header for s in ordered))
 
 
 def _readable_slice(path: Path) -> bool:

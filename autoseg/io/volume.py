@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import ImageReadError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 #: Default tolerances of :meth:`Geometry.same_grid`: spacing relative, origin (mm) and direction
 #: cosines absolute.
@@ -85,11 +89,15 @@ class Image:
         array: ``(Z, Y, X)`` array in the file's own dtype.
         geometry: spacing, origin and direction.
         path: where it was read from (for messages).
+        sources: for a DICOM series, the header (no pixel data) of each slice file in the
+            order of ``array``'s first axis (one multi-frame file: its header alone, its frames
+            in that order); empty for other files. What a DICOM-SEG of the image references.
     """
 
     array: np.ndarray
     geometry: Geometry
     path: Path | None = None
+    sources: tuple[Dataset, ...] = ()
 
     @property
     def spacing(self) -> tuple[float, ...]:
