@@ -227,6 +227,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         postprocess=opts.postprocessing,
         output_format=opts.output_format,
         seg_codes=opts.seg_codes,
+        save_uncertainty=opts.save_uncertainty,
     )
     log.info(
         "%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",

@@ -156,6 +156,11 @@ class PredictOptions:
     save_probabilities: bool = option(
         False, "also write CASE.npz with the probabilities (float16; softmax per label or sigmoid per region)"
     )
+    save_uncertainty: bool = option(
+        False,
+        "also write uncertainty/CASE_entropy.nii.gz (predictive entropy) and CASE_mutual_info.nii.gz "
+        "(disagreement of folds and mirrors), and uncertainty/uncertainty.csv, least certain case first",
+    )
     postprocessing: bool = option(
         True,
         "write the raw label maps (default: apply find-best's post-processing, or the model's own)",

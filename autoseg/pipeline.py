@@ -288,6 +288,7 @@ def predict(
     postprocess: bool = _PREDICT.postprocessing,
     output_format: OutputFormat = _PREDICT.output_format,
     seg_codes: Path | None = _PREDICT.seg_codes,
+    save_uncertainty: bool = _PREDICT.save_uncertainty,
 ) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
@@ -297,8 +298,9 @@ def predict(
     whichever configurations are used. ``postprocess=False`` writes the raw label maps.
     ``output_format`` ``"dicom-seg"`` or ``"both"`` also writes a DICOM-SEG per DICOM series
     (``CASE.dcm``), its segments coded from ``seg_codes`` (a JSON file, checked against the
-    model's labels before anything is predicted). The defaults are ``autoseg predict``'s
-    (:class:`~autoseg.command_options.PredictOptions`).
+    model's labels before anything is predicted). ``save_uncertainty`` writes the uncertainty
+    maps and ``uncertainty.csv`` (:mod:`autoseg.inference.uncertainty`). The defaults are
+    ``autoseg predict``'s (:class:`~autoseg.command_options.PredictOptions`).
     """
     import torch
 
@@ -357,6 +359,7 @@ def predict(
         save_probabilities=save_probabilities,
         output_format=output_format,
         seg_codes=codes,
+        save_uncertainty=save_uncertainty,
     )
 
 

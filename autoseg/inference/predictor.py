@@ -18,7 +18,7 @@ import os
 import time
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +37,20 @@ from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.inference.source_grid import (
     logits_to_labels,
+    maps_on_source_grid,
     probabilities_on_source_grid,
     probabilities_to_labels,
+)
+from autoseg.inference.uncertainty import (
+    Activation,
+    CaseUncertainty,
+    UncertaintyMaps,
+    entropy_from_logits,
+    entropy_from_probabilities,
+    max_entropy,
+    mutual_information,
+    summarize,
+    write_uncertainty_csv,
 )
 from autoseg.io.case import LoadedCase, load_case
 from autoseg.io.dataset import Case, Dataset
@@ -54,6 +66,21 @@ log = logging.getLogger(__name__)
 #: What ``predict`` writes per case: ``CASE.nii.gz``, a DICOM-SEG ``CASE.dcm`` (DICOM series
 #: inputs only), or both.
 OutputFormat = Literal["nifti", "dicom-seg", "both"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One case's prediction on its source grid.
+
+    Attributes:
+        labels: the label map (label values).
+        probabilities: ``(n_outputs, *spatial)`` float16, when asked for.
+        uncertainty: the uncertainty maps, when asked for.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    uncertainty: UncertaintyMaps | None
 
 
 @dataclass
@@ -104,10 +131,14 @@ class Predictor:
         self.postprocessing = postprocessing
 
     @torch.inference_mode()
-    def _logits(self, model: TrainedModel, data: torch.Tensor) -> torch.Tensor:
+    def _logits(
+        self, model: TrainedModel, data: torch.Tensor, *, member_entropy: Activation | None = None
+    ) -> torch.Tensor:
         """Mean logits over the model's folds, summed in place on the CPU: memory is one fold's
         logits plus the sum, whatever the number of folds. On a CUDA out-of-memory error the
-        blending moves to the CPU and the fold is tried again."""
+        blending moves to the CPU and the fold is tried again. With ``member_entropy`` (the
+        outputs' activation) a last channel holds the mean entropy of the members (every fold,
+        every mirror): :mod:`autoseg.inference.uncertainty`."""
         total: torch.Tensor | None = None
         for net in model.networks:
             kw: dict[str, Any] = {
@@ -116,6 +147,7 @@ class Predictor:
                 "tta": self.tta,
                 "device": self.device,
                 "amp_dtype": self.amp_dtype,
+                "member_entropy": member_entropy,
             }
             try:
                 out = predict_logits(net, data, **kw)
@@ -138,25 +170,50 @@ class Predictor:
     def predict(
         self, case: LoadedCase, *, with_probabilities: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Label map (label values, source grid) and, if asked, probabilities (float16).
+        """Label map (label values, source grid) and, if asked, probabilities (float16): see
+        :meth:`predict_all`."""
+        out = self.predict_all(case, with_probabilities=with_probabilities)
+        return out.labels, out.probabilities
+
+    @torch.inference_mode()
+    def predict_all(
+        self, case: LoadedCase, *, with_probabilities: bool = False, with_uncertainty: bool = False
+    ) -> Prediction:
+        """Label map (label values, source grid) and, if asked, probabilities (float16) and the
+        uncertainty maps (float32, source grid; :mod:`autoseg.inference.uncertainty`).
 
         Folds are averaged as logits (as nnU-Net does), configurations as probabilities on the
         source grid (each configuration has its own grid); both sums are kept in place, so an
         ensemble needs the memory of one member plus the sum. The label map comes from the
         plan's label scheme (argmax, or regions painted in order); it never holds the ignore label.
+        One configuration without probabilities takes the plane-by-plane path to the source
+        grid; its uncertainty maps are made on the network's grid and resized like two more
+        channels, so they cost two source-grid maps, not the probabilities of every class.
         """
+        activation = self.plan.label_scheme.activation if with_uncertainty else None
+        k = self.plan.label_scheme.n_outputs
         if len(self.models) == 1 and not with_probabilities:
             model = self.models[0]
-            logits, props = self._network_logits(model, case)
+            out, props = self._network_logits(model, case, member_entropy=activation)
             t0 = time.perf_counter()
-            labels = logits_to_labels(logits, props, model.plan)
+            labels = logits_to_labels(out[:k], props, model.plan)
+            maps = None
+            if activation is not None:  # predictive and expected entropy, resized together
+                both = torch.stack([entropy_from_logits(out[:k], activation), out[k]])
+                del out
+                h, expected_h = maps_on_source_grid(both, props, model.plan)
+                maps = UncertaintyMaps(h, mutual_information(h, expected_h))
             log.debug("%s: back to the source grid %.2f s", case.case_id, time.perf_counter() - t0)
-            return self._postprocess(labels), None
+            return Prediction(self._postprocess(labels), None, maps)
         probs: np.ndarray = np.empty(0)
+        expected: np.ndarray | None = None
         for i, model in enumerate(self.models):
-            logits, props = self._network_logits(model, case)
-            p = probabilities_on_source_grid(logits, props, model.plan)
-            del logits
+            out, props = self._network_logits(model, case, member_entropy=activation)
+            p = probabilities_on_source_grid(out[:k], props, model.plan)
+            if activation is not None:
+                e = maps_on_source_grid(out[k:], props, model.plan)[0]
+                expected = e if expected is None else expected + e
+            del out
             if i == 0:
                 probs = p
             else:
@@ -164,11 +221,21 @@ class Predictor:
             del p
         probs /= len(self.models)
         labels = probabilities_to_labels(probs, self.plan.label_scheme)
-        return self._postprocess(labels), probs.astype(np.float16) if with_probabilities else None
+        uncertainty = None
+        if activation is not None and expected is not None:
+            predictive = entropy_from_probabilities(probs, activation)
+            uncertainty = UncertaintyMaps(
+                predictive, mutual_information(predictive, expected / len(self.models))
+            )
+        kept = probs.astype(np.float16) if with_probabilities else None
+        return Prediction(self._postprocess(labels), kept, uncertainty)
 
-    def _network_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, CaseProperties]:
-        """``case`` preprocessed for ``model``'s configuration: its fold-mean logits and its
-        preprocessing properties (crop, transpose: what the way back to the source grid needs)."""
+    def _network_logits(
+        self, model: TrainedModel, case: LoadedCase, *, member_entropy: Activation | None = None
+    ) -> tuple[torch.Tensor, CaseProperties]:
+        """``case`` preprocessed for ``model``'s configuration: its fold-mean logits (with the
+        members' mean entropy as a last channel, given ``member_entropy``) and its preprocessing
+        properties (crop, transpose: what the way back to the source grid needs)."""
         t0 = time.perf_counter()
         pre = preprocess_arrays(
             case.data, None, case.geometry.spacing, model.plan, model.config, case_id=case.case_id
@@ -178,7 +245,7 @@ class Predictor:
             previous = self._previous_stage(model, model.previous, case, pre.properties)
             data = with_previous_stage(data, previous, model.plan.label_scheme)
         t1 = time.perf_counter()
-        logits = self._logits(model, torch.from_numpy(data))
+        logits = self._logits(model, torch.from_numpy(data), member_entropy=member_entropy)
         log.debug(
             "%s %s: preprocess %.2f s, network %.2f s",
             case.case_id,
@@ -219,28 +286,45 @@ def _dataset_for(plan: Plan, source: Path, cases: list[Case]) -> Dataset:
     )
 
 
+#: The folder under the output folder that holds the uncertainty maps and ``uncertainty.csv``
+#: (kept apart so that the output folder holds one label map per case, as evaluate expects).
+UNCERTAINTY_DIR = "uncertainty"
+
+
 @dataclass(frozen=True)
 class _CaseOutputs:
     """A case's output files: ``CASE.nii.gz``, ``CASE.dcm`` (DICOM-SEG), ``CASE.npz``
-    (probabilities), each None when not asked for."""
+    (probabilities), ``uncertainty/CASE_entropy.nii.gz`` and ``CASE_mutual_info.nii.gz``, each
+    None when not asked for."""
 
     nifti: Path | None
     seg: Path | None
     probabilities: Path | None
+    entropy: Path | None = None
+    mutual_info: Path | None = None
 
     @classmethod
     def of(
-        cls, out_dir: Path, case_id: str, output_format: OutputFormat, save_probabilities: bool
+        cls,
+        out_dir: Path,
+        case_id: str,
+        output_format: OutputFormat,
+        save_probabilities: bool,
+        save_uncertainty: bool = False,
     ) -> _CaseOutputs:
+        maps = out_dir / UNCERTAINTY_DIR
         return cls(
             out_dir / f"{case_id}.nii.gz" if output_format != "dicom-seg" else None,
             out_dir / f"{case_id}.dcm" if output_format != "nifti" else None,
             out_dir / f"{case_id}.npz" if save_probabilities else None,
+            maps / f"{case_id}_entropy.nii.gz" if save_uncertainty else None,
+            maps / f"{case_id}_mutual_info.nii.gz" if save_uncertainty else None,
         )
 
     @property
     def paths(self) -> list[Path]:
-        return [p for p in (self.nifti, self.seg, self.probabilities) if p is not None]
+        found = (self.nifti, self.seg, self.probabilities, self.entropy, self.mutual_info)
+        return [p for p in found if p is not None]
 
 
 def predict_path(
@@ -252,10 +336,16 @@ def predict_path(
     save_probabilities: bool = False,
     output_format: OutputFormat = "nifti",
     seg_codes: Mapping[str, SegmentCodes] | None = None,
+    save_uncertainty: bool = False,
 ) -> PredictReport:
     """Predict every case under ``source`` into ``out_dir/CASE.nii.gz`` and/or, for DICOM
     series, a DICOM-SEG ``out_dir/CASE.dcm`` (``output_format``; ``seg_codes`` name what the
     segments are, see :func:`~autoseg.io.dicom_seg.read_seg_codes`).
+
+    With ``save_uncertainty``, also ``out_dir/uncertainty/CASE_entropy.nii.gz`` and
+    ``CASE_mutual_info.nii.gz`` (float32 nats, the scan's grid) and one row per case in
+    ``out_dir/uncertainty/uncertainty.csv``, least certain first
+    (:mod:`autoseg.inference.uncertainty`).
 
     A case that cannot be read is reported and skipped; the others are still predicted.
     A case is done, and skipped unless ``overwrite``, only when every requested output (the
@@ -281,8 +371,12 @@ def predict_path(
         _refuse_files_for_seg(cases)
     sweep_partials(out_dir)
     outputs = {
-        c.case_id: _CaseOutputs.of(out_dir, c.case_id, output_format, save_probabilities) for c in cases
+        c.case_id: _CaseOutputs.of(out_dir, c.case_id, output_format, save_probabilities, save_uncertainty)
+        for c in cases
     }
+    rows: list[CaseUncertainty] = []
+    if save_uncertainty:
+        sweep_partials(out_dir / UNCERTAINTY_DIR)
     if blocked := _blocked_outputs(cases, outputs):
         raise DatasetError(blocked)
     report = PredictReport(failed=list(problems))
@@ -305,7 +399,10 @@ def predict_path(
             continue
         for w in loaded.warnings:
             log.warning(w)
-        labels, probs = predictor.predict(loaded, with_probabilities=save_probabilities)
+        predicted = predictor.predict_all(
+            loaded, with_probabilities=save_probabilities, with_uncertainty=save_uncertainty
+        )
+        labels, probs = predicted.labels, predicted.probabilities
         seg = None
         if sources is not None and algorithm is not None:
             try:  # before any file of the case is written
@@ -326,8 +423,30 @@ def predict_path(
             write_image(labels, loaded.geometry, outs.nifti)
         if seg is not None and outs.seg is not None:
             write_dicom_seg(seg, outs.seg)
+        if (maps := predicted.uncertainty) is not None and outs.entropy and outs.mutual_info:
+            outs.entropy.parent.mkdir(parents=True, exist_ok=True)
+            write_image(maps.entropy, loaded.geometry, outs.entropy)
+            write_image(maps.mutual_information, loaded.geometry, outs.mutual_info)
+            rows.append(_uncertainty_row(case.case_id, labels, maps, loaded.geometry.spacing, plan))
         report.written.append(case.case_id)
+    if rows:
+        write_uncertainty_csv(rows, out_dir / UNCERTAINTY_DIR / "uncertainty.csv")
     return report
+
+
+def _uncertainty_row(
+    case_id: str, labels: np.ndarray, maps: UncertaintyMaps, spacing: Sequence[float], plan: Plan
+) -> CaseUncertainty:
+    """The triage row of one case (volumes need only the product of ``spacing``)."""
+    scheme = plan.label_scheme
+    return summarize(
+        case_id,
+        maps.entropy,
+        maps.mutual_information,
+        labels,
+        tuple(float(s) for s in spacing),
+        max_entropy_nats=max_entropy(scheme.n_outputs, scheme.activation),
+    )
 
 
 def _failed(report: PredictReport, error: DatasetError) -> None:

@@ -191,6 +191,16 @@ def logits_to_labels(logits: torch.Tensor, props: CaseProperties, plan: Plan) ->
     return to_source_grid(classes.cpu().numpy(), props, plan)
 
 
+def maps_on_source_grid(maps: torch.Tensor, props: CaseProperties, plan: Plan) -> np.ndarray:
+    """Float maps ``(C, Z, Y, X)`` of the preprocessed grid (e.g. uncertainty) -> ``(C, *source)``
+    float32 on the source grid: resized like probabilities, 0 outside the crop (where the
+    network saw nothing and nothing is predicted)."""
+    resized = resize_channels(maps.float(), props.shape_after_crop, z_axis=props.z_axis)
+    full = np.zeros((resized.shape[0], *props.shape_before_crop), dtype=np.float32)
+    full[(slice(None), *(slice(lo, hi) for lo, hi in props.bbox))] = resized.cpu().numpy()
+    return full.transpose([0, *(a + 1 for a in plan.transpose_backward)])
+
+
 def probabilities_on_source_grid(logits: torch.Tensor, props: CaseProperties, plan: Plan) -> np.ndarray:
     """Probabilities ``(n_outputs, Z, Y, X)`` float32 on the source grid, for
     ``--save-probabilities``, validation and ensembling: softmax over labels (background 1

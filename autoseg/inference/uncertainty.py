@@ -42,7 +42,9 @@ from autoseg._atomic import write_atomic
 __all__ = [
     "UNCERTAIN_SHARE",
     "CaseUncertainty",
+    "UncertaintyMaps",
     "entropy_from_logits",
+    "entropy_from_probabilities",
     "max_entropy",
     "mutual_information",
     "summarize",
@@ -82,6 +84,25 @@ def batch_entropy(logits: torch.Tensor, activation: Activation) -> torch.Tensor:
     return _entropy(logits.float(), activation, dim=1)[:, None]
 
 
+def entropy_from_probabilities(probabilities: np.ndarray, activation: Activation) -> np.ndarray:
+    """Entropy (nats) of ``(K, *spatial)`` probabilities (an ensemble's average): ``(*spatial)``
+    float32; ``0 log 0`` counts as 0.
+
+    Examples:
+        >>> float(entropy_from_probabilities(np.array([[1.0], [0.0]]), "softmax")[0])
+        0.0
+        >>> round(float(entropy_from_probabilities(np.array([[0.5]]), "sigmoid")[0]), 4)
+        0.6931
+    """
+    p = np.asarray(probabilities, dtype=np.float32)
+
+    def plogp(x: np.ndarray) -> np.ndarray:
+        return np.where(x > 0, x * np.log(np.maximum(x, np.float32(1e-30))), np.float32(0))
+
+    terms = plogp(p) if activation == "softmax" else plogp(p) + plogp(1 - p)
+    return np.asarray(np.maximum(-terms.sum(axis=0), 0), dtype=np.float32)  # no -0.0
+
+
 def max_entropy(n_outputs: int, activation: Activation) -> float:
     """The largest entropy the outputs can have: ``log K`` for ``K`` softmax classes, ``R log 2``
     for ``R`` sigmoid regions.
@@ -96,6 +117,19 @@ def max_entropy(n_outputs: int, activation: Activation) -> float:
 def mutual_information(predictive: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """``predictive - expected`` clipped at 0 (see the module docstring), float32."""
     return np.maximum(np.asarray(predictive, np.float32) - np.asarray(expected, np.float32), 0.0)
+
+
+@dataclass(frozen=True)
+class UncertaintyMaps:
+    """A case's two maps, float32 on one grid (nats).
+
+    Attributes:
+        entropy: predictive entropy of the final probabilities.
+        mutual_information: its part due to the members disagreeing.
+    """
+
+    entropy: np.ndarray
+    mutual_information: np.ndarray
 
 
 @dataclass(frozen=True)

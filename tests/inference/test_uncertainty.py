@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from autoseg.cli import main
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.inference.uncertainty import (
     CaseUncertainty,
     entropy_from_logits,
+    entropy_from_probabilities,
     max_entropy,
     mutual_information,
     summarize,
     write_uncertainty_csv,
 )
+from autoseg.io.image import read_image
+from autoseg.io.samples import sample_dataset_dir
 from autoseg.planning.plan import Plan
 
 PLAN = Path(__file__).resolve().parents[2] / "plans" / "hippocampus_sample" / "plans.json"
@@ -142,3 +147,90 @@ def test_csv_least_certain_first_and_kept_across_runs(tmp_path):
     assert rows[1]["mean_entropy_foreground"] == "0.1"
     assert rows[2]["mean_entropy_foreground"] == ""
     assert not list(tmp_path.glob(".partial-*"))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class TestPredictSavesUncertainty:
+    """``autoseg predict --save-uncertainty`` on real scans with the tiny trained model."""
+
+    CASES = sorted((sample_dataset_dir() / "imagesTs").glob("*.nii.gz"))[:2]
+
+    @pytest.fixture
+    def scans(self, tmp_path: Path) -> Path:
+        src = tmp_path / "in"
+        src.mkdir()
+        for p in self.CASES:
+            shutil.copy(p, src / p.name)
+        return src
+
+    def _predict(self, work: Path, src: Path, out: Path, *extra: str) -> int:
+        args = ["predict", "-i", str(src), "-o", str(out), "-d", "hippo", "--device", "cpu"]
+        return main([*args, "--work-dir", str(work), "-q", *extra])
+
+    def test_maps_csv_and_unchanged_labels(self, trained_work, scans, tmp_path):
+        plain, out = tmp_path / "plain", tmp_path / "out"
+        assert self._predict(trained_work, scans, plain, "-c", "3d_fullres") == 0
+        assert self._predict(trained_work, scans, out, "-c", "3d_fullres", "--save-uncertainty") == 0
+        rows = _rows(out / "uncertainty" / "uncertainty.csv")
+        assert sorted(r["case"] for r in rows) == sorted(p.name[:-7] for p in self.CASES)
+        means = [float(r["mean_entropy_foreground"] or "nan") for r in rows]
+        assert means == sorted(means, reverse=True)  # least certain first
+        for p in self.CASES:
+            case = p.name[:-7]
+            labels = read_image(out / p.name)
+            np.testing.assert_array_equal(labels.array, read_image(plain / p.name).array)
+            h = read_image(out / "uncertainty" / f"{case}_entropy.nii.gz")
+            mi = read_image(out / "uncertainty" / f"{case}_mutual_info.nii.gz")
+            for m in (h, mi):
+                assert m.array.shape == labels.array.shape
+                assert m.geometry.same_grid(labels.geometry, rtol=0, atol=1e-6)
+            assert (h.array >= 0).all()
+            assert h.array.max() <= math.log(3) + 1e-4
+            assert (mi.array >= 0).all()
+            assert (mi.array <= h.array + 1e-4).all()
+            assert mi.array.max() > 0  # the 8 mirrors of a 2-iteration model disagree
+            row = next(r for r in rows if r["case"] == case)
+            fg = labels.array != 0
+            if fg.any():
+                assert float(row["mean_entropy_foreground"]) == pytest.approx(
+                    float(h.array[fg].mean()), rel=1e-4
+                )
+        assert not (out / "uncertainty" / f"{self.CASES[0].name}").exists()  # only maps and the CSV
+
+    def test_one_member_has_no_mutual_information(self, trained_work, scans, tmp_path):
+        out = tmp_path / "out"
+        assert self._predict(trained_work, scans, out, "-c", "2d", "--no-tta", "--save-uncertainty") == 0
+        for p in self.CASES:
+            mi = read_image(out / "uncertainty" / f"{p.name[:-7]}_mutual_info.nii.gz").array
+            assert float(mi.max()) < 1e-4
+            assert read_image(out / "uncertainty" / f"{p.name[:-7]}_entropy.nii.gz").array.max() > 0
+
+    def test_an_ensemble_of_configurations_uses_its_mean_probabilities(self, trained_work, scans, tmp_path):
+        out = tmp_path / "out"
+        extra = ("-c", "3d_fullres", "2d", "--no-tta", "--save-uncertainty", "--save-probabilities")
+        assert self._predict(trained_work, scans, out, *extra) == 0
+        for p in self.CASES:
+            case = p.name[:-7]
+            with np.load(out / f"{case}.npz") as z:
+                probs = z["probabilities"].astype(np.float32)
+            h = read_image(out / "uncertainty" / f"{case}_entropy.nii.gz").array
+            np.testing.assert_allclose(h, entropy_from_probabilities(probs, "softmax"), atol=2e-3)
+            mi = read_image(out / "uncertainty" / f"{case}_mutual_info.nii.gz").array
+            assert mi.max() > 1e-3  # two different networks disagree somewhere
+
+    def test_a_missing_map_is_predicted_again(self, trained_work, scans, tmp_path):
+        out = tmp_path / "out"
+        assert self._predict(trained_work, scans, out, "-c", "2d", "--no-tta", "--save-uncertainty") == 0
+        gone = out / "uncertainty" / f"{self.CASES[0].name[:-7]}_mutual_info.nii.gz"
+        gone.unlink()
+        before = {p: p.stat().st_mtime_ns for p in (out / "uncertainty").glob("*.nii.gz")}
+        assert self._predict(trained_work, scans, out, "-c", "2d", "--no-tta", "--save-uncertainty") == 0
+        assert gone.is_file()
+        other = out / "uncertainty" / f"{self.CASES[1].name[:-7]}_entropy.nii.gz"
+        assert other.stat().st_mtime_ns == before[other]  # the other case was skipped
+        rows = _rows(out / "uncertainty" / "uncertainty.csv")
+        assert len(rows) == 2  # the skipped case's row is kept
