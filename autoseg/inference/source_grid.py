@@ -196,8 +196,19 @@ def maps_on_source_grid(maps: torch.Tensor, props: CaseProperties, plan: Plan) -
     float32 on the source grid: resized like probabilities, 0 outside the crop (where the
     network saw nothing and nothing is predicted)."""
     resized = resize_channels(maps.float(), props.shape_after_crop, z_axis=props.z_axis)
-    full = np.zeros((resized.shape[0], *props.shape_before_crop), dtype=np.float32)
-    full[(slice(None), *(slice(lo, hi) for lo, hi in props.bbox))] = resized.cpu().numpy()
+    return _paste_on_source_grid(resized, props, plan, outside=(0.0,) * resized.shape[0])
+
+
+def _paste_on_source_grid(
+    channels: torch.Tensor, props: CaseProperties, plan: Plan, *, outside: Sequence[float]
+) -> np.ndarray:
+    """``(C, *crop)`` channels on the cropped grid -> ``(C, *source)`` float32 in the source
+    file's axis order, channel ``c`` holding ``outside[c]`` outside the crop."""
+    full = np.zeros((channels.shape[0], *props.shape_before_crop), dtype=np.float32)
+    for channel, value in enumerate(outside):
+        if value:  # zeros stay untouched pages until the crop is pasted
+            full[channel] = value
+    full[(slice(None), *(slice(lo, hi) for lo, hi in props.bbox))] = channels.cpu().numpy()
     return full.transpose([0, *(a + 1 for a in plan.transpose_backward)])
 
 
@@ -215,9 +226,4 @@ def probabilities_on_source_grid(logits: torch.Tensor, props: CaseProperties, pl
     if prob.data_ptr() == logits.data_ptr():
         prob = prob.clone()  # not resized: do not overwrite the caller's logits
     scheme.activate_(prob, dim=0)
-    full = np.zeros((prob.shape[0], *props.shape_before_crop), dtype=np.float32)
-    for channel, value in enumerate(scheme.outside_probabilities):
-        if value:  # zeros stay untouched pages until the crop is pasted
-            full[channel] = value
-    full[(slice(None), *(slice(lo, hi) for lo, hi in props.bbox))] = prob.cpu().numpy()
-    return full.transpose([0, *(a + 1 for a in plan.transpose_backward)])
+    return _paste_on_source_grid(prob, props, plan, outside=scheme.outside_probabilities)
