@@ -57,7 +57,7 @@ def train_model(work: Path, tmp: Path) -> None:
     ct = DATA_DIR / "fixtures" / "ct_sample"
     ds = make_single_case_dataset(ct / "example_ct_sm.nii.gz", ct / "example_seg.nii.gz", tmp / "ct_sample")
     common = ["--work-dir", str(work), "-q"]
-    assert main(["plan", str(ds), "--workers", "1", *common]) == 0
+    assert main(["plan", str(ds), "--preprocess-workers", "1", *common]) == 0
     assert (
         main(
             [
@@ -73,7 +73,7 @@ def train_model(work: Path, tmp: Path) -> None:
                 "1",
                 "--device",
                 "cpu",
-                "--workers",
+                "--augment-workers",
                 "0",
                 *common,
             ]

@@ -397,7 +397,7 @@ def bench_autoseg(
         LOG.info("autoseg %s", label)
         work = base / f"work_{i}"
         cmd = [*autoseg, "plan", str(copy), "--work-dir", str(work)]
-        cmd += ["--workers", str(workers)]
+        cmd += ["--preprocess-workers", str(workers)]
         m = measure(cmd, env, cwd=base, pss_interval_s=pss_interval_s if is_memory else None)
         if is_memory:
             step.memory = m

@@ -46,7 +46,7 @@ def time_training(work: Path, dataset: str, iters: int) -> dict[str, float]:
                 "2",
                 "--device",
                 "cuda",
-                "--workers",
+                "--augment-workers",
                 "4",
                 "--work-dir",
                 str(work),

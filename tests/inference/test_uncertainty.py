@@ -149,6 +149,22 @@ def test_csv_least_certain_first_and_kept_across_runs(tmp_path):
     assert not list(tmp_path.glob(".partial-*"))
 
 
+def test_csv_ranks_by_mutual_information_then_entropy(tmp_path):
+    """The members' disagreement decides the order (it tracked Dice in bench_uncertainty); with one
+    member (mutual information 0 everywhere) the entropy does."""
+    path = tmp_path / "uncertainty.csv"
+    write_uncertainty_csv(
+        [
+            CaseUncertainty("high_h", 1.0, 0.9, 0.01, 0.5),
+            CaseUncertainty("high_mi", 1.0, 0.3, 0.2, 0.1),
+            CaseUncertainty("one_member_a", 1.0, 0.5, 0.0, 0.1),
+            CaseUncertainty("one_member_b", 1.0, 0.6, 0.0, 0.1),
+        ],
+        path,
+    )
+    assert [r["case"] for r in _rows(path)] == ["high_mi", "high_h", "one_member_b", "one_member_a"]
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -177,8 +193,11 @@ class TestPredictSavesUncertainty:
         assert self._predict(trained_work, scans, out, "-c", "3d_fullres", "--save-uncertainty") == 0
         rows = _rows(out / "uncertainty" / "uncertainty.csv")
         assert sorted(r["case"] for r in rows) == sorted(p.name[:-7] for p in self.CASES)
-        means = [float(r["mean_entropy_foreground"] or "nan") for r in rows]
-        assert means == sorted(means, reverse=True)  # least certain first
+        score = [
+            (float(r["mean_mutual_information_foreground"]), float(r["mean_entropy_foreground"]))
+            for r in rows
+        ]
+        assert score == sorted(score, reverse=True)  # least certain first
         for p in self.CASES:
             case = p.name[:-7]
             labels = read_image(out / p.name)
