@@ -228,6 +228,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         output_format=opts.output_format,
         seg_codes=opts.seg_codes,
         save_uncertainty=opts.save_uncertainty,
+        part=(opts.part_id, opts.num_parts),
+        read_ahead=opts.read_ahead,
+        write_behind=opts.write_behind,
     )
     log.info(
         "%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",

@@ -181,6 +181,30 @@ class PredictOptions:
         metavar="FILE.json",
         run_time_default='SCT 85756007 "Tissue" for category and type',
     )
+    num_parts: int = option(
+        1,
+        "split the cases into N parts, one job each (e.g. a Slurm job array); see --part-id",
+        metavar="N",
+        minimum=1,
+    )
+    part_id: int = option(
+        0,
+        "which part this job predicts, 0 .. N-1: the cases sorted by id, every N-th from this one",
+        metavar="K",
+        minimum=0,
+    )
+    read_ahead: int = option(
+        1,
+        "cases read and preprocessed ahead of the network, on as many threads (0: in turn)",
+        metavar="N",
+        minimum=0,
+    )
+    write_behind: int = option(
+        1,
+        "cases taken back to their grid and written behind the network, on as many threads (0: in turn)",
+        metavar="N",
+        minimum=0,
+    )
     legacy_workers: int | None = _legacy_workers("no effect on predict", "remove it")
 
 

@@ -289,6 +289,9 @@ def predict(
     output_format: OutputFormat = _PREDICT.output_format,
     seg_codes: Path | None = _PREDICT.seg_codes,
     save_uncertainty: bool = _PREDICT.save_uncertainty,
+    part: tuple[int, int] = (_PREDICT.part_id, _PREDICT.num_parts),
+    read_ahead: int = _PREDICT.read_ahead,
+    write_behind: int = _PREDICT.write_behind,
 ) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
@@ -299,15 +302,19 @@ def predict(
     ``output_format`` ``"dicom-seg"`` or ``"both"`` also writes a DICOM-SEG per DICOM series
     (``CASE.dcm``), its segments coded from ``seg_codes`` (a JSON file, checked against the
     model's labels before anything is predicted). ``save_uncertainty`` writes the uncertainty
-    maps and ``uncertainty.csv`` (:mod:`autoseg.inference.uncertainty`). The defaults are
+    maps and ``uncertainty.csv`` (:mod:`autoseg.inference.uncertainty`). ``part`` is
+    ``(part_id, num_parts)``: this job's share of the cases (checked before any model loads);
+    ``read_ahead`` and ``write_behind`` overlap reading and writing with the networks
+    (:func:`~autoseg.inference.predictor.predict_path`). The defaults are
     ``autoseg predict``'s (:class:`~autoseg.command_options.PredictOptions`).
     """
     import torch
 
     from autoseg._precision import amp_dtype_for
     from autoseg.inference.model import default_models, load_model
-    from autoseg.inference.predictor import Predictor, predict_path
+    from autoseg.inference.predictor import Part, Predictor, predict_path
 
+    share = Part(*part)
     check_output_dir(out_dir, fix=_PREDICT_OUT_FIX)
     if dataset is not None:
         name = workspace.resolve(dataset)[0]
@@ -360,6 +367,9 @@ def predict(
         output_format=output_format,
         seg_codes=codes,
         save_uncertainty=save_uncertainty,
+        part=share,
+        read_ahead=read_ahead,
+        write_behind=write_behind,
     )
 
 

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from autoseg._atomic import sweep_partials
 from autoseg._fs import cause, check_output_dir
-from autoseg.errors import DatasetError, ModelError
+from autoseg.errors import AutosegError, DatasetError, ModelError
 from autoseg.inference.inputs import find_cases
 from autoseg.inference.model import TrainedModel
+from autoseg.inference.overlap import overlapped
 from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
 from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.sliding_window import predict_logits
@@ -56,12 +57,15 @@ from autoseg.io.case import LoadedCase, load_case
 from autoseg.io.dataset import Case, Dataset
 from autoseg.io.dicom_seg import SegAlgorithm, SegmentCodes, build_dicom_seg, seg_sources, write_dicom_seg
 from autoseg.io.image import write_image
+from autoseg.io.volume import Geometry
 from autoseg.planning.plan import Plan
-from autoseg.preprocessing.case import preprocess_arrays
+from autoseg.preprocessing.case import PreprocessedCase, preprocess_arrays
 from autoseg.preprocessing.previous_stage import previous_stage_indices, with_previous_stage
 from autoseg.preprocessing.properties import CaseProperties
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: What ``predict`` writes per case: ``CASE.nii.gz``, a DICOM-SEG ``CASE.dcm`` (DICOM series
 #: inputs only), or both.
@@ -81,6 +85,47 @@ class Prediction:
     labels: np.ndarray
     probabilities: np.ndarray | None
     uncertainty: UncertaintyMaps | None
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A case read and preprocessed (:meth:`Predictor.prepare`).
+
+    Attributes:
+        case_id: the case's id.
+        geometry: the source grid, where the outputs go.
+        inputs: the preprocessed case per configuration that runs on it (by model folder: each
+            model of the ensemble and the previous stages of a cascade).
+    """
+
+    case_id: str
+    geometry: Geometry
+    inputs: dict[Path, PreprocessedCase]
+
+
+@dataclass(frozen=True)
+class NetworkOutput:
+    """What the networks made of a case (:meth:`Predictor.run`), before :meth:`Predictor.finish`.
+
+    Attributes:
+        case_id: the case's id.
+        activation: the outputs' activation when uncertainty is asked for, else None.
+        logits: one configuration's fold-mean logits on its grid (the members' mean entropy as a
+            last channel with uncertainty), with the ``properties`` that lead back to the source
+            grid; None for an ensemble.
+        properties: see ``logits``.
+        probabilities: an ensemble's mean probabilities on the source grid, else None.
+        expected_entropy: an ensemble's mean member entropy on the source grid, with uncertainty.
+        keep_probabilities: the probabilities are to be returned (``--save-probabilities``).
+    """
+
+    case_id: str
+    activation: Activation | None
+    logits: torch.Tensor | None = None
+    properties: CaseProperties | None = None
+    probabilities: np.ndarray | None = None
+    expected_entropy: np.ndarray | None = None
+    keep_probabilities: bool = False
 
 
 @dataclass
@@ -175,36 +220,49 @@ class Predictor:
         out = self.predict_all(case, with_probabilities=with_probabilities)
         return out.labels, out.probabilities
 
-    @torch.inference_mode()
     def predict_all(
         self, case: LoadedCase, *, with_probabilities: bool = False, with_uncertainty: bool = False
     ) -> Prediction:
         """Label map (label values, source grid) and, if asked, probabilities (float16) and the
         uncertainty maps (float32, source grid; :mod:`autoseg.inference.uncertainty`).
 
-        Folds are averaged as logits (as nnU-Net does), configurations as probabilities on the
-        source grid (each configuration has its own grid); both sums are kept in place, so an
-        ensemble needs the memory of one member plus the sum. The label map comes from the
-        plan's label scheme (argmax, or regions painted in order); it never holds the ignore label.
-        One configuration without probabilities takes the plane-by-plane path to the source
-        grid; its uncertainty maps are made on the network's grid and resized like two more
-        channels, so they cost two source-grid maps, not the probabilities of every class.
+        The three steps :meth:`prepare`, :meth:`run` and :meth:`finish` in turn; a cohort
+        overlaps them across cases (:func:`predict_path`).
         """
+        ran = self.run(
+            self.prepare(case), with_probabilities=with_probabilities, with_uncertainty=with_uncertainty
+        )
+        return self.finish(ran)
+
+    def prepare(self, case: LoadedCase) -> PreparedCase:
+        """``case`` preprocessed for every configuration that will run on it (each model, and
+        the previous stages of a cascade): CPU work that needs no network. The case's own arrays
+        are not kept: from here on only the preprocessed ones and the geometry are needed."""
+        inputs: dict[Path, PreprocessedCase] = {}
+        for model in self.models:
+            m: TrainedModel | None = model
+            while m is not None and m.model_dir not in inputs:
+                inputs[m.model_dir] = preprocess_arrays(
+                    case.data, None, case.geometry.spacing, m.plan, m.config, case_id=case.case_id
+                )
+                m = m.previous
+        return PreparedCase(case.case_id, case.geometry, inputs)
+
+    @torch.inference_mode()
+    def run(
+        self, case: PreparedCase, *, with_probabilities: bool = False, with_uncertainty: bool = False
+    ) -> NetworkOutput:
+        """The networks on a prepared case. One configuration without probabilities stops at its
+        fold-mean logits: the way back to the source grid is left to :meth:`finish`. An ensemble
+        takes each configuration's probabilities to the source grid as it goes and keeps their
+        sum in place (each configuration has its own grid), so it needs the memory of one member
+        plus the sum."""
         activation = self.plan.label_scheme.activation if with_uncertainty else None
         k = self.plan.label_scheme.n_outputs
         if len(self.models) == 1 and not with_probabilities:
             model = self.models[0]
             out, props = self._network_logits(model, case, member_entropy=activation)
-            t0 = time.perf_counter()
-            labels = logits_to_labels(out[:k], props, model.plan)
-            maps = None
-            if activation is not None:  # predictive and expected entropy, resized together
-                both = torch.stack([entropy_from_logits(out[:k], activation), out[k]])
-                del out
-                h, expected_h = maps_on_source_grid(both, props, model.plan)
-                maps = UncertaintyMaps(h, mutual_information(h, expected_h))
-            log.debug("%s: back to the source grid %.2f s", case.case_id, time.perf_counter() - t0)
-            return Prediction(self._postprocess(labels), None, maps)
+            return NetworkOutput(case.case_id, activation, logits=out, properties=props)
         probs: np.ndarray = np.empty(0)
         expected: np.ndarray | None = None
         for i, model in enumerate(self.models):
@@ -220,43 +278,69 @@ class Predictor:
                 probs += p
             del p
         probs /= len(self.models)
+        if expected is not None:
+            expected /= len(self.models)
+        return NetworkOutput(
+            case.case_id,
+            activation,
+            probabilities=probs,
+            expected_entropy=expected,
+            keep_probabilities=with_probabilities,
+        )
+
+    @torch.inference_mode()
+    def finish(self, out: NetworkOutput) -> Prediction:
+        """The label map, probabilities and uncertainty maps on the source grid from what
+        :meth:`run` produced; post-processing applied. CPU work, done on a writer thread when a
+        cohort is predicted.
+
+        The label map comes from the plan's label scheme (argmax, or regions painted in order);
+        it never holds the ignore label. One configuration without probabilities takes the
+        plane-by-plane path to the source grid; its uncertainty maps are made on the network's
+        grid and resized like two more channels, so they cost two source-grid maps, not the
+        probabilities of every class.
+        """
+        k = self.plan.label_scheme.n_outputs
+        if out.logits is not None and out.properties is not None:
+            t0 = time.perf_counter()
+            labels = logits_to_labels(out.logits[:k], out.properties, self.plan)
+            maps = None
+            if out.activation is not None:  # predictive and expected entropy, resized together
+                both = torch.stack([entropy_from_logits(out.logits[:k], out.activation), out.logits[k]])
+                h, expected_h = maps_on_source_grid(both, out.properties, self.plan)
+                maps = UncertaintyMaps(h, mutual_information(h, expected_h))
+            log.debug("%s: back to the source grid %.2f s", out.case_id, time.perf_counter() - t0)
+            return Prediction(self._postprocess(labels), None, maps)
+        if out.probabilities is None:
+            msg = f"case {out.case_id}: the networks produced neither logits nor probabilities"
+            raise ModelError(msg)
+        probs = out.probabilities
         labels = probabilities_to_labels(probs, self.plan.label_scheme)
         uncertainty = None
-        if activation is not None and expected is not None:
-            predictive = entropy_from_probabilities(probs, activation)
-            uncertainty = UncertaintyMaps(
-                predictive, mutual_information(predictive, expected / len(self.models))
-            )
-        kept = probs.astype(np.float16) if with_probabilities else None
+        if out.activation is not None and out.expected_entropy is not None:
+            predictive = entropy_from_probabilities(probs, out.activation)
+            uncertainty = UncertaintyMaps(predictive, mutual_information(predictive, out.expected_entropy))
+        kept = probs.astype(np.float16) if out.keep_probabilities else None
         return Prediction(self._postprocess(labels), kept, uncertainty)
 
     def _network_logits(
-        self, model: TrainedModel, case: LoadedCase, *, member_entropy: Activation | None = None
+        self, model: TrainedModel, case: PreparedCase, *, member_entropy: Activation | None = None
     ) -> tuple[torch.Tensor, CaseProperties]:
-        """``case`` preprocessed for ``model``'s configuration: its fold-mean logits (with the
-        members' mean entropy as a last channel, given ``member_entropy``) and its preprocessing
-        properties (crop, transpose: what the way back to the source grid needs)."""
-        t0 = time.perf_counter()
-        pre = preprocess_arrays(
-            case.data, None, case.geometry.spacing, model.plan, model.config, case_id=case.case_id
-        )
+        """``model``'s fold-mean logits of a prepared case (with the members' mean entropy as a
+        last channel, given ``member_entropy``) and its preprocessing properties (crop,
+        transpose: what the way back to the source grid needs)."""
+        pre = case.inputs[model.model_dir]
         data = pre.data
         if model.previous is not None:
             previous = self._previous_stage(model, model.previous, case, pre.properties)
             data = with_previous_stage(data, previous, model.plan.label_scheme)
-        t1 = time.perf_counter()
+        t0 = time.perf_counter()
         logits = self._logits(model, torch.from_numpy(data), member_entropy=member_entropy)
-        log.debug(
-            "%s %s: preprocess %.2f s, network %.2f s",
-            case.case_id,
-            model.config.name,
-            t1 - t0,
-            time.perf_counter() - t1,
-        )
+        log.debug("%s %s: network %.2f s", case.case_id, model.config.name, time.perf_counter() - t0)
         return logits, pre.properties
 
     def _previous_stage(
-        self, model: TrainedModel, previous: TrainedModel, case: LoadedCase, props: CaseProperties
+        self, model: TrainedModel, previous: TrainedModel, case: PreparedCase, props: CaseProperties
     ) -> np.ndarray:
         """``previous``'s label map of ``case`` on ``model``'s grid (``props``'s), as stored
         indices (:func:`~autoseg.preprocessing.previous_stage.previous_stage_indices`)."""
@@ -327,6 +411,55 @@ class _CaseOutputs:
         return [p for p in found if p is not None]
 
 
+@dataclass(frozen=True)
+class Part:
+    """Which share of a cohort one job predicts: part ``part_id`` of ``num_parts`` (``--part-id``,
+    ``--num-parts``, as nnU-Net's flags), so that N jobs on N machines (a Slurm job array) write
+    every case exactly once between them.
+
+    The split is by position in the cases sorted by id (case ``i`` goes to part ``i mod N``):
+    it depends only on the input folder, not on which outputs exist, so a rerun of a part after
+    some of its cases were written skips those and never takes another part's.
+
+    Examples:
+        >>> [Part(k, 3).select(list("abcdefg")) for k in range(3)]
+        [['a', 'd', 'g'], ['b', 'e'], ['c', 'f']]
+    """
+
+    part_id: int = 0
+    num_parts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
+            msg = (
+                f"--part-id {self.part_id} with --num-parts {self.num_parts}: the part id must be "
+                f"0 .. {max(self.num_parts - 1, 0)} (one job per part)"
+            )
+            raise AutosegError(msg)
+
+    def select(self, cases: Sequence[T]) -> list[T]:
+        """The share of ``cases`` for this part (they must come in a fixed order: sorted by id)."""
+        return list(cases[self.part_id :: self.num_parts])
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A case read and prepared by a reader thread, or why it could not be."""
+
+    case: Case
+    prepared: PreparedCase | None = None
+    sources: Any = None
+    error: DatasetError | None = None
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What the writer did with a case: its uncertainty row, or why it failed."""
+
+    row: CaseUncertainty | None = None
+    error: DatasetError | None = None
+
+
 def predict_path(
     source: Path,
     out_dir: Path,
@@ -337,6 +470,9 @@ def predict_path(
     output_format: OutputFormat = "nifti",
     seg_codes: Mapping[str, SegmentCodes] | None = None,
     save_uncertainty: bool = False,
+    part: Part | None = None,
+    read_ahead: int = 1,
+    write_behind: int = 1,
 ) -> PredictReport:
     """Predict every case under ``source`` into ``out_dir/CASE.nii.gz`` and/or, for DICOM
     series, a DICOM-SEG ``out_dir/CASE.dcm`` (``output_format``; ``seg_codes`` name what the
@@ -346,6 +482,11 @@ def predict_path(
     ``CASE_mutual_info.nii.gz`` (float32 nats, the scan's grid) and one row per case in
     ``out_dir/uncertainty/uncertainty.csv``, least certain first
     (:mod:`autoseg.inference.uncertainty`).
+
+    ``part`` predicts only one share of the cases (:class:`Part`). The stages overlap
+    (:func:`~autoseg.inference.overlap.overlapped`): ``read_ahead`` threads read and preprocess
+    the next cases while the network runs, ``write_behind`` threads take finished cases back to
+    their grid and write them; 0 and 0 run every stage in turn.
 
     A case that cannot be read is reported and skipped; the others are still predicted.
     A case is done, and skipped unless ``overwrite``, only when every requested output (the
@@ -365,8 +506,13 @@ def predict_path(
         FileSystemError: ``out_dir`` cannot be created or written.
     """
     plan = predictor.plan
+    part = part or Part()
     check_output_dir(out_dir, fix="choose another output folder with -o")
     cases, problems = find_cases(source, n_channels=len(plan.channel_names))
+    if part.num_parts > 1:
+        mine = part.select(cases)
+        log.info("part %d of %d: %d of %d cases", part.part_id, part.num_parts, len(mine), len(cases))
+        cases = mine
     if output_format != "nifti":
         _refuse_files_for_seg(cases)
     sweep_partials(out_dir)
@@ -382,56 +528,95 @@ def predict_path(
     report = PredictReport(failed=list(problems))
     for p in problems:
         log.error(p)
+    todo = []
+    for case in cases:
+        if not overwrite and all(_is_done(o) for o in outputs[case.case_id].paths):
+            report.skipped.append(case.case_id)
+        else:
+            todo.append(case)
     dataset = _dataset_for(plan, source, cases)
     algorithm = _seg_algorithm(predictor) if output_format != "nifti" else None
-    for case in tqdm(cases, desc="Predicting", unit="case", disable=None):
-        outs = outputs[case.case_id]
-        if not overwrite and all(_is_done(o) for o in outs.paths):
-            report.skipped.append(case.case_id)
-            continue
+
+    def read(case: Case) -> _Read:
         try:
             loaded = load_case(case, dataset, with_label=False)
             sources = None
             if algorithm is not None:
                 sources = seg_sources(loaded.sources, loaded.geometry, case.images[0])
         except DatasetError as e:
-            _failed(report, e)
-            continue
+            return _Read(case, error=e)
         for w in loaded.warnings:
             log.warning(w)
-        predicted = predictor.predict_all(
-            loaded, with_probabilities=save_probabilities, with_uncertainty=save_uncertainty
+        return _Read(case, predictor.prepare(loaded), sources)
+
+    def run(case: Case, got: _Read) -> tuple[_Read, NetworkOutput | None]:
+        if got.prepared is None:
+            return got, None
+        out = predictor.run(
+            got.prepared, with_probabilities=save_probabilities, with_uncertainty=save_uncertainty
         )
-        labels, probs = predicted.labels, predicted.probabilities
-        seg = None
-        if sources is not None and algorithm is not None:
-            try:  # before any file of the case is written
-                seg = build_dicom_seg(
-                    labels,
-                    sources,
-                    plan.label_scheme,
-                    algorithm=algorithm,
-                    codes=seg_codes,
-                    folder=case.images[0],
-                )
-            except DatasetError as e:
-                _failed(report, e)
-                continue
-        if probs is not None and outs.probabilities is not None:
-            ProbabilityMap.of(probs, plan.label_scheme).save(outs.probabilities)
-        if outs.nifti is not None:
-            write_image(labels, loaded.geometry, outs.nifti)
-        if seg is not None and outs.seg is not None:
-            write_dicom_seg(seg, outs.seg)
-        if (maps := predicted.uncertainty) is not None and outs.entropy and outs.mutual_info:
-            outs.entropy.parent.mkdir(parents=True, exist_ok=True)
-            write_image(maps.entropy, loaded.geometry, outs.entropy)
-            write_image(maps.mutual_information, loaded.geometry, outs.mutual_info)
-            rows.append(_uncertainty_row(case.case_id, labels, maps, loaded.geometry.spacing, plan))
+        return got, out
+
+    def write(case: Case, ran: tuple[_Read, NetworkOutput | None]) -> _Written:
+        got, out = ran
+        if got.error is not None or got.prepared is None or out is None:
+            return _Written(error=got.error)
+        predicted = predictor.finish(out)
+        del out
+        try:
+            return _write_case(predicted, got, outputs[case.case_id], algorithm, seg_codes, plan)
+        except DatasetError as e:
+            return _Written(error=e)
+
+    stages = overlapped(todo, read, run, write, read_ahead=read_ahead, write_behind=write_behind)
+    for case, done in tqdm(stages, desc="Predicting", unit="case", total=len(todo), disable=None):
+        if done.error is not None:
+            _failed(report, done.error)
+            continue
+        if done.row is not None:
+            rows.append(done.row)
         report.written.append(case.case_id)
     if rows:
         write_uncertainty_csv(rows, out_dir / UNCERTAINTY_DIR / "uncertainty.csv")
     return report
+
+
+def _write_case(
+    predicted: Prediction,
+    got: _Read,
+    outs: _CaseOutputs,
+    algorithm: SegAlgorithm | None,
+    seg_codes: Mapping[str, SegmentCodes] | None,
+    plan: Plan,
+) -> _Written:
+    """Write one case's outputs; its DICOM-SEG is built first, so a series it cannot reference
+    leaves no file of the case (:class:`DatasetError`)."""
+    case, prepared = got.case, got.prepared
+    assert prepared is not None
+    labels, probs = predicted.labels, predicted.probabilities
+    seg = None
+    if got.sources is not None and algorithm is not None:
+        seg = build_dicom_seg(
+            labels,
+            got.sources,
+            plan.label_scheme,
+            algorithm=algorithm,
+            codes=seg_codes,
+            folder=case.images[0],
+        )
+    if probs is not None and outs.probabilities is not None:
+        ProbabilityMap.of(probs, plan.label_scheme).save(outs.probabilities)
+    if outs.nifti is not None:
+        write_image(labels, prepared.geometry, outs.nifti)
+    if seg is not None and outs.seg is not None:
+        write_dicom_seg(seg, outs.seg)
+    row = None
+    if (maps := predicted.uncertainty) is not None and outs.entropy and outs.mutual_info:
+        outs.entropy.parent.mkdir(parents=True, exist_ok=True)
+        write_image(maps.entropy, prepared.geometry, outs.entropy)
+        write_image(maps.mutual_information, prepared.geometry, outs.mutual_info)
+        row = _uncertainty_row(case.case_id, labels, maps, prepared.geometry.spacing, plan)
+    return _Written(row)
 
 
 def _uncertainty_row(
