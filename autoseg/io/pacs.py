@@ -9,8 +9,9 @@ again would only store a duplicate.
 
 Every wait is bounded by one ``timeout_s`` (TCP connect, association answer, C-STORE response,
 an idle network), so a PACS that is down or hung fails in seconds instead of hanging a run.
-The file is proposed in its own transfer syntax; an uncompressed one is also offered as Explicit
-and Implicit VR Little Endian (the syntax every PACS must accept), which pynetdicom converts to.
+Each file is proposed in its own transfer syntax; for an uncompressed one, Explicit and Implicit VR
+Little Endian (the syntax every PACS must accept) are proposed too, in contexts of their own,
+which pynetdicom converts to only when the PACS refuses the file's own syntax.
 """
 
 from __future__ import annotations
@@ -125,11 +126,17 @@ def _seg_syntax(path: Path) -> tuple[UID, str | None]:
     return UID(syntax), None
 
 
-def _proposed(syntax: UID) -> list[UID]:
-    """The transfer syntaxes offered for a file in ``syntax`` (see the module docstring)."""
-    if syntax.is_compressed or not syntax.is_little_endian:
-        return [syntax]
-    return list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+def _proposed(syntaxes: Iterable[UID]) -> list[UID]:
+    """The transfer syntaxes to propose, one presentation context each: the files' own, then
+    (for uncompressed little endian files) Explicit and Implicit VR Little Endian as fallbacks.
+    Separate contexts, so that a PACS accepting the file's own syntax gets the file byte for
+    byte (pynetdicom prefers an exact match), and one that does not still gets it converted.
+    """
+    own = list(dict.fromkeys(syntaxes))
+    fallback = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    if any(s.is_little_endian and not s.is_compressed for s in own):
+        own += fallback
+    return list(dict.fromkeys(own))
 
 
 class _Negotiation:
@@ -155,8 +162,8 @@ def _store_all(
     ae.acse_timeout = timeout_s
     ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s
-    for syntax in dict.fromkeys(syntaxes.values()):
-        ae.add_requested_context(SEGMENTATION_STORAGE, _proposed(syntax))
+    for syntax in _proposed(syntaxes.values()):
+        ae.add_requested_context(SEGMENTATION_STORAGE, [syntax])
     seen = _Negotiation()
     evt = pynetdicom.evt
     assoc = ae.associate(
