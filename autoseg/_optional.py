@@ -33,3 +33,8 @@ def get_tensorrt() -> ModuleType:
         "CUDA, pip install 'autoseg[tensorrt]' (or NVIDIA's tensorrt wheel), then "
         "export again; elsewhere use --format onnx",
     )
+
+
+def get_pynetdicom() -> ModuleType:
+    """``pynetdicom`` (DICOM networking: ``--send-to``, ``autoseg send``), or a clear error."""
+    return _require("pynetdicom", "sending to a PACS needs pynetdicom: pip install 'autoseg[pacs]'")

@@ -29,9 +29,11 @@ from autoseg.command_options import (
     PlanOptions,
     PredictOptions,
     PreprocessOptions,
+    SendOptions,
     TrainRunOptions,
     VerifyOptions,
 )
+from autoseg.dicom_node import DicomNode
 from autoseg.errors import AutosegError, DatasetError
 from autoseg.options import describe, from_values, parse_fold
 from autoseg.training.config import TrainConfig
@@ -54,6 +56,7 @@ COMMAND_OPTIONS: dict[str, tuple[type, ...]] = {
     "evaluate": (EvaluateOptions,),
     "find-best": (FindBestOptions,),
     "export": (ExportOptions,),
+    "send": (SendOptions,),
 }
 
 
@@ -208,6 +211,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _warn_legacy_workers(opts)
     if opts.seg_codes is not None and opts.output_format == "nifti":
         log.warning("--seg-codes has no effect without --output-format dicom-seg or both")
+    node = _destination(opts, args)
     device = _device(opts.device)
     report = predict(
         args.input,
@@ -239,10 +243,73 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         len(report.failed),
         args.output,
     )
+    unsent = 0
+    if node is not None:
+        if report.skipped:
+            log.info(
+                "%d skipped case(s) not sent (written before): `autoseg send %s --to %s` sends them",
+                len(report.skipped),
+                args.output,
+                node,
+            )
+        segs = [args.output / f"{case}.dcm" for case in report.written]
+        unsent = _send(segs, node, calling_ae=opts.calling_ae, timeout_s=opts.send_timeout)
     if report.failed:
         log.error("autoseg: error: %d input(s) could not be predicted (see above)", len(report.failed))
-        return EXIT_BAD_INPUT
-    return 0
+    return EXIT_BAD_INPUT if report.failed or unsent else 0
+
+
+def _destination(opts: PredictOptions, args: argparse.Namespace) -> DicomNode | None:
+    """``--send-to``, checked before any work: a SEG must be asked for, pynetdicom installed."""
+    if opts.send_to is None:
+        for flag, value in (("--calling-ae", args.calling_ae), ("--send-timeout", args.send_timeout)):
+            if value is not None:
+                log.warning("%s has no effect without --send-to", flag)
+        return None
+    if opts.output_format == "nifti":
+        msg = (
+            f"--send-to {opts.send_to} sends DICOM-SEG files, but --output-format is nifti; "
+            "add --output-format dicom-seg (or both)"
+        )
+        raise AutosegError(msg)
+    from autoseg._optional import get_pynetdicom
+
+    get_pynetdicom()
+    return DicomNode.parse(opts.send_to)
+
+
+def _send(files: list[Path], node: DicomNode, *, calling_ae: str, timeout_s: float) -> int:
+    """C-STORE ``files`` to ``node``; logs one error line per file not sent and returns their
+    number. The files stay where they are, whatever happens."""
+    from autoseg.io.pacs import send_files
+
+    if not files:
+        log.info("no DICOM-SEG written, nothing sent to %s", node)
+        return 0
+    results = send_files(files, node, calling_ae=calling_ae, timeout_s=timeout_s)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        log.error("autoseg: error: %s: not sent: %s", r.path, r.error)
+    log.info("%d of %d DICOM-SEG file(s) sent to %s", len(results) - len(failed), len(results), node)
+    if failed:
+        log.error(
+            "autoseg: error: %d file(s) not sent; they are kept: fix the cause, then "
+            "`autoseg send FILES --to %s`",
+            len(failed),
+            node,
+        )
+    return len(failed)
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from autoseg._optional import get_pynetdicom
+    from autoseg.io.pacs import seg_files
+
+    opts = _options(SendOptions, args)
+    get_pynetdicom()
+    files = seg_files(args.paths)
+    failed = _send(files, args.to, calling_ae=opts.calling_ae, timeout_s=opts.timeout)
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -542,6 +609,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("dataset", help="dataset name or folder")
     ex.add_argument("configuration", help="trained configuration")
+
+    se = _command(
+        sub,
+        "send",
+        common,
+        _cmd_send,
+        help="send DICOM-SEG files to a PACS (C-STORE)",
+        description="Send DICOM Segmentation files (e.g. those `autoseg predict --output-format "
+        "dicom-seg` wrote) to a PACS with C-STORE, over one association; one line per file not "
+        "stored, naming the reason. Needs pynetdicom (pip install 'autoseg[pacs]').",
+    )
+    se.add_argument(
+        "paths", type=Path, nargs="+", metavar="FILE_OR_FOLDER", help="SEG files, or folders of *.dcm"
+    )
+    se.add_argument(
+        "--to",
+        type=_checked(DicomNode.parse),
+        required=True,
+        metavar="AE@HOST:PORT",
+        help="the PACS: its AE title, host and port, e.g. PACS@10.0.0.5:104",
+    )
     for name, parser in commands(p).items():
         for cls in COMMAND_OPTIONS[name]:
             add_options(parser, cls)
@@ -565,6 +653,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[console], force=True)
     logging.captureWarnings(True)
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads"
+    # pynetdicom logs every PDU and each failure; autoseg reports each file's outcome itself
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoseg._device import DEFAULT_GPU_MEMORY_GB
+from autoseg.dicom_node import ae_title, destination
 from autoseg.options import Device, Precision, option, regex
 
 
@@ -41,6 +42,22 @@ def _configurations(what: str, default: str) -> Any:
 
 def _folds(what: str, default: str) -> Any:
     return option(None, what, flags=("-f", "--folds"), metavar="FOLD", run_time_default=default)
+
+
+def _calling_ae() -> Any:
+    return option("AUTOSEG", "our AE title, as the PACS knows it", metavar="AE_TITLE", parse=ae_title)
+
+
+def _send_timeout(flags: tuple[str, ...]) -> Any:
+    return option(
+        10.0,
+        "seconds to wait for the PACS at each step (connecting, associating, each C-STORE response)",
+        flags=flags,
+        metavar="SECONDS",
+        minimum=0,
+        maximum=600,
+        above_minimum=True,
+    )
 
 
 _WORKERS_MEANING = "worker processes, 0 for the default"
@@ -205,6 +222,16 @@ class PredictOptions:
         metavar="N",
         minimum=0,
     )
+    send_to: str | None = option(
+        None,
+        "after predicting, send the DICOM-SEG files written (CASE.dcm) to this PACS with C-STORE, "
+        "over one association; needs --output-format dicom-seg or both, and pynetdicom "
+        "(pip install 'autoseg[pacs]')",
+        metavar="AE@HOST:PORT",
+        parse=destination,
+    )
+    calling_ae: str = _calling_ae()
+    send_timeout: float = _send_timeout(("--send-timeout",))
     legacy_workers: int | None = _legacy_workers("no effect on predict", "remove it")
 
 
@@ -273,3 +300,11 @@ class ExportOptions:
     )
     fp16: bool = option(False, "TensorRT: allow fp16 kernels")
     legacy_workers: int | None = _legacy_workers("no effect on export", "remove it")
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """``autoseg send`` (besides the files and ``--to``)."""
+
+    calling_ae: str = _calling_ae()
+    timeout: float = _send_timeout(("--timeout",))

@@ -227,6 +227,7 @@ def test_no_flag_means_the_dataclass_defaults() -> None:
         "evaluate": EVAL,
         "find-best": ["find-best", "ds"],
         "export": ["export", "ds", "3d_fullres"],
+        "send": ["send", "out", "--to", "PACS@127.0.0.1:104"],
     }
     for name, classes in cli.COMMAND_OPTIONS.items():
         values = vars(parser.parse_args(argv_of[name]))
