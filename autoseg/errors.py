@@ -10,6 +10,7 @@ The tree::
      │                            a full disk, a symbolic link loop or dangling link
      ├── PlanError                plans.json or fingerprint.json missing, invalid, or lacks a configuration
      ├── PreprocessedDataError    a preprocessed case's files are invalid or of another version
+     ├── TrainingOutOfMemoryError a training step does not fit in GPU memory even one sample at a time
      ├── ModelError               a trained model's files other than checkpoints are missing, unreadable
      │    │                       or inconsistent (its plan, validation outputs, post-processing,
      │    │                       find-best's choice, exported networks)
@@ -76,3 +77,8 @@ class CheckpointError(ModelError):
 
 class MissingDependencyError(AutosegError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class TrainingOutOfMemoryError(AutosegError):
+    """A training step ran out of GPU memory even with micro-batches of one sample (see
+    :mod:`autoseg.training.micro_batch`); the message names the patch and what to change."""

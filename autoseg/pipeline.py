@@ -7,9 +7,10 @@ Each function takes paths and options, does one user-level job, and raises
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoseg._fs import check_output_dir
 from autoseg._parallel import problems_of
@@ -146,7 +147,7 @@ def train(
     """
     from autoseg._atomic import write_json_atomic
     from autoseg._parallel import default_workers
-    from autoseg.data.splits import fold_cases, groups_from_regex, load_or_create_splits
+    from autoseg.data.splits import fold_cases, load_or_create_splits
     from autoseg.preprocessing.run import preprocess_dataset
     from autoseg.training import distributed as dist
     from autoseg.training.trainer import Trainer
@@ -163,13 +164,7 @@ def train(
     workspace.check_writable(name)
     ds_dir = workspace.dataset_dir(name)
     ids = [c.case_id for c in ds.cases]
-    groups = {c.case_id: c.patient for c in ds.cases if c.patient} or None
-    if group_by:  # before preprocessing: a wrong pattern fails at once and writes nothing
-        try:
-            groups = groups_from_regex(ids, group_by)
-        except ValueError as e:
-            msg = f"--group-by: {e}; it must match every case (its first group: the patient)"
-            raise DatasetError(msg) from e
+    groups = _patient_groups(ds, group_by)  # before preprocessing: a wrong pattern writes nothing
     val_ids: list[str]
     # fold "all" needs no split (small datasets may not have 5 folds' worth), unless it is a
     # cascade stage: the splits say which model predicted each case without training on it
@@ -258,6 +253,73 @@ def train(
             logging.getLogger("autoseg").removeHandler(handler)
             handler.close()
     return fold_dir
+
+
+def _patient_groups(ds: Any, group_by: str | None) -> dict[str, str] | None:
+    """Case id -> patient: from ``--group-by`` when given, else the dataset's own, else None.
+
+    Raises:
+        DatasetError: ``group_by`` does not match every case.
+    """
+    from autoseg.data.splits import groups_from_regex
+
+    ids = [c.case_id for c in ds.cases]
+    if not group_by:
+        return {c.case_id: c.patient for c in ds.cases if c.patient} or None
+    try:
+        return groups_from_regex(ids, group_by)
+    except ValueError as e:
+        msg = f"--group-by: {e}; it must match every case (its first group: the patient)"
+        raise DatasetError(msg) from e
+
+
+def prepare_folds(
+    dataset: str,
+    workspace: Workspace,
+    cfg: TrainConfig,
+    folds: Sequence[int | Literal["all"]],
+    *,
+    group_by: str | None = None,
+    preprocess_workers: int | None = None,
+    n_folds: int = 5,
+) -> Path:
+    """What several folds' processes share, done once before they start (they would otherwise
+    all preprocess the same cases and write the same splits at the same time): the splits, with
+    each numbered fold checked to exist, and the configuration's preprocessed data. Each fold's
+    :func:`train` then finds them done.
+
+    Returns:
+        The configuration's model folder ``<work>/<name>/models/<config>/``.
+
+    Raises:
+        PlanError: the plan lacks the configuration.
+        DatasetError: a case cannot be read, ``group_by`` does not fit, or a fold does not exist.
+    """
+    from autoseg._parallel import default_workers
+    from autoseg.data.splits import load_or_create_splits
+    from autoseg.preprocessing.run import preprocess_dataset
+
+    cfg.check_components()
+    name, folder = workspace.resolve(dataset)
+    the_plan = _load_plan(workspace, name)
+    config = the_plan.configuration(cfg.configuration)
+    ds = load_dataset(folder)
+    workspace.check_writable(name)
+    ds_dir = workspace.dataset_dir(name)
+    groups = _patient_groups(ds, group_by)
+    numbered: list[int | None] = [f for f in folds if f != "all"]
+    if numbered or config.previous_stage is not None:
+        for fold in numbered or [None]:
+            load_or_create_splits(
+                ds_dir / "splits.json",
+                [c.case_id for c in ds.cases],
+                groups=groups,
+                n_folds=n_folds,
+                dataset_folder=folder,
+                fold=fold,
+            )
+    preprocess_dataset(ds, the_plan, config, ds_dir, workers=preprocess_workers or default_workers())
+    return ds_dir / "models" / config.name
 
 
 def _file_log(path: Path) -> logging.Handler:

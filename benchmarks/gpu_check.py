@@ -5,7 +5,13 @@ Run by benchmarks/gpu_check.sh (which also runs the CUDA tests). Under 5 minutes
   large-patch plan (ct_sample, 32x112x128, 42 classes), and whether the data loader keeps up
   (time waiting for batches vs computing);
 - prediction: seconds per case on the 8 held-out sample cases (TTA on) for the torch backend,
-  onnxruntime (CUDA provider if present) and TensorRT (if installed).
+  onnxruntime (CUDA provider if present) and TensorRT (if installed);
+- out of memory in training: a 3d_fullres step whose batch does not fit under a memory limit
+  (``torch.cuda.set_per_process_memory_fraction``) falls back to smaller micro-batches and finishes;
+- several folds: ``train ... 0 1`` runs both folds, on two GPUs at once when there are two.
+
+``python benchmarks/gpu_check.py --cpu-smoke`` runs the fold-runner check on the CPU (one after
+the other), so that the script itself is exercised on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from pathlib import Path
 import torch
 
 from autoseg.cli import main as cli
-from autoseg.io.samples import DATA_DIR, make_single_case_dataset, sample_dataset_dir
+from autoseg.io.samples import DATA_DIR, copy_sample_subset, make_single_case_dataset, sample_dataset_dir
+from autoseg.planning.plan import Plan
 
 log = logging.getLogger("gpu_check")
 
@@ -98,8 +105,107 @@ def time_predict(work: Path, dataset: str, backend: str, src: Path, out: Path) -
     return (time.perf_counter() - t0) / len(list(src.glob("*.nii.gz")))
 
 
+def check_oom_fallback(plans: Path, batch_size: int = 16) -> str:
+    """A 3d_fullres training step whose batch cannot fit under a memory limit set from the measured
+    cost of one sample: the step must fall back to a smaller micro-batch and finish."""
+    from autoseg.training.config import TrainConfig
+    from autoseg.training.trainer import Trainer
+
+    plan = Plan.load(plans)
+    config = plan.configuration("3d_fullres")
+    n_in = plan.network_input_channels(config)
+    n_out = len(plan.label_scheme.entries) + 1
+
+    def trainer(bs: int) -> Trainer:
+        cfg = TrainConfig("3d_fullres", 0, device="cuda", precision="fp32", batch_size=bs, seed=1)
+        out = Path(tempfile.mkdtemp())
+        return Trainer(plan, config, cfg, None, ["a"], ["b"], out)  # type: ignore[arg-type]  # no store: batches given
+
+    def batches(bs: int) -> list[dict[str, object]]:
+        shape = (bs, n_in, *config.patch_size)
+        return [{"data": torch.randn(shape), "target": torch.randint(0, n_out, (bs, 1, *config.patch_size))}]
+
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    one = trainer(1)
+    torch.cuda.reset_peak_memory_stats()
+    one._step(iter(batches(1)))
+    per_sample = torch.cuda.max_memory_allocated() - base
+    del one
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    limit = base + 4 * per_sample  # room for about 2-3 samples besides weights and optimiser state
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total))
+    try:
+        big = trainer(batch_size)
+        before = [p.detach().clone() for p in big.network.parameters()]
+        loss = big._step(iter(batches(batch_size)))
+        micro = big.micro.micro
+        moved = any(not torch.equal(a, p) for a, p in zip(before, big.network.parameters(), strict=True))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    ok = micro < batch_size and moved and loss == loss
+    return (
+        f"| train OOM fallback | limit {limit / 2**30:.1f} GiB, batch {batch_size} | "
+        f"micro-batch {micro}, loss {loss:.3f} | {'ok' if ok else 'FAILED'} |"
+    )
+
+
+def check_fold_runner(work: Path, dataset: str, config: str, device: str) -> str:
+    """``train DATASET CONFIG 0 1``: both folds end with a final checkpoint; on two GPUs at once."""
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    t0 = time.perf_counter()
+    code = cli(
+        [
+            "train",
+            dataset,
+            config,
+            "0",
+            "1",
+            "--n-folds",
+            "2",
+            "--epochs",
+            "1",
+            "--iters-per-epoch",
+            "2",
+            "--val-iters",
+            "1",
+            "--augment-workers",
+            "0",
+            "--device",
+            device,
+            "--no-val-probabilities",
+            "--work-dir",
+            str(work),
+            "-q",
+        ]
+    )
+    seconds = time.perf_counter() - t0
+    finals = [
+        (work / dataset / "models" / config / f"fold_{f}" / "checkpoint_final.pt").is_file() for f in (0, 1)
+    ]
+    how = "2 GPUs at once" if gpus >= 2 else f"one after the other on {device}"
+    ok = code == 0 and all(finals)
+    verdict = "ok" if ok else "FAILED"
+    return f"| train 2 folds | {dataset} {config}, {how} | {seconds:.0f} s, exit {code} | {verdict} |"
+
+
+def cpu_smoke() -> int:
+    """The fold-runner check on the CPU (2d, tiny budget): the parts of this script a CPU can run."""
+    with tempfile.TemporaryDirectory() as t:
+        work = Path(t) / "work"
+        ds = copy_sample_subset(Path(t) / "hippo", 6)
+        assert cli(["plan", str(ds), "--work-dir", str(work), "--preprocess-workers", "1", "-q"]) == 0
+        row = check_fold_runner(work, "hippo", "2d", "cpu")
+    print(row)
+    return 0 if row.endswith("ok |") else 1
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if "--cpu-smoke" in sys.argv[1:]:
+        return cpu_smoke()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 1
@@ -148,6 +254,10 @@ def main() -> int:
         for b in backends:
             s = time_predict(work, "hippocampus_sample", b, src, tmp / f"out_{b}")
             rows.append(f"| predict TTA on | {b} | {s:.3f} s/case | 8 held-out sample cases |")
+        rows.append(
+            check_oom_fallback(Path(__file__).resolve().parents[1] / "plans/hippocampus_sample/plans.json")
+        )
+        rows.append(check_fold_runner(work, "hippocampus_sample", "3d_fullres", "cuda"))
     print(f"## GPU check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}\n")
     print("| what | case | result | note |\n|---|---|---|---|")
     print("\n".join(rows))

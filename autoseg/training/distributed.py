@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,3 +104,58 @@ def gather_floats(value: float) -> list[float]:
     out = [torch.zeros(1, dtype=torch.float64, device=dev) for _ in range(world().size)]
     tdist.all_gather(out, torch.tensor([value], dtype=torch.float64, device=dev))
     return [float(t) for t in out]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (the same answer on every rank; ``flag`` itself in
+    a single process). Every rank must call it, or the others wait for it forever."""
+    if world().size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+#: Gradient elements all-reduced at once by :func:`average_gradients` (64 MiB of float32): large
+#: enough to keep the number of calls small, small enough not to double a model's memory.
+BUCKET_ELEMENTS = 1 << 24
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients over processes, as DistributedDataParallel does after a synchronised
+    backward pass (no-op in a single process).
+
+    Done by hand after the step's backward passes (run under ``no_sync``) so that a rank that ran
+    out of memory mid-step never leaves the others inside a gradient all-reduce it will not join
+    (see :mod:`autoseg.training.micro_batch`). Gradients are flattened into buckets of at most
+    :data:`BUCKET_ELEMENTS` per dtype; a parameter without a gradient counts as zeros, so every
+    rank reduces the same shapes.
+    """
+    size = world().size
+    if size == 1:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.Tensor] = []
+    count = 0
+    for p in params:
+        assert p.grad is not None
+        if bucket and (bucket[0].dtype != p.grad.dtype or count + p.grad.numel() > BUCKET_ELEMENTS):
+            _reduce_bucket(bucket, size)
+            bucket, count = [], 0
+        bucket.append(p.grad)
+        count += p.grad.numel()
+    if bucket:
+        _reduce_bucket(bucket, size)
+
+
+def _reduce_bucket(grads: list[torch.Tensor], size: int) -> None:
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat.div_(size)
+    tdist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -46,6 +46,7 @@ from autoseg.training import rng
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.config import ADDED_SETTINGS, TrainConfig
 from autoseg.training.losses import make_loss
+from autoseg.training.micro_batch import MicroBatcher
 from autoseg.training.progress import append_record, plot_progress, read_records, truncate_records
 from autoseg.training.schedule import OPTIMIZERS, SCHEDULES
 
@@ -158,6 +159,11 @@ class Trainer:
         )
         bs = cfg.batch_size or config.batch_size
         self.batch_size = max(1, math.ceil(bs / self.world.size))
+        # the micro-batch is not a setting: lowered on out-of-memory, it changes how a step is
+        # computed, not what it learns, so checkpoints and --continue never see it
+        self.micro = MicroBatcher(
+            self.batch_size, cfg.accumulate, self.world.size, self.device, config.patch_size
+        )
 
     # ----------------------------------------------------------------- checkpoints
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -334,25 +340,43 @@ class Trainer:
         return float(np.mean(s.losses))
 
     def _step(self, loader: Any) -> float:
-        total = 0.0
-        for micro in range(self.cfg.accumulate):
-            batch = next(loader)
-            x = batch["data"].to(self.device, non_blocking=True)
-            y = batch["target"].to(self.device, non_blocking=True)
-            sync = micro == self.cfg.accumulate - 1
-            with (
-                dist.maybe_no_sync(self.model, sync),
-                torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
-            ):
-                loss = self.loss_fn(self.model(x), y) / self.cfg.accumulate
-            self.scaler.scale(loss).backward()
-            total += float(loss.detach())
+        """One optimiser step on the next ``accumulate`` batches; its loss.
+
+        The batches are cut into micro-batches when the GPU memory runs out (see
+        :mod:`.micro_batch`: same data, same effective batch, the step redone before the
+        optimiser moves). With several processes every backward pass runs without DDP's
+        all-reduce, and the gradients are averaged once all ranks agreed that none ran out of
+        memory: an all-reduce started inside a backward pass that fails on one rank would hang
+        the others. The price is that the communication no longer overlaps the backward pass.
+        """
+        drawn = [next(loader) for _ in range(self.cfg.accumulate)]
+        total = self.micro.run(
+            drawn,
+            self._micro_step,
+            agree=dist.any_rank,
+            reset=lambda: self.optimizer.zero_grad(set_to_none=True),
+        )
+        dist.average_gradients(self.network.parameters())
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _micro_step(self, batch: Any, weight: float) -> float:
+        """Forward and backward of one micro-batch, its loss scaled by ``weight``; the loss."""
+        x = batch["data"].to(self.device, non_blocking=True)
+        y = batch["target"].to(self.device, non_blocking=True)
+        with (
+            dist.maybe_no_sync(self.model, False),
+            torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
+        ):
+            loss = self.loss_fn(self.model(x), y)
+            if weight != 1.0:
+                loss = loss * weight
+        self.scaler.scale(loss).backward()
+        return float(loss.detach())
 
     @torch.no_grad()
     def _val_epoch(self, loader: Any) -> dict[str, Any]:
