@@ -16,6 +16,14 @@ and its index only. Worker ``i`` of ``w`` makes batches ``start + i``, ``start +
 they are taken from the workers in turn, so every number of workers (0 included) gives the same
 sequence, and a loader made with ``start=n`` continues exactly where another one was at batch
 ``n``: that is how training resumes bit-exactly (:mod:`autoseg.training.trainer`).
+
+Several training processes share one sequence of *global* batches: a loader made with
+``part=(i, k)`` draws batch ``n`` whole, as a single process would, and keeps its ``i``-th of
+``k`` equal slices. So ``k`` processes each taking a slice of batch ``B / k`` see exactly the
+samples (cases, patches, augmentation) one process of batch ``B`` sees, and their averaged
+gradients are that process's (:mod:`autoseg.training.distributed`). Slicing after drawing costs
+each process the augmentation of the whole global batch; drawing only a slice would need an
+independent stream per sample, and that would change every single-process run of a given seed.
 """
 
 from __future__ import annotations
@@ -83,6 +91,12 @@ class PatchDataset(SlimDataLoaderBase):
         start: the index of the first batch (a resumed run starts where it stopped).
         previous_stage: for a cascade stage, the previous stage's predictions: added as one-hot
             data channels (:mod:`autoseg.data.previous_stage`), perturbed in training.
+        part: ``(i, k)``: keep the ``i``-th of ``k`` equal slices of each batch of
+            ``batch_size`` samples (``(0, 1)``: all of it); see the module docstring.
+
+    Raises:
+        ValueError: ``part`` is not ``(i, k)`` with ``0 <= i < k`` and ``k`` dividing
+            ``batch_size``.
     """
 
     #: Set by the (untyped) batchgenerators base class from ``batch_size``.
@@ -101,8 +115,16 @@ class PatchDataset(SlimDataLoaderBase):
         augmentation: str = "default",
         start: int = 0,
         previous_stage: PreviousStageInput | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
+        index, count = part
+        if not (count >= 1 and 0 <= index < count and batch_size % count == 0):
+            msg = f"part {part} of a batch of {batch_size}: need 0 <= i < k and k dividing the batch"
+            raise ValueError(msg)
         super().__init__(None, batch_size, number_of_threads_in_multithreaded=1)
+        share = batch_size // count
+        #: The samples of each global batch this process keeps.
+        self.keep = slice(index * share, (index + 1) * share)
         self.folder = Path(folder)
         self.case_ids = tuple(case_ids)
         self.config = config
@@ -193,6 +215,8 @@ class PatchDataset(SlimDataLoaderBase):
             out: dict[str, Any] = self.transform(**batch)
         if self.previous_stage is not None:
             out = self.previous_stage.move_to_data(out, rng if self.perturb_previous else None)
+        if self.keep != slice(0, self.batch_size):
+            out = {k: v[self.keep] for k, v in out.items()}
         return out
 
 
@@ -262,6 +286,7 @@ def make_loader(
     augmentation: str = "default",
     start: int = 0,
     previous_stage: PreviousStageInput | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> BatchLoader:
     """Endless batches of patches from ``case_ids`` of a preprocessed store.
 
@@ -285,6 +310,8 @@ def make_loader(
         previous_stage: for a cascade stage, where the previous stage's predictions of
             ``case_ids`` are; they become extra data channels
             (:class:`~autoseg.data.previous_stage.PreviousStageInput`).
+        part: ``(i, k)``: each batch is drawn whole (``batch_size`` samples, the global batch of
+            ``k`` training processes) and this loader gives its ``i``-th of ``k`` equal slices.
 
     Returns:
         A :class:`BatchLoader`; ``next()`` gives ``{"data": float32 (B, C_in, *patch),
@@ -292,8 +319,8 @@ def make_loader(
         channels, times ``in_slices`` for 2.5D, plus ``previous_stage.channels``.
 
     Raises:
-        ValueError: ``batch_size < 1``, ``workers < 0``, ``start < 0`` or ``oversample`` outside
-            [0, 1].
+        ValueError: ``batch_size < 1``, ``workers < 0``, ``start < 0``, ``oversample`` outside
+            [0, 1], or a ``part`` that does not cut the batch in equal slices.
         DatasetError: no case ids, or cases missing from the store or lacking a segmentation.
     """
     if batch_size < 1 or workers < 0 or start < 0 or not 0 <= oversample <= 1:
@@ -315,6 +342,7 @@ def make_loader(
         augmentation=augmentation,
         start=start,
         previous_stage=previous_stage,
+        part=part,
     )
     log.debug(
         "loader: %d cases, batch %d, patch %s cut at %s, %d workers",

@@ -6,14 +6,15 @@ validation: :mod:`.validate`; several processes: :mod:`.distributed`; random sta
 
 Resuming is exact: a run stopped and continued (``--continue``) ends with the weights, optimiser
 state and records of the run that was never stopped. Three things make it so: (1) batch ``n`` of
-the run (cases, patches, augmentation) is a function of the seed, the rank and ``n`` only (see
-:mod:`autoseg.data.loader`), and a resumed run's loaders start at the batch where the checkpoint
-stopped; (2) a checkpoint holds everything else that changes as training goes: weights, optimiser
-and gradient-scaler state, the epoch, the steps already taken in it and their losses (a checkpoint
-saved on SIGTERM/Ctrl-C mid-epoch), the pseudo-Dice EMA and best value, and every random state
-(:mod:`.rng`); (3) ``--continue`` refuses settings that change what the run learns (see
-:meth:`Trainer._check_continues`). A ``kill -9`` loses the epochs since the latest checkpoint
-(``--checkpoint-every``); they are redone the same way, and their records are rewritten.
+the run (cases, patches, augmentation) is a function of the seed and ``n`` only (each of several
+processes takes its slice of it; see :mod:`autoseg.data.loader`), and a resumed run's loaders
+start at the batch where the checkpoint stopped; (2) a checkpoint holds everything else that
+changes as training goes: weights, optimiser and gradient-scaler state, the epoch, the steps
+already taken in it and their losses (a checkpoint saved on SIGTERM/Ctrl-C mid-epoch), the
+pseudo-Dice EMA and best value, and every random state (:mod:`.rng`); (3) ``--continue`` refuses
+settings that change what the run learns (see :meth:`Trainer._check_continues`). A ``kill -9``
+loses the epochs since the latest checkpoint (``--checkpoint-every``); they are redone the same
+way, and their records are rewritten.
 """
 
 from __future__ import annotations
@@ -158,12 +159,21 @@ class Trainer:
             cfg.loss, n_outputs=n_out, batch_dice=config.batch_dice, scheme=plan.label_scheme
         )
         bs = cfg.batch_size or config.batch_size
+        #: Samples per process; the global batch is this times the world size (see _loaders).
         self.batch_size = max(1, math.ceil(bs / self.world.size))
         # the micro-batch is not a setting: lowered on out-of-memory, it changes how a step is
         # computed, not what it learns, so checkpoints and --continue never see it
         self.micro = MicroBatcher(
             self.batch_size, cfg.accumulate, self.world.size, self.device, config.patch_size
         )
+        if self.batch_size * self.world.size != bs and self.world.is_main:
+            log.warning(
+                "batch size %d does not split over %d processes: each takes %d, a global batch of %d",
+                bs,
+                self.world.size,
+                self.batch_size,
+                self.batch_size * self.world.size,
+            )
 
     # ----------------------------------------------------------------- checkpoints
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -411,8 +421,16 @@ class Trainer:
 
         Batch ``n`` of the training loader is the ``n``-th the run uses (``accumulate`` per step,
         ``iters_per_epoch`` steps per epoch); the validation loader uses ``val_iters`` per epoch.
-        Their seeds are (seed, rank, 0) and (seed, rank, 1): nothing depends on how many epochs
+        Their seeds are (seed, 0, 0) and (seed, rank, 1): nothing depends on how many epochs
         this process has run, so a resumed run draws the batches the uninterrupted one did.
+
+        Every rank draws the same global training batches, seeded (seed, 0, 0) as a single
+        process's always were, and keeps its rank's slice (``part``): ``N`` processes of batch
+        ``B`` then train on exactly the samples of one process of batch ``N * B``, and their
+        averaged gradients are that process's (up to the order of float sums) whenever the loss
+        is a mean over samples; batch Dice, summed over the batch, is summed over each slice
+        instead. Validation batches only measure (pseudo-Dice, best checkpoint), so each rank
+        draws its own, the cheaper way.
         """
         s, cfg, rank = self.state, self.cfg, self.world.rank
         steps = s.epoch * cfg.iters_per_epoch + s.iteration
@@ -420,13 +438,14 @@ class Trainer:
             self.store,
             self.train_ids,
             self.config,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size * self.world.size,
             workers=cfg.workers,
-            seed=(cfg.seed, rank, 0),
+            seed=(cfg.seed, 0, 0),
             augment=True,
             augmentation=cfg.augmentation,
             start=steps * cfg.accumulate,
             previous_stage=self.previous_stage,
+            part=(rank, self.world.size),
         )
         val_loader = make_loader(
             self.store,

@@ -158,6 +158,50 @@ class TestReproducibility:
                 assert torch.equal(x["target"], y["target"]), (workers, start)
                 assert x["case_ids"] == y["case_ids"]
 
+    def test_parts_are_slices_of_the_global_batch(self, prepared):
+        """Two processes with ``part`` (0, 2) and (1, 2) of a batch of 4 get together exactly
+        one process's batches of 4 (augmentation and forced foreground included): what makes
+        multi-process training equal a single process with the same global batch."""
+        name = "2d"
+        seed = (7, 0, 0)
+
+        def batches(part, workers):
+            with make_loader(
+                prepared.store(name),
+                prepared.case_ids,
+                prepared.config(name),
+                batch_size=4,
+                workers=workers,
+                seed=seed,
+                augment=True,
+                start=1,
+                part=part,
+            ) as loader:
+                return [next(loader) for _ in range(2)]
+
+        whole = batches((0, 1), 0)
+        first, second = batches((0, 2), 0), batches((1, 2), 1)
+        for w, a, b in zip(whole, first, second, strict=True):
+            _check_batch(a, prepared, name, 2)
+            assert torch.equal(torch.cat([a["data"], b["data"]]), w["data"])
+            assert torch.equal(torch.cat([a["target"], b["target"]]), w["target"])
+            assert a["case_ids"] + b["case_ids"] == w["case_ids"]
+        assert not torch.equal(first[0]["data"], second[0]["data"])
+
+    @pytest.mark.parametrize("part", [(2, 2), (0, 3), (-1, 2)], ids=["index", "uneven", "negative"])
+    def test_bad_part(self, prepared, part):
+        with pytest.raises(ValueError, match="k dividing the batch"):
+            make_loader(
+                prepared.store("2d"),
+                prepared.case_ids,
+                prepared.config("2d"),
+                batch_size=4,
+                workers=0,
+                seed=0,
+                augment=True,
+                part=part,
+            )
+
 
 class TestInputs:
     def test_dataset_pickles_without_arrays(self, prepared):

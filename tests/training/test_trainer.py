@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -271,3 +272,142 @@ def test_continue_refuses_a_checkpoint_of_another_run(
     trainer = _trainer(dataset, fold, 3)
     assert trainer.resume()
     assert trainer.state.epoch == 1
+
+
+# ----------------------------------------------------------------- several nodes
+#: Largest weight difference allowed between two "nodes" and one process with the same global
+#: batch. The two see the same samples (each rank its slice of the global batch), so they differ
+#: only in the order of float32 sums: DDP all-reduces the two ranks' mean gradients, where one
+#: process sums over the whole batch in one reduction. Those few-ulp differences grow with every
+#: step (momentum, normalisation): measured 6e-8 after 2 steps and 8e-6 after 4 steps of the 2d
+#: network; one process run with 1 and then 2 threads differs by 2.3e-6 after 4 steps, the same
+#: kind of difference. One epoch (2 steps) moves weights by about 2e-2, 400 times this.
+WEIGHT_TOLERANCE = 5e-5
+_CHECKPOINTS = {"checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_latest.pt"}
+
+
+def _per_sample_work(dataset: Path, name: str) -> Path:
+    """A work folder of its own (the dataset's plan, its preprocessed cases shared by a link) whose
+    2d configuration computes Dice per sample (``batch_dice`` False).
+
+    Per-sample Dice and cross-entropy are means over samples, so the mean of the ranks' losses over
+    equal slices is the whole batch's loss, and DDP's averaged gradient is one process's. The 2d
+    plan's batch Dice sums over the batch first: two ranks compute it over their halves, which
+    is a different loss (still a valid way to train, but not equal to one process's).
+    """
+    shared = _work(dataset) / "hippo"
+    work = dataset.parent / name
+    (work / "hippo").mkdir(parents=True)
+    for f in ("fingerprint.json", "source.json"):
+        (work / "hippo" / f).write_bytes((shared / f).read_bytes())
+    plan = json.loads((shared / "plans.json").read_text())
+    plan["configurations"]["2d"]["batch_dice"] = False
+    (work / "hippo/plans.json").write_text(json.dumps(plan))
+    (shared / "preprocessed").mkdir(exist_ok=True)
+    (work / "hippo/preprocessed").symlink_to(shared / "preprocessed", target_is_directory=True)
+    return work
+
+
+def _args(work: Path, *extra: str, epochs: int = 1, batch_size: int = 4) -> list[str]:
+    budget = tiny(epochs=epochs, iters=2, val_iters=1, batch_size=batch_size)
+    return ["train", "hippo", "2d", "all", "--work-dir", str(work), *budget, "--precision", "fp32", *extra]
+
+
+def _one_process(args: list[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "autoseg", *args], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+def _two_nodes(args: list[str]) -> list[str]:
+    """Run ``args`` as two torchrun agents of one process each, rendezvousing like two machines
+    (c10d on a free port; which one becomes node 0 is the rendezvous' choice); their output."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "t"]
+    cmd = [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", *rdzv, "-m", "autoseg", *args]
+    agents = [
+        subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = []
+    try:
+        for agent in agents:
+            outputs.append(agent.communicate(timeout=300)[0])
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    assert [a.returncode for a in agents] == [0, 0], "\n---\n".join(outputs)
+    return outputs
+
+
+def _weights(fold: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(fold / "checkpoint_final.pt")["network"]
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+def _only_one_of_each_checkpoint(fold: Path) -> None:
+    """Rank 0 alone writes checkpoints: one file of each kind, nothing half-written left."""
+    assert {p.name for p in fold.glob("checkpoint_*")} == _CHECKPOINTS
+    assert not [p for p in fold.parent.rglob("*") if ".partial" in p.name]
+
+
+def test_two_nodes_train_as_one_process_with_the_same_global_batch(dataset: Path) -> None:
+    """Two torchrun agents (two "nodes", one process each, gloo) of batch 2 per rank end with the
+    weights of one process of batch 4, within WEIGHT_TOLERANCE, and continue (--continue, more
+    epochs) to the weights one process continues to."""
+    one, two = _per_sample_work(dataset, "one_node"), _per_sample_work(dataset, "two_nodes")
+    fold_one, fold_two = (w / "hippo/models/2d/fold_all" for w in (one, two))
+
+    _one_process(_args(one))  # first: it preprocesses the 2d cases if no test has yet
+    _two_nodes(_args(two))
+    _only_one_of_each_checkpoint(fold_two)
+    first = _weights(fold_two)
+    difference = _max_difference(_weights(fold_one), first)
+    logging.getLogger(__name__).info(
+        "two nodes vs one process, 2 steps: max weight difference %.3g", difference
+    )
+    assert difference <= WEIGHT_TOLERANCE
+
+    _one_process(_args(one, "--continue", epochs=2))
+    outputs = _two_nodes(_args(two, "--continue", epochs=2))
+    _only_one_of_each_checkpoint(fold_two)
+    assert load_checkpoint(fold_two / "checkpoint_final.pt")["epoch"] == 2
+    assert [r["epoch"] for r in read_records(fold_two / "progress.jsonl")] == [0, 1]
+    # rank 0 reports it; rank 1 resumed too, or the ranks would have diverged (checked at the end)
+    assert sum("resumed from checkpoint_latest.pt at epoch 1" in o for o in outputs) == 1
+    assert "parameter checksums of 2 ranks" in "".join(outputs)
+    continued = _weights(fold_two)
+    difference = _max_difference(_weights(fold_one), continued)
+    logging.getLogger(__name__).info(
+        "two nodes vs one process, 4 steps: max weight difference %.3g", difference
+    )
+    assert difference <= WEIGHT_TOLERANCE
+    # the tolerance is far below what one epoch of training changes
+    assert _max_difference(first, continued) > 100 * WEIGHT_TOLERANCE
+
+
+def test_two_nodes_with_accumulation_train_as_one_process_accumulating(dataset: Path) -> None:
+    """Gradient accumulation composes with several nodes: 2 ranks x batch 2 x accumulate 2 end
+    with the weights of 1 process x batch 4 x accumulate 2 (the same micro-batches: the global
+    batch n is the n-th micro-batch either way)."""
+    one, two = _per_sample_work(dataset, "one_node_acc"), _per_sample_work(dataset, "two_nodes_acc")
+    _one_process(_args(one, "--accumulate", "2"))
+    _two_nodes(_args(two, "--accumulate", "2"))
+    fold_one, fold_two = (w / "hippo/models/2d/fold_all" for w in (one, two))
+    _only_one_of_each_checkpoint(fold_two)
+    difference = _max_difference(_weights(fold_one), _weights(fold_two))
+    logging.getLogger(__name__).info("accumulating: max weight difference %.3g", difference)
+    assert difference <= WEIGHT_TOLERANCE
