@@ -330,6 +330,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         part=(opts.part_id, opts.num_parts),
         read_ahead=opts.read_ahead,
         write_behind=opts.write_behind,
+        overlap_voxels=opts.overlap_limit * 1e6,
     )
     log.info(
         "%d written, %d skipped (existing; --overwrite to redo), %d failed -> %s",

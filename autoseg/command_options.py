@@ -232,6 +232,13 @@ class PredictOptions:
     )
     calling_ae: str = _calling_ae()
     send_timeout: float = _send_timeout(("--send-timeout",))
+    overlap_limit: float = option(
+        100.0,
+        "overlap cases only while the scans in flight hold at most this many million voxels; a "
+        "larger one runs alone, so memory stays that of one case (a 0.8 mm CT is ~70)",
+        metavar="MVOXELS",
+        minimum=0,
+    )
     legacy_workers: int | None = _legacy_workers("no effect on predict", "remove it")
 
 

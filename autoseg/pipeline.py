@@ -354,6 +354,7 @@ def predict(
     part: tuple[int, int] = (_PREDICT.part_id, _PREDICT.num_parts),
     read_ahead: int = _PREDICT.read_ahead,
     write_behind: int = _PREDICT.write_behind,
+    overlap_voxels: float = _PREDICT.overlap_limit * 1e6,
 ) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
 
@@ -366,7 +367,8 @@ def predict(
     model's labels before anything is predicted). ``save_uncertainty`` writes the uncertainty
     maps and ``uncertainty.csv`` (:mod:`autoseg.inference.uncertainty`). ``part`` is
     ``(part_id, num_parts)``: this job's share of the cases (checked before any model loads);
-    ``read_ahead`` and ``write_behind`` overlap reading and writing with the networks
+    ``read_ahead`` and ``write_behind`` overlap reading and writing with the networks, as
+    long as the cases in flight hold at most ``overlap_voxels``
     (:func:`~autoseg.inference.predictor.predict_path`). The defaults are
     ``autoseg predict``'s (:class:`~autoseg.command_options.PredictOptions`).
     """
@@ -432,6 +434,7 @@ def predict(
         part=share,
         read_ahead=read_ahead,
         write_behind=write_behind,
+        overlap_voxels=overlap_voxels,
     )
 
 

@@ -27,12 +27,12 @@ class Run:
     output: str
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Run:
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
     """Run ``cmd`` under ``/usr/bin/time -v`` (peak RSS of the largest process of the tree)."""
     timer = shutil.which("time") or "/usr/bin/time"
     log.info("$ %s", " ".join(cmd))
     t0 = time.perf_counter()
-    p = subprocess.run([timer, "-v", *cmd], env=env, capture_output=True, text=True)
+    p = subprocess.run([timer, "-v", *cmd], env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

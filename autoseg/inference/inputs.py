@@ -153,3 +153,38 @@ def _group_files(
             continue
         cases.append(Case(cid, tuple(chans[c] for c in range(n_channels)), None))
     return cases, problems, clashes
+
+
+def case_voxels(case: Case) -> int:
+    """The voxels of a case's scans, from their headers only (milliseconds: no pixel data read),
+    to weigh cases for the memory the stages of prediction may hold at once
+    (:func:`~autoseg.inference.overlap.overlapped`). A DICOM series counts its files times the
+    rows and columns of one. What cannot be read counts 0: reading it properly reports why."""
+    total = 0
+    for path in case.images:
+        try:
+            total += _voxels(path)
+        except Exception:  # a weight, not a check: reading the case reports the problem
+            continue
+    return total
+
+
+def _voxels(path: Path) -> int:
+    if path.is_dir():
+        import pydicom
+
+        files = [p for p in path.iterdir() if p.is_file()]
+        if not files:
+            return 0
+        head = pydicom.dcmread(files[0], stop_before_pixels=True)
+        frames = int(head.get("NumberOfFrames", 1) or 1)
+        return len(files) * frames * int(head.Rows) * int(head.Columns)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    n = reader.GetNumberOfComponents()
+    for s in reader.GetSize():
+        n *= s
+    return n

@@ -14,6 +14,7 @@ loop, kept for debugging and as the baseline the benchmark compares with.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +36,8 @@ def overlapped(
     *,
     read_ahead: int = 1,
     write_behind: int = 1,
+    weight: Callable[[Item], float] | None = None,
+    budget: float = math.inf,
 ) -> Iterator[tuple[Item, Result]]:
     """``finish(item, compute(item, prepare(item)))`` for every item, in order, with the stages
     of neighbouring items overlapped.
@@ -43,6 +46,12 @@ def overlapped(
     ``compute`` runs in the calling thread (the network: one at a time, on the device);
     ``finish`` runs on ``write_behind`` threads, up to that many items behind. Results come out
     in the order of ``items``, each as soon as it and every earlier one are finished.
+
+    ``weight`` and ``budget`` bound what is in flight besides the depths: an item counts its
+    weight from the start of its ``prepare`` until its result comes out, and an item starts only
+    while the weights in flight plus its own stay within ``budget``, or when nothing else is in
+    flight (an item heavier than the budget runs alone). Weighing cases by their voxels keeps
+    the memory of large volumes at that of one case at a time while small ones overlap freely.
 
     An exception raised by a stage is raised here when its item's turn comes, after the results
     of the items before it (as in turn); the stages of later items already started are then
@@ -63,36 +72,59 @@ def overlapped(
     readers = ThreadPoolExecutor(read_ahead, thread_name_prefix="autoseg-read") if read_ahead else None
     writers = ThreadPoolExecutor(write_behind, thread_name_prefix="autoseg-write") if write_behind else None
     reads: deque[Future[Prepared]] = deque()
-    writes: deque[tuple[Item, Future[Result]]] = deque()
-    submitted = 0
+    writes: deque[tuple[int, Future[Result]]] = deque()
+    weights = [weight(x) if weight is not None else 0.0 for x in items]
+    in_flight = 0.0  # the weights of the items started and not yet given out
+    started = 0  # items whose prepare has started (or, in turn, is about to)
+
+    def fits(j: int) -> bool:
+        return in_flight == 0 or in_flight + weights[j] <= budget
+
+    def start(j: int) -> None:
+        nonlocal in_flight, started
+        in_flight += weights[j]
+        started += 1
+        if readers is not None:
+            reads.append(readers.submit(prepare, items[j]))
+
+    def give_out() -> Iterator[tuple[Item, Result]]:
+        """The oldest write's result (its weight leaves the budget)."""
+        nonlocal in_flight
+        j, future = writes.popleft()
+        result = future.result()
+        in_flight -= weights[j]
+        yield items[j], result
+
     try:
         for i, item in enumerate(items):
             try:
-                if readers is None:
-                    prepared = prepare(item)
-                else:
-                    while submitted < len(items) and submitted <= i + read_ahead:
-                        reads.append(readers.submit(prepare, items[submitted]))
-                        submitted += 1
-                    prepared = reads.popleft().result()
+                if started == i:  # this item waits for room: results of earlier ones go out first
+                    while not fits(i) and writes:
+                        yield from give_out()
+                    start(i)
+                while readers is not None and started < len(items) and started <= i + read_ahead:
+                    if not fits(started):
+                        break
+                    start(started)
+                prepared = prepare(item) if readers is None else reads.popleft().result()
                 computed = compute(item, prepared)
                 del prepared  # the network's input is no longer needed: memory for the next one
             except BaseException:
                 while writes:  # the earlier items' results come out first, as in turn
-                    done, future = writes.popleft()
-                    yield done, future.result()
+                    yield from give_out()
                 raise
             if writers is None:
-                yield item, finish(item, computed)
+                result = finish(item, computed)
+                del computed  # not kept while the caller handles the result
+                in_flight -= weights[i]
+                yield item, result
                 continue
             while len(writes) >= write_behind:
-                done, future = writes.popleft()
-                yield done, future.result()
-            writes.append((item, writers.submit(finish, item, computed)))
+                yield from give_out()
+            writes.append((i, writers.submit(finish, item, computed)))
             del computed
         while writes:
-            done, future = writes.popleft()
-            yield done, future.result()
+            yield from give_out()
     finally:
         for pool in (readers, writers):
             if pool is not None:

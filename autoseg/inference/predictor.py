@@ -30,7 +30,7 @@ from tqdm import tqdm
 from autoseg._atomic import sweep_partials
 from autoseg._fs import cause, check_output_dir
 from autoseg.errors import AutosegError, DatasetError, ModelError
-from autoseg.inference.inputs import find_cases
+from autoseg.inference.inputs import case_voxels, find_cases
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.overlap import overlapped
 from autoseg.inference.postprocess import Postprocessing, apply_postprocessing
@@ -452,6 +452,19 @@ class _Read:
     error: DatasetError | None = None
 
 
+@dataclass
+class _Ran:
+    """What the network made of a case, handed to a writer thread, which takes it out (so that
+    nothing else keeps the logits alive while the case is written)."""
+
+    got: _Read
+    out: NetworkOutput | None
+
+    def take(self) -> NetworkOutput | None:
+        out, self.out = self.out, None
+        return out
+
+
 @dataclass(frozen=True)
 class _Written:
     """What the writer did with a case: its uncertainty row, or why it failed."""
@@ -473,6 +486,7 @@ def predict_path(
     part: Part | None = None,
     read_ahead: int = 1,
     write_behind: int = 1,
+    overlap_voxels: float = 100e6,
 ) -> PredictReport:
     """Predict every case under ``source`` into ``out_dir/CASE.nii.gz`` and/or, for DICOM
     series, a DICOM-SEG ``out_dir/CASE.dcm`` (``output_format``; ``seg_codes`` name what the
@@ -486,7 +500,10 @@ def predict_path(
     ``part`` predicts only one share of the cases (:class:`Part`). The stages overlap
     (:func:`~autoseg.inference.overlap.overlapped`): ``read_ahead`` threads read and preprocess
     the next cases while the network runs, ``write_behind`` threads take finished cases back to
-    their grid and write them; 0 and 0 run every stage in turn.
+    their grid and write them; 0 and 0 run every stage in turn. Cases overlap only while the
+    scans in flight hold at most ``overlap_voxels`` voxels (from their headers), so a large
+    volume runs alone and memory stays that of one case: on 4 CTs of 73 M voxels, overlapping
+    them anyway was 1.22x faster for +77 % peak memory (``benchmarks/bench_cohort.py``).
 
     A case that cannot be read is reported and skipped; the others are still predicted.
     A case is done, and skipped unless ``overwrite``, only when every requested output (the
@@ -549,26 +566,35 @@ def predict_path(
             log.warning(w)
         return _Read(case, predictor.prepare(loaded), sources)
 
-    def run(case: Case, got: _Read) -> tuple[_Read, NetworkOutput | None]:
+    def run(case: Case, got: _Read) -> _Ran:
         if got.prepared is None:
-            return got, None
+            return _Ran(got, None)
         out = predictor.run(
             got.prepared, with_probabilities=save_probabilities, with_uncertainty=save_uncertainty
         )
-        return got, out
+        return _Ran(got, out)
 
-    def write(case: Case, ran: tuple[_Read, NetworkOutput | None]) -> _Written:
-        got, out = ran
+    def write(case: Case, ran: _Ran) -> _Written:
+        got, out = ran.got, ran.take()
         if got.error is not None or got.prepared is None or out is None:
             return _Written(error=got.error)
         predicted = predictor.finish(out)
-        del out
+        del out  # the logits: the last reference, so their memory goes before the files are written
         try:
             return _write_case(predicted, got, outputs[case.case_id], algorithm, seg_codes, plan)
         except DatasetError as e:
             return _Written(error=e)
 
-    stages = overlapped(todo, read, run, write, read_ahead=read_ahead, write_behind=write_behind)
+    stages = overlapped(
+        todo,
+        read,
+        run,
+        write,
+        read_ahead=read_ahead,
+        write_behind=write_behind,
+        weight=case_voxels,
+        budget=overlap_voxels,
+    )
     for case, done in tqdm(stages, desc="Predicting", unit="case", total=len(todo), disable=None):
         if done.error is not None:
             _failed(report, done.error)

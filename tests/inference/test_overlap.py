@@ -138,3 +138,45 @@ def test_an_error_is_raised_at_its_turn_and_started_work_is_not_abandoned(stage:
 def test_negative_depths_are_refused() -> None:
     with pytest.raises(ValueError, match="depths"):
         list(overlapped([1], str, lambda x, p: p, lambda x, c: c, read_ahead=-1))
+
+
+@pytest.mark.parametrize(("read_ahead", "write_behind"), [(1, 1), (2, 2), (3, 1), (0, 2)])
+def test_the_weight_budget_bounds_what_is_in_flight(read_ahead: int, write_behind: int) -> None:
+    """Light items overlap up to the depths; a heavy one runs alone; the weights in flight never
+    exceed the budget except for one item heavier than it."""
+    weights = {0: 1, 1: 1, 2: 1, 3: 8, 4: 1, 5: 5, 6: 5, 7: 1, 8: 12, 9: 1}
+    lock = threading.Lock()
+    alive: set[int] = set()
+    worst: list[tuple[int, ...]] = []
+
+    def prepare(x: int) -> int:
+        with lock:
+            alive.add(x)
+            worst.append(tuple(sorted(alive)))
+        time.sleep(0.002)
+        return x
+
+    def finish(x: int, c: int) -> int:
+        time.sleep(0.003)
+        with lock:
+            alive.discard(x)
+        return c
+
+    got = list(
+        overlapped(
+            list(weights),
+            prepare,
+            lambda x, p: p,
+            finish,
+            read_ahead=read_ahead,
+            write_behind=write_behind,
+            weight=weights.__getitem__,
+            budget=10,
+        )
+    )
+    assert [x for x, _ in got] == list(weights)
+    for group in worst:
+        load = sum(weights[x] for x in group)
+        assert load <= 10 or len(group) == 1, group
+    assert any(len(g) > 1 for g in worst) == (read_ahead + write_behind > 0)  # light ones overlap
+    assert (8,) in worst  # the item over the budget ran alone
