@@ -73,16 +73,24 @@ def overlapped(
     writers = ThreadPoolExecutor(write_behind, thread_name_prefix="autoseg-write") if write_behind else None
     reads: deque[Future[Prepared]] = deque()
     writes: deque[tuple[int, Future[Result]]] = deque()
-    weights = [weight(x) if weight is not None else 0.0 for x in items]
+    weighed: dict[int, float] = {}
     in_flight = 0.0  # the weights of the items started and not yet given out
     started = 0  # items whose prepare has started (or, in turn, is about to)
 
+    def weights(j: int) -> float:
+        """Item ``j``'s weight, asked for only when something may overlap (in turn, never)."""
+        if weight is None or (readers is None and writers is None):
+            return 0.0
+        if j not in weighed:
+            weighed[j] = weight(items[j])
+        return weighed[j]
+
     def fits(j: int) -> bool:
-        return in_flight == 0 or in_flight + weights[j] <= budget
+        return in_flight == 0 or in_flight + weights(j) <= budget
 
     def start(j: int) -> None:
         nonlocal in_flight, started
-        in_flight += weights[j]
+        in_flight += weights(j)
         started += 1
         if readers is not None:
             reads.append(readers.submit(prepare, items[j]))
@@ -92,7 +100,7 @@ def overlapped(
         nonlocal in_flight
         j, future = writes.popleft()
         result = future.result()
-        in_flight -= weights[j]
+        in_flight -= weights(j)
         yield items[j], result
 
     try:
@@ -116,7 +124,7 @@ def overlapped(
             if writers is None:
                 result = finish(item, computed)
                 del computed  # not kept while the caller handles the result
-                in_flight -= weights[i]
+                in_flight -= weights(i)
                 yield item, result
                 continue
             while len(writes) >= write_behind:
