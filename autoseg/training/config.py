@@ -15,7 +15,12 @@ from autoseg.options import Device, Precision, option
 
 #: Settings added after checkpoints with metadata were first written, with the value that an
 #: older stored ``train_config`` (which lacks them) meant: such a run continues unchanged.
-ADDED_SETTINGS: dict[str, Any] = {"optimizer": "sgd", "schedule": "poly", "augmentation": "default"}
+ADDED_SETTINGS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "schedule": "poly",
+    "augmentation": "default",
+    "ddp_batches": "own",
+}
 
 
 @dataclass
@@ -48,6 +53,11 @@ class TrainConfig:
         checkpoint_every: epochs between ``checkpoint_latest.pt`` writes.
         val_probabilities: keep softmax probabilities of the final validation (for ensembling).
         batch_size: overrides the plan's batch size (None: the plan's).
+        ddp_batches: with several processes (torchrun), "own": each draws its own batches
+            (seeded by its rank), augmenting only what it trains on; "global": each draws the
+            global batch one process would and keeps its slice, so the run learns what one
+            process of that batch learns (reproducible whatever the number of processes), at the
+            price of every process augmenting the whole global batch.
     """
 
     configuration: str
@@ -88,6 +98,11 @@ class TrainConfig:
     val_probabilities: bool = option(True, "do not keep validation probabilities (needed for ensembles)")
     batch_size: int | None = option(
         None, "override the plan's batch size", metavar="N", minimum=1, run_time_default="the plan's"
+    )
+    ddp_batches: Literal["own", "global"] = option(
+        "own",
+        "with several processes: own batches each (cheapest), or slices of one global batch stream "
+        "(learns what one process would; each process augments the whole batch)",
     )
 
     def check_components(self) -> None:

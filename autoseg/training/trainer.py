@@ -421,31 +421,35 @@ class Trainer:
 
         Batch ``n`` of the training loader is the ``n``-th the run uses (``accumulate`` per step,
         ``iters_per_epoch`` steps per epoch); the validation loader uses ``val_iters`` per epoch.
-        Their seeds are (seed, 0, 0) and (seed, rank, 1): nothing depends on how many epochs
-        this process has run, so a resumed run draws the batches the uninterrupted one did.
+        Their seeds do not depend on how many epochs this process has run, so a resumed run
+        draws the batches the uninterrupted one did.
 
-        Every rank draws the same global training batches, seeded (seed, 0, 0) as a single
-        process's always were, and keeps its rank's slice (``part``): ``N`` processes of batch
-        ``B`` then train on exactly the samples of one process of batch ``N * B``, and their
-        averaged gradients are that process's (up to the order of float sums) whenever the loss
-        is a mean over samples; batch Dice, summed over the batch, is summed over each slice
-        instead. Validation batches only measure (pseudo-Dice, best checkpoint), so each rank
-        draws its own, the cheaper way.
+        With several processes, ``ddp_batches`` says how they share the data. "own": each draws
+        its own batches, seeded (seed, rank, 0), augmenting only what it trains on (rank 0 is
+        then exactly a single process). "global": every rank draws the same global batches,
+        seeded (seed, 0, 0) as a single process's always were, and keeps its rank's slice
+        (``part``): ``N`` processes of batch ``B`` then train on exactly the samples of one
+        process of batch ``N * B``, and their averaged gradients are that process's (up to the
+        order of float sums) whenever the loss is a mean over samples; batch Dice, summed over
+        the batch, is summed over each slice instead. The price: every rank augments the whole
+        global batch, ``N`` times the work. Validation batches only measure (pseudo-Dice, best
+        checkpoint), so each rank draws its own, the cheaper way.
         """
         s, cfg, rank = self.state, self.cfg, self.world.rank
         steps = s.epoch * cfg.iters_per_epoch + s.iteration
+        shared = cfg.ddp_batches == "global"
         train_loader = make_loader(
             self.store,
             self.train_ids,
             self.config,
-            batch_size=self.batch_size * self.world.size,
+            batch_size=self.batch_size * self.world.size if shared else self.batch_size,
             workers=cfg.workers,
-            seed=(cfg.seed, 0, 0),
+            seed=(cfg.seed, 0, 0) if shared else (cfg.seed, rank, 0),
             augment=True,
             augmentation=cfg.augmentation,
             start=steps * cfg.accumulate,
             previous_stage=self.previous_stage,
-            part=(rank, self.world.size),
+            part=(rank, self.world.size) if shared else (0, 1),
         )
         val_loader = make_loader(
             self.store,

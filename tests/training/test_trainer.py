@@ -309,8 +309,11 @@ def _per_sample_work(dataset: Path, name: str) -> Path:
 
 
 def _args(work: Path, *extra: str, epochs: int = 1, batch_size: int = 4) -> list[str]:
+    """Training arguments; ``--ddp-batches global``: each rank a slice of one global stream (for
+    one process the same as the default)."""
     budget = tiny(epochs=epochs, iters=2, val_iters=1, batch_size=batch_size)
-    return ["train", "hippo", "2d", "all", "--work-dir", str(work), *budget, "--precision", "fp32", *extra]
+    where = ["--work-dir", str(work), "--ddp-batches", "global"]
+    return ["train", "hippo", "2d", "all", *where, *budget, "--precision", "fp32", *extra]
 
 
 def _one_process(args: list[str]) -> None:
