@@ -432,19 +432,19 @@ class TestStrictLoading:
         ):
             Plan.from_dict(d)
 
-    @pytest.mark.parametrize("version", [4, 0, "3", None, True], ids=["4", "0", "str", "none", "bool"])
+    @pytest.mark.parametrize("version", [5, 0, "4", None, True], ids=["5", "0", "str", "none", "bool"])
     def test_wrong_schema_version(self, d, version):
         d["schema_version"] = version
         with pytest.raises(
             PlanError,
             match=rf"schema_version is {re.escape(repr(version))}, "
-            r"this autoseg reads 3; run `autoseg plan` again",
+            r"this autoseg reads 4; run `autoseg plan` again",
         ):
             Plan.from_dict(d)
 
     def test_missing_schema_version(self, d):
         del d["schema_version"]
-        with pytest.raises(PlanError, match=r"^plan schema_version is missing, this autoseg reads 3; "):
+        with pytest.raises(PlanError, match=r"^plan schema_version is missing, this autoseg reads 4; "):
             Plan.from_dict(d)
 
     def test_not_a_dict(self):
@@ -588,7 +588,7 @@ class TestVersion1Migration:
         assert json.loads(V1_PLAN.read_text())["schema_version"] == 1
         plan = Plan.load(V1_PLAN)
         assert plan == Plan.load(V2_PLAN)
-        assert plan.schema_version == 3
+        assert plan.schema_version == 4
         assert plan.regions_class_order is None
         assert "planner" not in plan.to_dict()
 
