@@ -477,8 +477,9 @@ def _preset_configuration(
         f"{cfg.name}: preset {preset.title} (residual encoder, blocks "
         f"{','.join(map(str, cfg.network.blocks_per_stage or ()))}, {preset.decoder_convs} decoder "
         f"conv per stage), sized against {reference:.3g} feature-map elements at batch {ref_batch} "
-        f"for {preset.gpu_memory_gb:g} GB, planned for {gpu_memory_gb:g} GB, batch not capped by "
-        f"dataset coverage; trains on {base.name}'s preprocessed data"
+        f"for {preset.gpu_memory_gb:g} GB, planned for {gpu_memory_gb:g} GB; a batch may cover "
+        f"{preset.max_dataset_fraction:.0%} of the dataset (not "
+        f"{rules.MAX_DATASET_FRACTION_PER_BATCH:.0%}); trains on {base.name}'s preprocessed data"
     )
     return cfg, note
 
