@@ -121,6 +121,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         workers=_preprocess_workers(opts),
         add_2p5d=opts.add_2p5d,
         add_lowres=opts.add_lowres,
+        presets=opts.presets or (),
+        preset_gpu_memory_gb=opts.gpu_memory,
     )
     out = ws.dataset_dir(the_plan.dataset_name)
     lines = [
@@ -131,6 +133,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"  {c.name:<20} spacing {_fmt(c.spacing)} patch {_fmt(c.patch_size)} "
             f"batch {c.batch_size} stages {c.network.n_stages}"
             + (f" K={c.in_slices}" if KINDS[c.kind].stacks_slices else "")
+            + (
+                f" blocks {','.join(map(str, c.network.blocks_per_stage))}"
+                if c.network.blocks_per_stage
+                else ""
+            )
         )
     lines += [f"  note: {n}" for n in the_plan.notes]
     log.info("\n".join(lines))
@@ -529,8 +536,8 @@ def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
     return None if values is None else list(values)
 
 
-def _fmt(v: Sequence[float]) -> str:
-    return "x".join(f"{x:g}" for x in v)
+def _fmt(v: Sequence[float], sep: str = "x") -> str:
+    return sep.join(f"{x:g}" for x in v)
 
 
 def _checked(convert: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -61,6 +61,9 @@ def _send_timeout(flags: tuple[str, ...]) -> Any:
 
 
 _WORKERS_MEANING = "worker processes, 0 for the default"
+#: The names of :data:`autoseg.planning.presets.PRESETS` (spelled out so that ``--help`` imports
+#: no planning code; a test checks that the two agree).
+PresetName = Literal["resenc_m", "resenc_l", "resenc_xl"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,14 @@ class PlanOptions:
         "offer 3d_lowres and the cascade (3d_cascade_fullres) even where the full-resolution patch "
         "covers enough of the image; on small data the low-resolution stage has 8x fewer voxels",
         flags=("--add-lowres",),
+    )
+    presets: tuple[PresetName, ...] | None = option(
+        None,
+        "also plan nnU-Net's residual-encoder presets, each an extra configuration such as "
+        "3d_fullres_resenc_m that trains on 3d_fullres's preprocessed data; sized for the preset's "
+        "GPU (M 8 GB, L 24 GB, XL 40 GB) unless --gpu-memory is given; several may be named",
+        flags=("--preset",),
+        run_time_default="none",
     )
     preprocess_workers: int | None = _preprocess_workers()
     legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")

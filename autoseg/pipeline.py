@@ -65,10 +65,13 @@ def plan(
     workers: int,
     add_2p5d: bool = False,
     add_lowres: bool = False,
+    presets: Sequence[str] = (),
+    preset_gpu_memory_gb: float | None = None,
 ) -> tuple[Fingerprint, Plan]:
     """Verify, fingerprint and plan a dataset; write ``fingerprint.json`` and ``plans.json``.
 
-    Nothing is written unless every case passed the checks.
+    Nothing is written unless every case passed the checks. ``presets`` and
+    ``preset_gpu_memory_gb``: see :func:`~autoseg.planning.planner.make_plan`.
 
     Returns:
         The fingerprint and the plan (also saved under ``<work>/<dataset name>/``).
@@ -85,7 +88,14 @@ def plan(
     )
     workspace.check_writable(dataset.name)
     fp = extract_fingerprint(dataset, workers=workers)
-    the_plan = make_plan(fp, gpu_memory_gb=gpu_memory_gb, add_2p5d=add_2p5d, add_lowres=add_lowres)
+    the_plan = make_plan(
+        fp,
+        gpu_memory_gb=gpu_memory_gb,
+        add_2p5d=add_2p5d,
+        add_lowres=add_lowres,
+        presets=presets,
+        preset_gpu_memory_gb=preset_gpu_memory_gb,
+    )
     fp.save(workspace.fingerprint_path(dataset.name))
     the_plan.save(workspace.plans_path(dataset.name))
     workspace.remember_source(dataset.name, dataset_dir)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from autoseg.errors import PlanError
 from autoseg.planning.kinds import kind_of
-from autoseg.planning.plan import Configuration
+from autoseg.planning.plan import PLAIN_DECODER_CONVS, Configuration
 
 __all__ = ["check_network", "conv_padding", "input_divisor"]
 
@@ -75,6 +75,7 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
                 f"got {per_stage}"
             )
             raise PlanError(msg)
+    _check_encoder(config)
     if kind.stacks_slices and config.in_slices < 1:
         msg = f"{where}: in_slices must be >= 1 for {config.kind}, got {config.in_slices}"
         raise PlanError(msg)
@@ -85,3 +86,28 @@ def check_network(config: Configuration, *, in_channels: int, n_classes: int) ->
             f"the product of the strides {divisor}; run `autoseg plan` again"
         )
         raise PlanError(msg)
+
+
+def _check_encoder(config: Configuration) -> None:
+    """The encoder fields agree: a plain encoder has no block counts and 2 decoder convolutions
+    (the only plain U-Net there is); a residual one a block count >= 1 per stage."""
+    net = config.network
+    where = f"configuration {config.name!r}"
+    if net.encoder == "plain" and (
+        net.blocks_per_stage is not None or net.decoder_convs != PLAIN_DECODER_CONVS
+    ):
+        msg = (
+            f"{where}: a plain encoder has blocks_per_stage null and decoder_convs "
+            f"{PLAIN_DECODER_CONVS}, got {net.blocks_per_stage} and {net.decoder_convs}"
+        )
+        raise PlanError(msg)
+    if net.encoder == "residual":
+        blocks = net.blocks_per_stage
+        if blocks is None or len(blocks) != net.n_stages or min(blocks) < 1:
+            msg = (
+                f"{where}: a residual encoder needs blocks_per_stage, one count >= 1 per stage, got {blocks}"
+            )
+            raise PlanError(msg)
+        if net.decoder_convs < 1:
+            msg = f"{where}: decoder_convs must be >= 1, got {net.decoder_convs}"
+            raise PlanError(msg)

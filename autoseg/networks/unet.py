@@ -16,6 +16,15 @@ deep-supervision head to full resolution; ``dynamic-network-architectures`` (nnU
 in 2 ms but pulls timm and torchvision, whose current release requires another torch than the
 pinned CPU build (an unpinned install brought torch 2.14.1 and 4.7 GB of CUDA libraries).
 
+**Residual encoder.** A configuration with ``network.encoder == "residual"`` (the ResEnc
+presets, :mod:`autoseg.planning.presets`) gets a :class:`ResidualEncoderUNet` instead: a stem
+convolution, then per encoder stage ``blocks_per_stage[i]`` residual blocks (conv, norm, leaky
+ReLU, conv, norm, plus the input, leaky ReLU; where a block changes the stride or the channels the
+input goes through average pooling and a 1x1 convolution with norm first, nnU-Net's "ResNet-D"
+block), and ``decoder_convs`` (conv, norm, leaky ReLU) per decoder stage. Same inputs, outputs,
+heads and deep supervision as :class:`UNet`, so training, the sliding window and export treat
+both alike.
+
 **Outputs.** In training mode with deep supervision, ``forward`` returns the list
 ``[full, 1/2, 1/4, ...]`` of logits at their native resolutions (as nnU-Net); the loss
 (:mod:`autoseg.training.losses`) downsamples the target instead of upsampling the heads. In eval
@@ -41,14 +50,15 @@ from autoseg.networks.topology import check_network, conv_padding
 from autoseg.planning.kinds import kind_of
 from autoseg.planning.plan import Configuration, Plan
 
-__all__ = ["UNet", "build_network", "network_for"]
+__all__ = ["ResidualEncoderUNet", "UNet", "build_network", "network_for"]
 
 _SLOPE = 0.01
-#: Convolution, transposed convolution and instance norm per number of spatial dimensions.
-#: (Typed as factories: kernel, stride and padding are tuples whose length is ``dims``.)
-_LAYERS: dict[int, tuple[Callable[..., nn.Module], Callable[..., nn.Module], Callable[..., nn.Module]]] = {
-    3: (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d),
-    2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d),
+#: Convolution, transposed convolution, instance norm and average pooling per number of spatial
+#: dimensions. (Typed as factories: kernel, stride and padding are tuples of length ``dims``.)
+_Factory = Callable[..., nn.Module]
+_LAYERS: dict[int, tuple[_Factory, _Factory, _Factory, _Factory]] = {
+    3: (nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d, nn.AvgPool3d),
+    2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.AvgPool2d),
 }
 #: State-dict keys of checkpoints trained with MONAI's ``DynUNet``: aliases of the same tensors.
 _LEGACY_ALIASES = "skip_layers."
@@ -71,7 +81,7 @@ class _Block(nn.Module):
 
     def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> None:
         super().__init__()
-        conv, _, norm = _LAYERS[dims]
+        conv, _, norm, _ = _LAYERS[dims]
         ones = (1,) * dims
         self.conv1 = _Wrapped(
             conv(cin, cout, tuple(kernel), tuple(stride), padding=conv_padding(kernel, stride), bias=False)
@@ -105,7 +115,31 @@ def _head(dims: int, cin: int, n_classes: int) -> nn.Module:
     return _Wrapped(_Wrapped(_LAYERS[dims][0](cin, n_classes, 1, bias=True)))
 
 
-class UNet(nn.Module):
+class _LoadsWeights(nn.Module):
+    """Strict loading of a training checkpoint's weights (both network variants)."""
+
+    deep_supervision: bool
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+        """Load a training checkpoint's ``network`` state dict, strictly.
+
+        Keys of ``DynUNet``-era checkpoints that alias other keys are dropped, and so are the
+        deep-supervision heads when this network has none (prediction does not need them).
+
+        Raises:
+            CheckpointError: a weight is missing, unexpected or of another shape (another plan);
+                the message names ``source``.
+        """
+        drop = (_LEGACY_ALIASES,) if self.deep_supervision else (_LEGACY_ALIASES, _HEADS)
+        try:
+            self.load_state_dict({k: v for k, v in state.items() if not k.startswith(drop)})
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            msg = f"{source}: its weights do not fit this network ({first})"
+            raise CheckpointError(msg) from e
+
+
+class UNet(_LoadsWeights):
     """A U-Net: ``(B, C_in, *patch) -> (B, n_classes, *patch)`` logits, or in training with deep
     supervision the list ``[full, 1/2, ...]`` (see the module docstring).
 
@@ -168,23 +202,143 @@ class UNet(nn.Module):
         out = self.output_block(x)
         return [out, *reversed(heads)] if supervise else out
 
-    def load_weights(self, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
-        """Load a training checkpoint's ``network`` state dict, strictly.
 
-        Keys of ``DynUNet``-era checkpoints that alias other keys are dropped, and so are the
-        deep-supervision heads when this network has none (prediction does not need them).
+class _ConvNorm(nn.Module):
+    """Convolution (no bias: the affine instance norm cancels it) and affine instance norm;
+    ``act`` adds a leaky ReLU 0.01."""
 
-        Raises:
-            CheckpointError: a weight is missing, unexpected or of another shape (another plan);
-                the message names ``source``.
-        """
-        drop = (_LEGACY_ALIASES,) if self.deep_supervision else (_LEGACY_ALIASES, _HEADS)
-        try:
-            self.load_state_dict({k: v for k, v in state.items() if not k.startswith(drop)})
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            msg = f"{source}: its weights do not fit this network ({first})"
-            raise CheckpointError(msg) from e
+    def __init__(
+        self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], *, act: bool
+    ) -> None:
+        super().__init__()
+        conv, _, norm, _ = _LAYERS[dims]
+        self.conv = conv(
+            cin, cout, tuple(kernel), tuple(stride), padding=conv_padding(kernel, stride), bias=False
+        )
+        self.norm = norm(cout, affine=True)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        return F.leaky_relu(x, _SLOPE, inplace=True) if self.act else x
+
+
+class _ResidualBlock(nn.Module):
+    """Two convolutions (the first carries the stride) added to the input, then a leaky ReLU.
+
+    Where the stride or the channels change, the input is average-pooled by the stride and
+    projected by a 1x1 convolution with norm (nnU-Net's ``BasicBlockD``): pooling keeps every
+    input voxel in the shortcut where a strided 1x1 convolution would drop most of them.
+    """
+
+    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> None:
+        super().__init__()
+        self.conv1 = _ConvNorm(dims, cin, cout, kernel, stride, act=True)
+        self.conv2 = _ConvNorm(dims, cout, cout, kernel, (1,) * dims, act=False)
+        skip: list[nn.Module] = []
+        if any(s != 1 for s in stride):
+            skip.append(_LAYERS[dims][3](tuple(stride), tuple(stride)))
+        if cin != cout:
+            skip.append(_ConvNorm(dims, cin, cout, (1,) * dims, (1,) * dims, act=False))
+        self.skip = nn.Sequential(*skip)  # empty: the identity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.conv2(self.conv1(x)) + self.skip(x), _SLOPE, inplace=True)
+
+
+class _ResidualUp(nn.Module):
+    """Transposed convolution (kernel = stride, no bias), concatenation with the skip, then
+    ``n_convs`` (conv, norm, leaky ReLU) at the skip's resolution with that stage's kernel."""
+
+    def __init__(
+        self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], n_convs: int
+    ) -> None:
+        super().__init__()
+        ones = (1,) * dims
+        self.transp_conv = _LAYERS[dims][1](cin, cout, tuple(stride), tuple(stride), bias=False)
+        self.convs = nn.Sequential(
+            *(
+                _ConvNorm(dims, 2 * cout if i == 0 else cout, cout, kernel, ones, act=True)
+                for i in range(n_convs)
+            )
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.convs(torch.cat((self.transp_conv(x), skip), dim=1))
+
+
+class ResidualEncoderUNet(_LoadsWeights):
+    """A U-Net with a residual encoder (nnU-Net's ``ResidualEncoderUNet``): same inputs and
+    outputs as :class:`UNet` (see the module docstring).
+
+    A stem (conv, norm, leaky ReLU; ``kernels[0]``) maps the input to ``features[0]``; encoder
+    stage ``i`` is ``blocks[i]`` :class:`_ResidualBlock` s, the first with ``strides[i]``;
+    decoder stage ``i`` (from the bottleneck up) upsamples by ``strides[i]`` and runs
+    ``decoder_convs`` convolutions with ``kernels[i - 1]``, the kernel of the resolution it works
+    at. Deep supervision: a head per decoder resolution but the full one (whose head is
+    ``output_block``) and the bottleneck's, ``n_stages - 1`` outputs in all, as :class:`UNet`.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        n_classes: int,
+        features: Sequence[int],
+        kernels: Sequence[Sequence[int]],
+        strides: Sequence[Sequence[int]],
+        blocks: Sequence[int],
+        *,
+        decoder_convs: int,
+        deep_supervision: bool,
+    ) -> None:
+        super().__init__()
+        self.dims, self.in_channels, self.n_classes = dims, in_channels, n_classes
+        n = len(features)
+        self.stem = _ConvNorm(dims, in_channels, features[0], kernels[0], (1,) * dims, act=True)
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                *(
+                    _ResidualBlock(
+                        dims,
+                        features[max(i - 1, 0)] if b == 0 else features[i],
+                        features[i],
+                        kernels[i],
+                        strides[i] if b == 0 else (1,) * dims,
+                    )
+                    for b in range(blocks[i])
+                )
+            )
+            for i in range(n)
+        )
+        self.decoder = nn.ModuleList(
+            _ResidualUp(dims, features[i], features[i - 1], kernels[i - 1], strides[i], decoder_convs)
+            for i in range(n - 1, 0, -1)
+        )
+        self.output_block = _head(dims, features[0], n_classes)
+        self.deep_supervision = deep_supervision
+        if deep_supervision:
+            self.deep_supervision_heads = nn.ModuleList(
+                _head(dims, features[level], n_classes) for level in range(1, max(n - 2, 1) + 1)
+            )
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Logits: a list ``[full, 1/2, ...]`` in training with deep supervision, else a tensor."""
+        supervise = self.training and self.deep_supervision
+        x = self.stem(x)
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        heads = []
+        for i, (up, skip) in enumerate(zip(self.decoder, reversed(skips[:-1]), strict=True)):
+            x = up(x, skip)
+            level = len(skips) - 2 - i  # x now has the resolution of encoder stage ``level``
+            if supervise and 1 <= level <= len(self.deep_supervision_heads):
+                heads.append(self.deep_supervision_heads[level - 1](x))
+        out = self.output_block(x)
+        return [out, *reversed(heads)] if supervise else out
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -194,7 +348,9 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def network_for(plan: Plan, config: Configuration, *, deep_supervision: bool | None = None) -> UNet:
+def network_for(
+    plan: Plan, config: Configuration, *, deep_supervision: bool | None = None
+) -> UNet | ResidualEncoderUNet:
     """The U-Net of ``config`` of ``plan``: :func:`build_network` with the plan's channels,
     classes and previous-stage channels (:meth:`~autoseg.planning.plan.Plan.network_input_channels`),
     so that training, prediction and export build the same network."""
@@ -214,7 +370,7 @@ def build_network(
     n_classes: int,
     deep_supervision: bool | None = None,
     previous_stage_channels: int = 0,
-) -> UNet:
+) -> UNet | ResidualEncoderUNet:
     """The U-Net of one plan configuration.
 
     Args:
@@ -229,7 +385,8 @@ def build_network(
             (the previous stage's one-hot prediction; the plan decides how many).
 
     Returns:
-        A :class:`UNet` in training mode. Inputs are ``(B, channels, *patch)`` float tensors
+        A :class:`UNet` (a :class:`ResidualEncoderUNet` where ``config.network.encoder`` is
+        ``"residual"``) in training mode. Inputs are ``(B, channels, *patch)`` float tensors
         (``patch`` 3 axes for ``"3d"``, 2 otherwise), each axis a multiple of
         :func:`~autoseg.networks.topology.input_divisor` of the strides.
 
@@ -241,12 +398,27 @@ def build_network(
     check_network(config, in_channels=in_channels, n_classes=n_classes)
     net = config.network
     kind = kind_of(config.kind)
+    channels = kind.input_channels(in_channels, config.in_slices, previous_stage_channels)
+    supervise = net.deep_supervision if deep_supervision is None else deep_supervision
+    if net.encoder == "residual":
+        assert net.blocks_per_stage is not None  # check_network refuses a residual one without
+        return ResidualEncoderUNet(
+            kind.spatial_dims,
+            channels,
+            n_classes,
+            net.features_per_stage,
+            net.kernel_sizes,
+            net.strides,
+            net.blocks_per_stage,
+            decoder_convs=net.decoder_convs,
+            deep_supervision=supervise,
+        )
     return UNet(
         kind.spatial_dims,
-        kind.input_channels(in_channels, config.in_slices, previous_stage_channels),
+        channels,
         n_classes,
         net.features_per_stage,
         net.kernel_sizes,
         net.strides,
-        deep_supervision=net.deep_supervision if deep_supervision is None else deep_supervision,
+        deep_supervision=supervise,
     )

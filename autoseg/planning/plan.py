@@ -4,8 +4,12 @@ On disk it is ``plans.json`` (schema: ``plans/plan.schema.json`` in the reposito
 strict: unknown or missing keys, or a different ``schema_version``, are errors, so that a stale or
 hand-edited plan fails loudly instead of training the wrong network.
 
-Versions: 3 (this one) adds regions: ``labels`` values may be lists of values, with
-``regions_class_order`` (see :mod:`autoseg.labels`). 2 had integer labels only and is read as 3
+Versions: 4 (this one) adds residual-encoder networks (the ResEnc presets, see
+:mod:`autoseg.planning.presets`): ``network.encoder``, ``network.blocks_per_stage`` and
+``network.decoder_convs``, and a configuration's own ``gpu_memory_gb`` where it was planned for
+another GPU than the plan's. 3 had plain U-Nets only and is read as 4 (``"plain"``, null, 2,
+null). 3 added regions: ``labels`` values may be lists of values, with ``regions_class_order``
+(see :mod:`autoseg.labels`). 2 had integer labels only and is read as 3
 (``regions_class_order`` null). 1 also had ``planner`` (always ``"autoseg"``), ``extra`` (always ``{}``)
 and ``network.n_conv_per_stage`` (always 2), which nothing read. Version-1 files (on disk and
 inside trained model folders) are migrated when loaded: those keys are dropped once checked to
@@ -26,11 +30,15 @@ from autoseg.errors import PlanError
 from autoseg.labels import LabelScheme, LabelSchemeError
 from autoseg.planning.kinds import ConfigKind, kind_of
 
-PLAN_VERSION = 3
+PLAN_VERSION = 4
 _FIX = "run `autoseg plan` again"
 #: Version-1 keys dropped in version 2, with the only value each could hold.
 _V1_PLAN_KEYS = {"planner": "autoseg", "extra": {}}
 _V1_NETWORK_KEYS = {"n_conv_per_stage": 2}
+#: Network keys added in version 4, with the value that describes every version-3 network.
+_V4_NETWORK_KEYS = {"encoder": "plain", "blocks_per_stage": None, "decoder_convs": 2}
+#: Convolutions per decoder stage of the plain U-Net (nnU-Net's ``PlainConvUNet``).
+PLAIN_DECODER_CONVS = 2
 
 
 @dataclass(frozen=True)
@@ -53,15 +61,35 @@ class Normalization:
     std: float | None = None
 
 
+Encoder = Literal["plain", "residual"]
+
+
 @dataclass(frozen=True)
 class Network:
-    """The U-Net's shape (MONAI ``DynUNet``-compatible: per-stage kernels and strides)."""
+    """The U-Net's shape (MONAI ``DynUNet``-compatible: per-stage kernels and strides).
+
+    Attributes:
+        n_stages: resolution stages, the bottleneck included.
+        features_per_stage: channels per stage.
+        kernel_sizes: per stage, one kernel size per spatial axis.
+        strides: per stage, one stride per axis (the first stage's are all 1).
+        deep_supervision: a logits head per decoder resolution in training.
+        encoder: ``"plain"``: one block of two (conv, norm, leaky ReLU) per encoder stage
+            (nnU-Net's ``PlainConvUNet``); ``"residual"``: ``blocks_per_stage[i]`` residual
+            blocks at stage ``i`` after a one-conv stem (nnU-Net's ``ResidualEncoderUNet``).
+        blocks_per_stage: residual blocks per encoder stage; None for the plain encoder.
+        decoder_convs: (conv, norm, leaky ReLU) per decoder stage: 2 plain, 1 for ResEnc (its
+            capacity is in the encoder).
+    """
 
     n_stages: int
     features_per_stage: tuple[int, ...]
     kernel_sizes: tuple[tuple[int, ...], ...]
     strides: tuple[tuple[int, ...], ...]
     deep_supervision: bool = True
+    encoder: Encoder = "plain"
+    blocks_per_stage: tuple[int, ...] | None = None
+    decoder_convs: int = PLAIN_DECODER_CONVS
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,9 @@ class Configuration:
         estimated_feature_elements: the memory estimate of one sample (see planning.rules).
         previous_stage: for a cascade stage, the configuration whose prediction it takes.
         next_stage: the cascade stage that takes this one's prediction.
+        gpu_memory_gb: the memory budget patch and batch were planned for, where it is not the
+            plan's :attr:`Plan.gpu_memory_gb` (a preset's own GPU: ResEnc L plans for 24 GB
+            unless ``--gpu-memory`` is given); None: the plan's.
     """
 
     name: str
@@ -111,6 +142,7 @@ class Configuration:
     estimated_feature_elements: int
     previous_stage: str | None = None
     next_stage: str | None = None
+    gpu_memory_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +161,8 @@ class Plan:
         original_median_spacing: median spacing of the data (transposed order).
         original_median_shape: median shape after crop (transposed order).
         normalization: one per channel.
-        gpu_memory_gb: the memory budget the patch and batch sizes were planned for.
+        gpu_memory_gb: the memory budget the patch and batch sizes were planned for (except in a
+            configuration with its own, see :attr:`Configuration.gpu_memory_gb`).
         configurations: by name.
         notes: why configurations were offered or left out, for people.
     """
@@ -219,6 +252,12 @@ class Plan:
         batch size keeps the trained folds usable.
         """
         config = self.configuration(name)
+        net = config.network
+        # Hashed in the version-3 form, so that checkpoints of plain networks keep their hash;
+        # what version 4 added is hashed on top, for residual encoders only (below).
+        plain_shape = _NetworkShape(
+            net.n_stages, net.features_per_stage, net.kernel_sizes, net.strides, net.deep_supervision
+        )
         part = _Identity(
             self.channel_names,
             self.labels,
@@ -228,10 +267,17 @@ class Plan:
             config.spacing,
             config.patch_size,
             config.in_slices,
-            config.network,
+            plain_shape,
             config.resampling,
         )
         identity = digest(_Identity, part)
+        if (
+            net.encoder != "plain"
+            or net.blocks_per_stage is not None
+            or net.decoder_convs != PLAIN_DECODER_CONVS
+        ):
+            extra = (net.encoder, net.blocks_per_stage or (), net.decoder_convs)
+            identity = digest(tuple[str, str, tuple[int, ...], int], (identity, *extra))
         if self.regions_class_order is not None:  # without: as before regions, old checkpoints match
             identity = digest(tuple[str, tuple[int, ...]], (identity, self.regions_class_order))
         if config.previous_stage is not None:
@@ -257,7 +303,9 @@ class Plan:
         if isinstance(d, dict) and type(d.get("schema_version")) is int and d["schema_version"] == 1:
             d = _migrate_v1(d)
         if isinstance(d, dict) and type(d.get("schema_version")) is int and d["schema_version"] == 2:
-            d = {**d, "regions_class_order": None, "schema_version": PLAN_VERSION}
+            d = {**d, "regions_class_order": None, "schema_version": 3}
+        if isinstance(d, dict) and type(d.get("schema_version")) is int and d["schema_version"] == 3:
+            d = _migrate_v3(d)
         return parse(cls, d, name="plan", version=PLAN_VERSION, error=PlanError, fix=_FIX)
 
     @classmethod
@@ -284,8 +332,47 @@ class _Identity:
     spacing: tuple[float, ...]
     patch_size: tuple[int, ...]
     in_slices: int
-    network: Network
+    network: _NetworkShape
     resampling: Resampling
+
+
+@dataclass(frozen=True)
+class _NetworkShape:
+    """The version-3 :class:`Network` fields, as :meth:`Plan.configuration_hash` hashes them."""
+
+    n_stages: int
+    features_per_stage: tuple[int, ...]
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    strides: tuple[tuple[int, ...], ...]
+    deep_supervision: bool
+
+
+def _migrate_v3(d: dict[str, Any]) -> dict[str, Any]:
+    """A version-3 plan as version 4: plain networks, every configuration planned for the
+    plan's GPU.
+
+    Raises:
+        PlanError: a configuration already has a key that version 4 added (an edited file).
+    """
+    d = copy.deepcopy(d)
+    configurations = d.get("configurations")
+    if isinstance(configurations, dict):
+        for name, config in configurations.items():
+            if not isinstance(config, dict):
+                continue
+            _add(config, {"gpu_memory_gb": None}, f"plan.configurations.{name}")
+            if isinstance(config.get("network"), dict):
+                _add(config["network"], _V4_NETWORK_KEYS, f"plan.configurations.{name}.network")
+    d["schema_version"] = PLAN_VERSION
+    return d
+
+
+def _add(d: dict[str, Any], keys: dict[str, Any], where: str) -> None:
+    for key, value in keys.items():
+        if key in d:
+            msg = f"{where}: unknown key(s) {[key]} (schema_version 3 has no {key!r}); {_FIX}"
+            raise PlanError(msg)
+        d[key] = value
 
 
 def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from autoseg.planning.plan import (
     Plan,
     Resampling,
 )
+from autoseg.planning.presets import PRESETS, Preset
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +58,27 @@ def _median_shape(
     return np.median(np.round(shapes * sp / np.asarray(spacing)), axis=0)
 
 
+#: One sample's feature-map elements for a topology and its features (plain or residual).
+Estimate = Callable[[rules.Topology, tuple[int, ...]], int]
+
+
 def _plan_patch(
     spacing: Sequence[float],
     median_shape: Sequence[float],
     *,
-    n_classes: int,
-    budget: float,
-    ref_batch: int,
+    estimate: Estimate,
+    limit: float,
     cap: int,
     edge_voxels: int,
 ) -> tuple[rules.Topology, tuple[int, ...], int]:
-    """Largest topology/patch whose batch of 2 fits ``budget``: returns (topology, features, est)."""
+    """Largest topology/patch whose one-sample ``estimate`` is at most ``limit``: returns
+    (topology, features, estimate)."""
     patch = list(rules.initial_patch_size(spacing, median_shape, edge_voxels=edge_voxels))
     # Plan again on the padded patch: padding can make room for one more downsampling step.
     topo = rules.topology(spacing, rules.topology(spacing, patch).patch_size)
     feats = rules.features_per_stage(topo.n_stages, cap=cap)
-    est = rules.feature_map_elements(topo, feats, n_classes=n_classes)
-    per_sample_budget = budget * ref_batch / rules.MIN_BATCH
-    while est > per_sample_budget:
+    est = estimate(topo, feats)
+    while est > limit:
         ratios = np.asarray(topo.patch_size) / np.asarray(median_shape)
         # The axis that overshoots the image most; among ties the last (as nnU-Net), which
         # keeps the coarse first axis (after transpose) whole when in-plane axes can give.
@@ -88,7 +92,7 @@ def _plan_patch(
         patch[axis] -= rules.topology(spacing, smaller).divisor[axis]
         topo = rules.topology(spacing, patch)
         feats = rules.features_per_stage(topo.n_stages, cap=cap)
-        est = rules.feature_map_elements(topo, feats, n_classes=n_classes)
+        est = estimate(topo, feats)
     return topo, feats, est
 
 
@@ -103,6 +107,7 @@ def plan_configuration(
     gpu_memory_gb: float,
     in_slices: int = 1,
     batch_dice: bool = False,
+    preset: Preset | None = None,
 ) -> Configuration:
     """Plan one configuration at a given spacing.
 
@@ -116,27 +121,64 @@ def plan_configuration(
         gpu_memory_gb: memory budget.
         in_slices: K for 2.5D.
         batch_dice: see :class:`Configuration`.
+        preset: plan a residual-encoder U-Net by the preset's rules (its memory reference and
+            GPU, patch sized for the reference batch, its batch cap); None: the plain U-Net.
+            A preset configuration records ``gpu_memory_gb`` as its own.
     """
     spec = kind_of(kind)
-    ref_elements, ref_batch = spec.reference
-    budget = ref_elements * gpu_memory_gb / 8.0
     plan_sp = spec.planned_axes(spacing)
     plan_shape = spec.planned_axes(median_shape)
+    estimate: Estimate
+    if preset is None:
+        reference, reference_gb, patch_batch = spec.reference, 8.0, rules.MIN_BATCH
+        max_fraction = rules.MAX_DATASET_FRACTION_PER_BATCH
+
+        def estimate(topo: rules.Topology, feats: tuple[int, ...]) -> int:
+            return rules.feature_map_elements(topo, feats, n_classes=n_classes)
+
+    else:
+        reference = preset.reference(spec)
+        reference_gb, patch_batch = preset.gpu_memory_gb, reference[1]
+        max_fraction = preset.max_dataset_fraction
+        the_preset = preset
+
+        def estimate(topo: rules.Topology, feats: tuple[int, ...]) -> int:
+            blocks = the_preset.blocks_per_stage(topo.n_stages)
+            return rules.residual_feature_map_elements(
+                topo, feats, blocks, n_classes=n_classes, decoder_convs=the_preset.decoder_convs
+            )
+
+    budget = rules.memory_budget(
+        reference, reference_gb=reference_gb, gpu_memory_gb=gpu_memory_gb, patch_batch=patch_batch
+    )
     topo, feats, est = _plan_patch(
         plan_sp,
         plan_shape,
-        n_classes=n_classes,
-        budget=budget,
-        ref_batch=ref_batch,
+        estimate=estimate,
+        limit=budget.patch_limit,
         cap=spec.max_features,
         edge_voxels=spec.edge_voxels,
     )
     bs = rules.batch_size(
         est,
-        budget=budget * ref_batch,
+        budget=budget.batch_budget,
         patch_voxels=int(np.prod(topo.patch_size)),
         dataset_voxels=float(np.prod(median_shape)) * n_cases,
+        max_fraction=max_fraction,
     )
+    network = Network(
+        n_stages=topo.n_stages,
+        features_per_stage=feats,
+        kernel_sizes=topo.kernel_sizes,
+        strides=topo.strides,
+    )
+    if preset is not None:
+        network = dataclasses.replace(
+            network,
+            encoder="residual",
+            blocks_per_stage=preset.blocks_per_stage(topo.n_stages),
+            decoder_convs=preset.decoder_convs,
+        )
     return Configuration(
         name=name,
         kind=kind,
@@ -145,15 +187,11 @@ def plan_configuration(
         patch_size=topo.patch_size,
         batch_size=bs,
         in_slices=in_slices,
-        network=Network(
-            n_stages=topo.n_stages,
-            features_per_stage=feats,
-            kernel_sizes=topo.kernel_sizes,
-            strides=topo.strides,
-        ),
+        network=network,
         resampling=Resampling(),
         batch_dice=batch_dice,
         estimated_feature_elements=est,
+        gpu_memory_gb=None if preset is None else float(gpu_memory_gb),
     )
 
 
@@ -296,7 +334,13 @@ def _normalization(fp: Fingerprint) -> tuple[Normalization, ...]:
 
 
 def make_plan(
-    fp: Fingerprint, *, gpu_memory_gb: float = 8.0, add_2p5d: bool = False, add_lowres: bool = False
+    fp: Fingerprint,
+    *,
+    gpu_memory_gb: float = 8.0,
+    add_2p5d: bool = False,
+    add_lowres: bool = False,
+    presets: Sequence[str] = (),
+    preset_gpu_memory_gb: float | None = None,
 ) -> Plan:
     """Plan every configuration for a fingerprinted dataset.
 
@@ -306,6 +350,10 @@ def make_plan(
         add_2p5d: offer ``2.5d`` even where the data is not thick-sliced.
         add_lowres: offer ``3d_lowres`` + ``3d_cascade_fullres`` even where the full-resolution
             patch covers enough of the image (see :func:`_added_lowres`).
+        presets: names in :data:`~autoseg.planning.presets.PRESETS`; each adds a configuration
+            (see :func:`_preset_configuration`). The others are planned as without.
+        preset_gpu_memory_gb: the presets' memory budget; None: each preset's own GPU (ResEnc M
+            8 GB, L 24 GB, XL 40 GB), as nnU-Net's preset planners default to.
 
     Returns:
         The plan; ``notes`` says which optional configurations were offered and why.
@@ -374,6 +422,17 @@ def make_plan(
             f"no 2.5d: slice/in-plane spacing ratio "
             f"{spacing[0] / min(spacing[1:]):.1f} < {rules.ANISOTROPY_THRESHOLD:g}"
         )
+    for name in dict.fromkeys(presets):
+        preset = PRESETS[name]
+        cfg, note = _preset_configuration(
+            preset,
+            configs["2d" if is_2d_data else "3d_fullres"],
+            n_cases=n,
+            n_classes=n_classes,
+            gpu_memory_gb=preset.gpu_memory_gb if preset_gpu_memory_gb is None else preset_gpu_memory_gb,
+        )
+        configs[cfg.name] = cfg
+        notes.append(note)
     return Plan(
         dataset_name=fp.dataset_name,
         channel_names=tuple(fp.channel_names),
@@ -388,6 +447,41 @@ def make_plan(
         configurations=configs,
         notes=tuple(notes),
     )
+
+
+def _preset_configuration(
+    preset: Preset, base: Configuration, *, n_cases: int, n_classes: int, gpu_memory_gb: float
+) -> tuple[Configuration, str]:
+    """The configuration a preset adds next to ``base``, and the plan note that says how.
+
+    The base is ``3d_fullres``, or ``2d`` for 2D data (a single slice per case): the presets
+    target the configuration that usually wins. For 3D data the 2D twin is left out: nnU-Net's
+    evaluation of the presets is of 3D networks only, and each added configuration costs five
+    more trainings for cross-validation. The preset keeps the base's spacing, batch Dice and
+    resampling, so it reuses the base's preprocessed data.
+    """
+    cfg = plan_configuration(
+        preset.configuration_name(base.name),
+        base.kind,
+        base.spacing,
+        base.median_shape,
+        n_cases=n_cases,
+        n_classes=n_classes,
+        gpu_memory_gb=gpu_memory_gb,
+        in_slices=base.in_slices,
+        batch_dice=base.batch_dice,
+        preset=preset,
+    )
+    reference, ref_batch = preset.reference(kind_of(base.kind))
+    note = (
+        f"{cfg.name}: preset {preset.title} (residual encoder, blocks "
+        f"{','.join(map(str, cfg.network.blocks_per_stage or ()))}, {preset.decoder_convs} decoder "
+        f"conv per stage), sized against {reference:.3g} feature-map elements at batch {ref_batch} "
+        f"for {preset.gpu_memory_gb:g} GB, planned for {gpu_memory_gb:g} GB; a batch may cover "
+        f"{preset.max_dataset_fraction:.0%} of the dataset (not "
+        f"{rules.MAX_DATASET_FRACTION_PER_BATCH:.0%}); trains on {base.name}'s preprocessed data"
+    )
+    return cfg, note
 
 
 def _replace(cfg: Configuration, **changes: object) -> Configuration:

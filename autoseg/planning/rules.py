@@ -223,6 +223,21 @@ def features_per_stage(n_stages: int, *, base: int = 32, cap: int = 320) -> tupl
     return tuple(min(base * 2**k, cap) for k in range(n_stages))
 
 
+def _stage_voxels(topo: Topology) -> list[float]:
+    """Voxels of one feature map at each stage's resolution."""
+    size = np.asarray(topo.patch_size, dtype=np.float64)
+    sizes = []
+    for s in topo.strides:
+        size = size / np.asarray(s)
+        sizes.append(float(np.prod(size)))
+    return sizes
+
+
+def _decoder_elements(sizes: Sequence[float], features: Sequence[int], n_classes: int, n_conv: int) -> float:
+    """Decoder stage k (all but the bottleneck): upsampling output, ``n_conv`` convs, a head."""
+    return sum((1 + n_conv) * f * v + n_classes * v for f, v in zip(features[:-1], sizes[:-1], strict=True))
+
+
 def feature_map_elements(topo: Topology, features: Sequence[int], *, n_classes: int, n_conv: int = 2) -> int:
     """Elements of every conv output of one sample: the memory a U-Net's activations need.
 
@@ -235,14 +250,75 @@ def feature_map_elements(topo: Topology, features: Sequence[int], *, n_classes: 
         >>> feature_map_elements(t, (4, 8), n_classes=2)   # enc 2*4*64 + 2*8*16, dec 64*(4+8+2)
         1664
     """
-    size = np.asarray(topo.patch_size, dtype=np.float64)
-    sizes = []
-    for s in topo.strides:
-        size = size / np.asarray(s)
-        sizes.append(float(np.prod(size)))
+    sizes = _stage_voxels(topo)
     enc = sum(n_conv * f * v for f, v in zip(features, sizes, strict=True))
-    dec = sum((1 + n_conv) * f * v + n_classes * v for f, v in zip(features[:-1], sizes[:-1], strict=True))
-    return int(enc + dec)
+    return int(enc + _decoder_elements(sizes, features, n_classes, n_conv))
+
+
+def residual_feature_map_elements(
+    topo: Topology,
+    features: Sequence[int],
+    blocks: Sequence[int],
+    *,
+    n_classes: int,
+    decoder_convs: int = 1,
+) -> int:
+    """:func:`feature_map_elements` of a residual-encoder U-Net (nnU-Net's ``ResidualEncoderUNet``).
+
+    Counted as nnU-Net counts it, because its ResEnc reference budgets (680e6 for M, ...) were
+    calibrated against that count: a stem conv of ``features[0]`` channels at full resolution;
+    encoder stage k: ``blocks[k]`` residual blocks of two convs each, the first block of a
+    downsampling stage also its skip projection (1x1 conv, one more map of that size); the
+    decoder as the plain one with ``decoder_convs`` convs per stage.
+
+    Examples:
+        >>> t = Topology((8, 8), ((3, 3), (3, 3)), ((1, 1), (2, 2)))
+        >>> # stem 4*64, stage 0: 2*4*64, stage 1: 2*2*8*16 + skip 8*16, decoder 64*(4+4+2)
+        >>> residual_feature_map_elements(t, (4, 8), (1, 2), n_classes=2)
+        2048
+    """
+    sizes = _stage_voxels(topo)
+    enc = features[0] * sizes[0]
+    for k, (f, v, n) in enumerate(zip(features, sizes, blocks, strict=True)):
+        projects = k > 0 and (any(s != 1 for s in topo.strides[k]) or features[k - 1] != f)
+        enc += 2 * n * f * v + (f * v if projects else 0)
+    return int(enc + _decoder_elements(sizes, features, n_classes, decoder_convs))
+
+
+class MemoryBudget(NamedTuple):
+    """What a configuration's patch and batch are sized against, in feature-map elements.
+
+    Attributes:
+        patch_limit: the most one sample may need; the patch shrinks until it fits.
+        batch_budget: what the whole batch may need; the batch size is this over one sample's.
+    """
+
+    patch_limit: float
+    batch_budget: float
+
+
+def memory_budget(
+    reference: tuple[float, int], *, reference_gb: float, gpu_memory_gb: float, patch_batch: int
+) -> MemoryBudget:
+    """Scale a reference budget (elements at a batch size, measured on a GPU of ``reference_gb``)
+    to ``gpu_memory_gb``, and size the patch for a batch of ``patch_batch``.
+
+    nnU-Net's default planner shrinks the patch until a batch of 2 (:data:`MIN_BATCH`) fits; its
+    ResEnc planners until the reference batch fits (``patch_batch`` = the reference's). In 3D,
+    where the reference batch is 2, the two agree; in 2D (reference batch 12) ResEnc plans
+    smaller patches and bigger batches.
+
+    Examples:
+        >>> memory_budget((560e6, 2), reference_gb=8, gpu_memory_gb=8, patch_batch=2)
+        MemoryBudget(patch_limit=560000000.0, batch_budget=1120000000.0)
+        >>> memory_budget((2.1e9, 2), reference_gb=24, gpu_memory_gb=12, patch_batch=2)
+        MemoryBudget(patch_limit=1050000000.0, batch_budget=2100000000.0)
+        >>> memory_budget((85e6, 12), reference_gb=8, gpu_memory_gb=8, patch_batch=2).patch_limit
+        510000000.0
+    """
+    elements, ref_batch = reference
+    scaled = elements * gpu_memory_gb / reference_gb
+    return MemoryBudget(patch_limit=scaled * ref_batch / patch_batch, batch_budget=scaled * ref_batch)
 
 
 def batch_size(

@@ -56,6 +56,8 @@ def test_the_shipped_golden_plans_are_found():
     # guards against an empty parametrisation passing silently
     names = {d.name for d in GOLDEN}
     assert {"hippocampus_sample", "ct_sample"} <= names
+    with_presets = {d.name for d in GOLDEN if (d / "plans_resenc.json").is_file()}
+    assert {"hippocampus_sample", "ct_sample"} <= with_presets
 
 
 @pytest.mark.parametrize("folder", GOLDEN, ids=[d.name for d in GOLDEN])
@@ -69,6 +71,33 @@ class TestGoldenPlan:
 
     def test_stored_plan_validates(self, folder, validator):
         validator.validate(json.loads((folder / "plans.json").read_text()))
+
+    def test_replanning_with_the_presets_gives_the_stored_preset_plan(self, folder, validator):
+        """``plans_resenc.json``: ``--preset resenc_m resenc_l`` at each preset's own GPU."""
+        fp = Fingerprint.load(folder / "fingerprint.json")
+        plan = make_plan(fp, gpu_memory_gb=8, presets=("resenc_m", "resenc_l"))
+        stored = json.loads((folder / "plans_resenc.json").read_text())
+        validator.validate(stored)
+        assert plan.to_dict() == stored
+        # the presets only add configurations: the default ones are those of plans.json
+        default = json.loads((folder / "plans.json").read_text())
+        added = {k: v for k, v in stored["configurations"].items() if k not in default["configurations"]}
+        kept = {k: stored["configurations"][k] for k in default["configurations"]}
+        assert kept == default["configurations"]
+        assert sorted(added) == ["3d_fullres_resenc_l", "3d_fullres_resenc_m"]
+        assert stored["notes"][: len(default["notes"])] == default["notes"]
+        base = default["configurations"]["3d_fullres"]
+        for name, cfg in added.items():
+            assert cfg["network"]["encoder"] == "residual"
+            assert cfg["network"]["decoder_convs"] == 1
+            assert cfg["network"]["blocks_per_stage"] == [1, 3, 4, 6, 6, 6, 6][: cfg["network"]["n_stages"]]
+            assert cfg["gpu_memory_gb"] == {"3d_fullres_resenc_m": 8, "3d_fullres_resenc_l": 24}[name]
+            # the preprocessed data is the base's: same spacing, median shape, resampling
+            for key in ("spacing", "median_shape", "resampling", "kind", "batch_dice"):
+                assert cfg[key] == base[key]
+            # the larger references never give a smaller patch or batch than the default's
+            assert all(p >= q for p, q in zip(cfg["patch_size"], base["patch_size"], strict=True))
+            assert cfg["batch_size"] >= base["batch_size"]
 
     def test_stored_fingerprint_round_trips(self, folder):
         stored = json.loads((folder / "fingerprint.json").read_text())

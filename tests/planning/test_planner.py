@@ -432,19 +432,19 @@ class TestStrictLoading:
         ):
             Plan.from_dict(d)
 
-    @pytest.mark.parametrize("version", [4, 0, "3", None, True], ids=["4", "0", "str", "none", "bool"])
+    @pytest.mark.parametrize("version", [5, 0, "4", None, True], ids=["5", "0", "str", "none", "bool"])
     def test_wrong_schema_version(self, d, version):
         d["schema_version"] = version
         with pytest.raises(
             PlanError,
             match=rf"schema_version is {re.escape(repr(version))}, "
-            r"this autoseg reads 3; run `autoseg plan` again",
+            r"this autoseg reads 4; run `autoseg plan` again",
         ):
             Plan.from_dict(d)
 
     def test_missing_schema_version(self, d):
         del d["schema_version"]
-        with pytest.raises(PlanError, match=r"^plan schema_version is missing, this autoseg reads 3; "):
+        with pytest.raises(PlanError, match=r"^plan schema_version is missing, this autoseg reads 4; "):
             Plan.from_dict(d)
 
     def test_not_a_dict(self):
@@ -588,7 +588,7 @@ class TestVersion1Migration:
         assert json.loads(V1_PLAN.read_text())["schema_version"] == 1
         plan = Plan.load(V1_PLAN)
         assert plan == Plan.load(V2_PLAN)
-        assert plan.schema_version == 3
+        assert plan.schema_version == 4
         assert plan.regions_class_order is None
         assert "planner" not in plan.to_dict()
 
@@ -813,3 +813,32 @@ class TestCascadeInput:
         other = dataclasses.replace(plan, configurations={**plan.configurations, "3d_lowres": coarser})
         assert other.configuration_hash("3d_cascade_fullres") != plan.configuration_hash("3d_cascade_fullres")
         assert other.configuration_hash("3d_fullres") == plan.configuration_hash("3d_fullres")
+
+
+V3_PLAN = Path(__file__).resolve().parent / "data" / "plans_v3_hippocampus_sample.json"
+
+
+class TestVersion3Migration:
+    """A version-3 plans.json (before residual encoders) loads as plain networks, and hashes as
+    it did then, so checkpoints trained under version 3 stay usable."""
+
+    def test_loads_as_the_current_golden_plan(self):
+        assert json.loads(V3_PLAN.read_text())["schema_version"] == 3
+        plan = Plan.load(V3_PLAN)
+        assert plan == Plan.load(V2_PLAN)
+        net = plan.configuration("3d_fullres").network
+        assert (net.encoder, net.blocks_per_stage, net.decoder_convs) == ("plain", None, 2)
+        assert plan.configuration("3d_fullres").gpu_memory_gb is None
+
+    def test_hashes_are_those_version_3_gave(self):
+        # computed with the version-3 code (commit 99d9798) from the same file
+        plan = Plan.load(V3_PLAN)
+        assert plan.configuration_hash("3d_fullres") == "7a31231b83417eb6"
+        assert plan.configuration_hash("2d") == "9b40d32a8d0a8dbd"
+
+    def test_a_version_4_key_in_a_version_3_file_is_refused(self):
+        d = json.loads(V3_PLAN.read_text())
+        d["configurations"]["2d"]["network"]["encoder"] = "residual"
+        message = r"2d\.network: unknown key\(s\) \['encoder'\] \(schema_version 3"
+        with pytest.raises(PlanError, match=message):
+            Plan.from_dict(d)
