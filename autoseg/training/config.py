@@ -115,8 +115,8 @@ class TrainConfig:
     time_limit: str | None = option(
         None,
         "train for at most this long, e.g. 2h, 30m, 90s, 1h30m, final validation included: the "
-        "epochs that fit are decided after the first (instead of --epochs; with several folds, "
-        "each fold gets this time)",
+        "epochs that fit are decided after the first (instead of --epochs; per fold: with "
+        "several folds, each fold gets this time)",
         flags=("--time",),
         metavar="DURATION",
         parse=parse_duration,
