@@ -149,6 +149,7 @@ def train(
         ModelError: a cascade stage's previous stage lacks the cross-validation predictions of
             some cases (the message names the folds to train).
     """
+    started = time.monotonic()  # the time limit counts the imports (torch) too
     from autoseg._atomic import write_json_atomic
     from autoseg._parallel import default_workers
     from autoseg.data.splits import fold_cases, load_or_create_splits
@@ -157,7 +158,6 @@ def train(
     from autoseg.training.trainer import Trainer
     from autoseg.training.validate import validate_fold
 
-    started = time.monotonic()
     cfg.check_components()
     name, folder = workspace.resolve(dataset)
     the_plan = _load_plan(workspace, name)
