@@ -170,7 +170,7 @@ def final_validation_s(windows: int, seconds_per_window: float, n_cases: int) ->
 
     Examples:
         >>> final_validation_s(windows=1000, seconds_per_window=0.01, n_cases=4)
-        29.0
+        24.0
     """
     return FINAL_FACTOR * windows * seconds_per_window + PER_CASE_S * n_cases + FINAL_FIXED_S
 
