@@ -176,8 +176,14 @@ def train_config(args: argparse.Namespace, fold: Any = None) -> TrainConfig:
     is ``fold``, else the first FOLD given.
 
     Raises:
-        AutosegError: ``--device cuda`` without a CUDA device.
+        AutosegError: ``--device cuda`` without a CUDA device, or both ``--time`` and ``--epochs``.
     """
+    if getattr(args, "time_limit", None) is not None and args.epochs is not None:
+        msg = (
+            "--time and --epochs exclude each other: --time decides how many epochs fit in the time; "
+            "give one of them"
+        )
+        raise AutosegError(msg)
     if fold is None:
         fold = args.fold[0] if isinstance(args.fold, list) else args.fold
     run = _options(TrainRunOptions, args)

@@ -266,3 +266,46 @@ def parse_fold(text: str) -> int | Literal["all"]:
         return int(text)
     msg = f"FOLD must be a fold number (0-4 with 5 folds) or 'all', got {text!r}"
     raise ValueError(msg)
+
+
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds of a duration written as whole hours, minutes and seconds, in that order, each at
+    most once and with its unit: ``2h``, ``30m``, ``90s``, ``1h30m``, ``1h0m30s``.
+
+    Strict on purpose: a bare number (seconds? minutes?), a fraction, a capital unit or a space
+    would each be a guess about what was meant, and a training budget guessed wrong wastes hours.
+
+    Raises:
+        ValueError: anything else, or a duration of zero; the message shows the accepted forms.
+
+    Examples:
+        >>> duration_seconds("2h"), duration_seconds("1h30m"), duration_seconds("90s")
+        (7200, 5400, 90)
+    """
+    m = _DURATION.fullmatch(text)
+    if not text or m is None:
+        msg = (
+            f"DURATION must be whole hours, minutes and/or seconds in that order, like 2h, 30m, 90s "
+            f"or 1h30m, got {text!r}"
+        )
+        raise ValueError(msg)
+    h, mi, s = (int(g) if g else 0 for g in m.groups())
+    seconds = 3600 * h + 60 * mi + s
+    if seconds == 0:
+        msg = f"DURATION must be longer than 0 s, got {text!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def parse_duration(text: str) -> str:
+    """A ``--time`` value, checked (see :func:`duration_seconds`) and kept as written, so that the
+    saved settings and a fold's child command line show what the user typed.
+
+    Raises:
+        ValueError: not a duration.
+    """
+    duration_seconds(text)
+    return text

@@ -7,6 +7,7 @@ Each function takes paths and options, does one user-level job, and raises
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,9 @@ def train(
     (``3d_cascade_fullres``) also takes its previous stage's cross-validation predictions as
     input (:mod:`autoseg.training.cascade`); they are checked before anything is preprocessed.
 
+    With ``cfg.time_limit`` the limit counts from this call: preprocessing, training and the
+    final validation all fit in it (:mod:`autoseg.training.time_budget`).
+
     Returns:
         The fold's folder ``<work>/<name>/models/<config>/fold_<k>/``.
 
@@ -155,6 +159,7 @@ def train(
         ModelError: a cascade stage's previous stage lacks the cross-validation predictions of
             some cases (the message names the folds to train).
     """
+    started = time.monotonic()  # the time limit counts the imports (torch) too
     from autoseg._atomic import write_json_atomic
     from autoseg._parallel import default_workers
     from autoseg.data.splits import fold_cases, load_or_create_splits
@@ -240,8 +245,9 @@ def train(
             trainer.resume()
         if world.is_main:
             the_plan.save(model_dir / "plans.json")
-            write_json_atomic(fold_dir / "train_config.json", cfg.to_dict())
-        trainer.run()
+            # the trainer's: a continued time-budgeted run keeps the epochs it decided
+            write_json_atomic(fold_dir / "train_config.json", trainer.cfg.to_dict())
+        trainer.run(started=started)
         if world.is_main and val_ids:
             labels = {c.case_id: c.label for c in ds.cases if c.label is not None}
             validate_fold(

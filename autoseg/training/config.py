@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from autoseg.options import Device, Precision, option
+from autoseg.options import Device, Precision, option, parse_duration
+from autoseg.training.time_budget import BudgetDecision
 
 #: Settings added after checkpoints with metadata were first written, with the value that an
 #: older stored ``train_config`` (which lacks them) meant: such a run continues unchanged.
@@ -20,6 +21,8 @@ ADDED_SETTINGS: dict[str, Any] = {
     "schedule": "poly",
     "augmentation": "default",
     "ddp_batches": "own",
+    "time_limit": None,
+    "budget": None,
 }
 
 
@@ -30,7 +33,8 @@ class TrainConfig:
     Attributes:
         configuration: plan configuration name.
         fold: 0-4, or "all".
-        epochs: number of epochs.
+        epochs: number of epochs (with ``time_limit``: the provisional total of the first epoch's
+            learning rate until the budget decides it; the command line refuses both flags).
         iters_per_epoch: optimiser steps per epoch.
         val_iters: validation batches per epoch (pseudo-Dice for the best checkpoint).
         lr: initial learning rate (SGD, Nesterov, momentum 0.99, poly schedule exponent 0.9).
@@ -58,6 +62,10 @@ class TrainConfig:
             global batch one process would and keeps its slice, so the run learns what one
             process of that batch learns (reproducible whatever the number of processes), at the
             price of every process augmenting the whole global batch.
+        time_limit: train for at most this long (``--time``, e.g. "2h", "1h30m"; per fold): the
+            epochs are decided after the first (:mod:`autoseg.training.time_budget`).
+        budget: that decision, once made (not an option: a record, kept so that ``--continue``
+            finishes the decided epochs).
     """
 
     configuration: str
@@ -104,6 +112,16 @@ class TrainConfig:
         "with several processes: own batches each (cheapest), or slices of one global batch stream "
         "(learns what one process would; each process augments the whole batch)",
     )
+    time_limit: str | None = option(
+        None,
+        "train for at most this long, e.g. 2h, 30m, 90s, 1h30m, final validation included: the "
+        "epochs that fit are decided after the first (instead of --epochs; per fold: with "
+        "several folds, each fold gets this time)",
+        flags=("--time",),
+        metavar="DURATION",
+        parse=parse_duration,
+    )
+    budget: BudgetDecision | None = None
 
     def check_components(self) -> None:
         """Refuse unknown component names before anything runs (the registries say which exist).

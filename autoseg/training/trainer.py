@@ -19,6 +19,8 @@ way, and their records are rewritten.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import logging
 import math
 import signal
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg._atomic import sweep_partials
+from autoseg._atomic import sweep_partials, write_json_atomic
 from autoseg._contract import parse
 from autoseg._precision import amp_dtype_for
 from autoseg.checkpoint_meta import CheckpointMeta
@@ -39,7 +41,7 @@ from autoseg.data.loader import make_loader
 from autoseg.data.previous_stage import PreviousStageInput
 from autoseg.errors import CheckpointError
 from autoseg.networks.unet import network_for
-from autoseg.options import describe
+from autoseg.options import describe, duration_seconds
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.training import distributed as dist
@@ -50,15 +52,36 @@ from autoseg.training.losses import make_loss
 from autoseg.training.micro_batch import MicroBatcher
 from autoseg.training.progress import append_record, plot_progress, read_records, truncate_records
 from autoseg.training.schedule import OPTIMIZERS, SCHEDULES
+from autoseg.training.time_budget import (
+    SAFETY,
+    BudgetDecision,
+    continued,
+    decision_line,
+    epochs_for_budget,
+    final_validation_s,
+    sliding_windows,
+    steady_seconds_per_step,
+)
 
 log = logging.getLogger(__name__)
 
 EMA_WEIGHT = 0.9
 #: Training settings that may change when a run continues (with a warning naming them): where
 #: and how fast it runs, how long, and what it measures on the way, not what the weights learn
-#: from. Any other change is refused: see :meth:`Trainer._check_continues`.
+#: from. Any other change is refused: see :meth:`Trainer._check_continues`. The time budget is
+#: a way to say how long (the same ``--time`` keeps its decision: see
+#: :func:`autoseg.training.time_budget.continued`).
 HARMLESS_CHANGES = frozenset(
-    {"device", "precision", "workers", "checkpoint_every", "epochs", "val_iters", "val_probabilities"}
+    {
+        "device",
+        "precision",
+        "workers",
+        "checkpoint_every",
+        "epochs",
+        "val_iters",
+        "val_probabilities",
+        "time_limit",
+    }
 )
 _CONTINUE_FIX = (
     "train this fold from scratch (without --continue), or continue with the plan it was trained with"
@@ -89,6 +112,23 @@ class _State:
     ema: float | None = None
     best_ema: float = -math.inf
     stop: bool = False
+
+
+@dataclass(frozen=True)
+class _EpochTiming:
+    """Where an epoch's time went (``time.perf_counter()`` seconds), for the time budget.
+
+    Attributes:
+        start: when its first step began.
+        step_ends: when each step of this process ended.
+        val_s: its validation batches.
+        total_s: all of it: steps, validation, records, curves and checkpoints.
+    """
+
+    start: float
+    step_ends: list[float]
+    val_s: float
+    total_s: float
 
 
 def _pseudo_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> list[float]:
@@ -143,6 +183,8 @@ class Trainer:
         )
         self.amp_dtype = amp_dtype_for(cfg.precision, self.device)
         self.state = _State()
+        #: ``time.perf_counter()`` at the end of each step of the current epoch (time budget).
+        self._step_ends: list[float] = []
         rng.seed_all(cfg.seed + self.world.rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -256,7 +298,13 @@ class Trainer:
             msg = f"{path}: trained as fold {old.fold!r}, not fold {self.cfg.fold!r}; {_CONTINUE_FIX}"
             raise CheckpointError(msg)
         self._check_same_previous_stage(meta, path)
+        try:
+            self.cfg = continued(old, self.cfg)
+        except ValueError as e:
+            msg = f"{path}: {e}"
+            raise CheckpointError(msg) from e
         changed = changed_settings(old, self.cfg, plan_batch_size=self.config.batch_size)
+        changed.pop("budget", None)  # a record of what the time limit decided, named with it
         refused = {k: v for k, v in changed.items() if k not in HARMLESS_CHANGES}
         if refused:
             msg = (
@@ -269,6 +317,11 @@ class Trainer:
             note = ""
             if "epochs" in changed:
                 note = " (the learning-rate schedule now spans the new epoch count)"
+            if old.time_limit is not None and self.cfg.time_limit is None:
+                note += (
+                    f"; without --time the run no longer keeps its time budget: continue with "
+                    f"--time {old.time_limit} to keep the epochs it decided"
+                )
             log.warning(
                 "continuing %s with changed settings: %s%s", path.name, _describe_changes(changed), note
             )
@@ -338,12 +391,14 @@ class Trainer:
             disable=None if self.world.is_main else True,
             leave=False,
         )
+        self._step_ends = []
         for _ in bar:
             if s.stop:
                 raise TrainingInterrupted
             loss = self._step(loader)
             s.losses.append(loss)
             s.iteration += 1
+            self._step_ends.append(time.perf_counter())
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if s.stop:
             raise TrainingInterrupted
@@ -464,9 +519,14 @@ class Trainer:
         )
         return train_loader, val_loader
 
-    def run(self, *, resume: bool = False) -> None:
+    def run(self, *, resume: bool = False, started: float | None = None) -> None:
         """Train from scratch, or from the latest checkpoint when ``resume`` (see :meth:`resume`;
         a caller that called :meth:`resume` itself passes False).
+
+        With a time limit (``cfg.time_limit``) and no decision yet, the first epoch this process
+        runs is timed and decides the number of epochs (:meth:`_decide_budget`); ``started``
+        (``time.monotonic()``, default now) is when the limit began, e.g. when the command
+        started, before preprocessing.
 
         SIGTERM or Ctrl-C saves ``checkpoint_latest.pt`` after the current step (mid-epoch
         included: it records the steps taken) and raises :class:`TrainingInterrupted`; a second
@@ -477,6 +537,7 @@ class Trainer:
         if self.world.is_main:
             sweep_partials(self.out_dir)
         records = self.out_dir / "progress.jsonl"
+        started = time.monotonic() if started is None else started
         if resume:
             self.resume()
         if self.world.is_main and records.is_file():  # a resumed run redoes the epochs it lost
@@ -489,7 +550,9 @@ class Trainer:
         )
         try:
             while self.state.epoch < self.cfg.epochs:
-                self._one_epoch(train_loader, val_loader, records)
+                timing = self._one_epoch(train_loader, val_loader, records)
+                if self.cfg.time_limit is not None and self.cfg.budget is None and timing.step_ends:
+                    self._decide_budget(timing, started)
             self._check_in_sync()
             self.save("final")
         except TrainingInterrupted:
@@ -527,10 +590,110 @@ class Trainer:
             msg = f"ranks diverged: parameter checksums {sums}"
             raise RuntimeError(msg)
 
-    def _one_epoch(self, train_loader: Any, val_loader: Any, records: Path) -> None:
+    def _decide_budget(self, timing: _EpochTiming, started: float) -> None:
+        """Fix the number of epochs that fits the time limit, from the epoch just run (see
+        :mod:`.time_budget`), and record it where ``--continue`` finds it: the settings (so every
+        later checkpoint and ``train_config.json``) and at once in ``checkpoint_latest.pt``.
+
+        With several processes each measures its own epoch and all take the slowest figures, so
+        that they decide the same number of epochs.
+        """
+        cfg, s = self.cfg, self.state
+        assert cfg.time_limit is not None
+        limit = float(duration_seconds(cfg.time_limit))
+        per_step = steady_seconds_per_step(timing.step_ends, timing.start)
+        train_s = timing.step_ends[-1] - timing.start
+        other_s = max(0.0, timing.total_s - train_s - timing.val_s)  # records, curves, checkpoints
+        final_s = self._final_validation_s() if self.world.is_main else 0.0
+        elapsed = time.monotonic() - started
+        per_step, val_s, other_s, final_s, elapsed = (
+            max(dist.gather_floats(x)) for x in (per_step, timing.val_s, other_s, final_s, elapsed)
+        )
+        epoch_s = per_step * cfg.iters_per_epoch + val_s + other_s
+        epochs = epochs_for_budget(limit, elapsed, epoch_s, final_s, done=s.epoch)
+        decision = BudgetDecision(
+            limit_s=limit,
+            epochs=epochs,
+            decided_after=s.epoch,
+            seconds_per_iter=per_step,
+            val_s=val_s,
+            epoch_s=epoch_s,
+            elapsed_s=elapsed,
+            final_s=final_s,
+            safety_s=SAFETY * limit,
+        )
+        self.cfg = dataclasses.replace(cfg, epochs=epochs, budget=decision)
+        if not self.world.is_main:
+            return
+        began = datetime.datetime.now() - datetime.timedelta(seconds=elapsed)
+        log.info(
+            "%s",
+            decision_line(
+                decision,
+                time_limit=cfg.time_limit,
+                iters_per_epoch=cfg.iters_per_epoch,
+                val_cases=len(self.val_ids),
+                started=began,
+            ),
+        )
+        if epochs == s.epoch:
+            log.warning(
+                "time budget %s: not even one more epoch fits (an epoch takes %.0f s, %.0f s are "
+                "left after the final validation's %.0f s): stopping after %d epoch(s)",
+                cfg.time_limit,
+                epoch_s,
+                max(0.0, limit * (1 - SAFETY) - elapsed - final_s),
+                final_s,
+                s.epoch,
+            )
+        self.save("latest")
+        write_json_atomic(self.out_dir / "train_config.json", self.cfg.to_dict())
+
+    def _final_validation_s(self) -> float:
+        """Seconds to keep for the end of a time-budgeted run (:func:`.time_budget.final_validation_s`):
+        the sliding-window prediction of the smallest validation case is timed, as the final
+        validation will run it (mirroring, its window batches), and scaled by the windows of all.
+
+        Measured rather than derived from the validation batches: those run ``batch_size``
+        patches with their loading, where the sliding window batches many windows, so per window
+        they were several times slower (0.022 s against about 0.005 s for the 2d hippocampus
+        network on a CPU). The price: one more prediction of the smallest case, once.
+        """
+        from autoseg.inference.sliding_window import predict_logits
+        from autoseg.preprocessing.previous_stage import with_previous_stage
+
+        if not self.val_ids:
+            return final_validation_s(0, 0.0, 0)
+        shapes = {c: self.store.load(c).data.shape[1:] for c in self.val_ids}
+        windows = {
+            c: sliding_windows(shape, self.config.patch_size, self.config.kind) for c, shape in shapes.items()
+        }
+        smallest = min(self.val_ids, key=lambda c: (windows[c], math.prod(shapes[c])))
+        case = self.store.load(smallest)
+        data = np.array(case.data)
+        if self.previous_stage is not None:
+            data = with_previous_stage(data, self.previous_stage.load(smallest), self.plan.label_scheme)
+        self.network.eval()
+        t0 = time.perf_counter()
+        predict_logits(
+            self.network,
+            torch.from_numpy(data),
+            self.config,
+            device=self.device,
+            output_device="cpu",
+            amp_dtype=self.amp_dtype,
+        )
+        per_window = (time.perf_counter() - t0) / windows[smallest]
+        return final_validation_s(sum(windows.values()), per_window, len(self.val_ids))
+
+    def _one_epoch(self, train_loader: Any, val_loader: Any, records: Path) -> _EpochTiming:
+        """Train, validate and record one epoch; where its time went."""
         t0 = time.perf_counter()
         train_loss = self._train_epoch(train_loader)
+        t_val = time.perf_counter()
         val = self._val_epoch(val_loader) if self.cfg.val_iters > 0 else {}
+        val_s = time.perf_counter() - t_val
+        step_ends = list(self._step_ends)
         s = self.state
         if "pseudo_dice_mean" in val:
             s.ema = (
@@ -548,7 +711,7 @@ class Trainer:
         }
         s.epoch, s.iteration, s.losses = s.epoch + 1, 0, []
         if not self.world.is_main:
-            return
+            return _EpochTiming(t0, step_ends, val_s, time.perf_counter() - t0)
         append_record(records, rec)
         plot_progress(read_records(records), self.out_dir / "progress.png")
         log.info(
@@ -565,6 +728,7 @@ class Trainer:
             self.save("best")
         if s.epoch % self.cfg.checkpoint_every == 0 or s.epoch == self.cfg.epochs:
             self.save("latest")
+        return _EpochTiming(t0, step_ends, val_s, time.perf_counter() - t0)
 
 
 def _fmt(x: float | None) -> str:

@@ -7,6 +7,7 @@ show mechanics, not accuracy; accuracy lives in benchmarks/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -272,6 +273,60 @@ def test_continue_refuses_a_checkpoint_of_another_run(
     trainer = _trainer(dataset, fold, 3)
     assert trainer.resume()
     assert trainer.state.epoch == 1
+
+
+def test_time_budget_decides_the_epochs_and_continue_keeps_them(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--time: the first epoch decides how many epochs fit; the decision is in train_config.json
+    and the checkpoints, the run trains that many, and --continue keeps it instead of deciding
+    again. How close the run ends to the limit is measured in benchmarks/bench_time_budget.py:
+    this machine is shared, so the test asserts only that the run ends."""
+    fold = _work(dataset) / "hippo/models/2d/fold_2"
+    budget_flags = tiny(iters=2, val_iters=1, batch_size=2)[2:]  # all but --epochs
+    assert budget_flags[0] == "--iters-per-epoch"
+    args = ["train", "hippo", "2d", "2", "--work-dir", str(_work(dataset)), *budget_flags]
+    args += ["--precision", "fp32", "--no-val-probabilities", "--checkpoint-every", "100", "-q"]
+    assert main([*args, "--time", "20s"]) == 0
+    saved = json.loads((fold / "train_config.json").read_text())
+    budget = saved["budget"]
+    assert saved["time_limit"] == "20s"
+    assert budget["limit_s"] == 20
+    assert budget["decided_after"] == 1
+    assert saved["epochs"] == budget["epochs"] >= 1
+    assert budget["seconds_per_iter"] > 0
+    assert budget["final_s"] > 0
+    assert len(read_records(fold / "progress.jsonl")) == budget["epochs"]
+    for name in ("final", "latest"):
+        ck = load_checkpoint(fold / f"checkpoint_{name}.pt")
+        assert ck["meta"]["train_config"]["budget"] == budget, name
+        assert ck["epoch"] == budget["epochs"], name
+    assert (fold / "validation/summary.json").is_file()
+    log_text = (fold / "log.txt").read_text()
+    assert log_text.count("time budget 20s (20 s): measured ") == 1
+    assert f"{budget['epochs']} epochs x 2 iterations, expected end " in log_text
+
+    # a new trainer of the same command (epochs at the provisional default) takes the decision
+    trainer = _trainer(dataset, fold, 2)
+    trainer.cfg = dataclasses.replace(trainer.cfg, epochs=1000, time_limit="20s", iters_per_epoch=2)
+    trainer.cfg = dataclasses.replace(
+        trainer.cfg, batch_size=2, val_probabilities=False, checkpoint_every=100
+    )
+    trainer.restore(fold / "checkpoint_latest.pt")
+    assert trainer.cfg.epochs == budget["epochs"]
+    assert trainer.cfg.budget is not None
+    assert dataclasses.asdict(trainer.cfg.budget) == budget
+
+    assert main([*args, "--time", "20s", "--continue"]) == 0
+    assert json.loads((fold / "train_config.json").read_text()) == saved
+    assert len(read_records(fold / "progress.jsonl")) == budget["epochs"]
+    assert (fold / "log.txt").read_text().count("time budget 20s (20 s): measured ") == 1
+
+    capsys.readouterr()
+    assert main([*args, "--time", "30s", "--continue"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"began with --time 20s, which decided {budget['epochs']} epochs, not --time 30s" in err
 
 
 # ----------------------------------------------------------------- several nodes
