@@ -193,14 +193,8 @@ class UNet(_LoadsWeights):
         for block in self.downsamples:
             skips.append(block(skips[-1]))
         x = self.bottleneck(skips[-1])
-        heads = []
-        for i, (up, skip) in enumerate(zip(self.upsamples, reversed(skips), strict=True)):
-            x = up(x, skip)
-            level = len(skips) - 1 - i  # x now has the resolution of encoder stage ``level``
-            if supervise and 1 <= level <= len(self.deep_supervision_heads):
-                heads.append(self.deep_supervision_heads[level - 1](x))
-        out = self.output_block(x)
-        return [out, *reversed(heads)] if supervise else out
+        heads = self.deep_supervision_heads if supervise else None
+        return _decode(x, skips, self.upsamples, heads, self.output_block)
 
 
 class _ConvNorm(nn.Module):
@@ -331,14 +325,28 @@ class ResidualEncoderUNet(_LoadsWeights):
         for stage in self.stages:
             x = stage(x)
             skips.append(x)
-        heads = []
-        for i, (up, skip) in enumerate(zip(self.decoder, reversed(skips[:-1]), strict=True)):
-            x = up(x, skip)
-            level = len(skips) - 2 - i  # x now has the resolution of encoder stage ``level``
-            if supervise and 1 <= level <= len(self.deep_supervision_heads):
-                heads.append(self.deep_supervision_heads[level - 1](x))
-        out = self.output_block(x)
-        return [out, *reversed(heads)] if supervise else out
+        heads = self.deep_supervision_heads if supervise else None
+        return _decode(x, skips[:-1], self.decoder, heads, self.output_block)
+
+
+def _decode(
+    x: torch.Tensor,
+    skips: list[torch.Tensor],
+    ups: nn.ModuleList,
+    heads: nn.ModuleList | None,
+    output: nn.Module,
+) -> torch.Tensor | list[torch.Tensor]:
+    """The decoder pass both U-Nets share: from the coarsest features ``x``, each decoder stage
+    joins the next finer encoder output of ``skips`` (finest first); with deep-supervision
+    ``heads``, the list ``[full, 1/2, ...]`` of logits, else the full-resolution logits."""
+    found = []
+    for i, (up, skip) in enumerate(zip(ups, reversed(skips), strict=True)):
+        x = up(x, skip)
+        level = len(skips) - 1 - i  # x now has the resolution of encoder stage ``level``
+        if heads is not None and 1 <= level <= len(heads):
+            found.append(heads[level - 1](x))
+    out = output(x)
+    return [out, *reversed(found)] if heads is not None else out
 
 
 def _init_weights(module: nn.Module) -> None:
