@@ -581,7 +581,9 @@ def predict_path(
         predicted = predictor.finish(out)
         del out  # the logits: the last reference, so their memory goes before the files are written
         try:
-            return _write_case(predicted, got, outputs[case.case_id], algorithm, seg_codes, plan)
+            return _write_case(
+                predicted, got.prepared.geometry, got, outputs[case.case_id], algorithm, seg_codes, plan
+            )
         except DatasetError as e:
             return _Written(error=e)
 
@@ -609,6 +611,7 @@ def predict_path(
 
 def _write_case(
     predicted: Prediction,
+    geometry: Geometry,
     got: _Read,
     outs: _CaseOutputs,
     algorithm: SegAlgorithm | None,
@@ -617,8 +620,7 @@ def _write_case(
 ) -> _Written:
     """Write one case's outputs; its DICOM-SEG is built first, so a series it cannot reference
     leaves no file of the case (:class:`DatasetError`)."""
-    case, prepared = got.case, got.prepared
-    assert prepared is not None
+    case = got.case
     labels, probs = predicted.labels, predicted.probabilities
     seg = None
     if got.sources is not None and algorithm is not None:
@@ -633,15 +635,15 @@ def _write_case(
     if probs is not None and outs.probabilities is not None:
         ProbabilityMap.of(probs, plan.label_scheme).save(outs.probabilities)
     if outs.nifti is not None:
-        write_image(labels, prepared.geometry, outs.nifti)
+        write_image(labels, geometry, outs.nifti)
     if seg is not None and outs.seg is not None:
         write_dicom_seg(seg, outs.seg)
     row = None
     if (maps := predicted.uncertainty) is not None and outs.entropy and outs.mutual_info:
         outs.entropy.parent.mkdir(parents=True, exist_ok=True)
-        write_image(maps.entropy, prepared.geometry, outs.entropy)
-        write_image(maps.mutual_information, prepared.geometry, outs.mutual_info)
-        row = _uncertainty_row(case.case_id, labels, maps, prepared.geometry.spacing, plan)
+        write_image(maps.entropy, geometry, outs.entropy)
+        write_image(maps.mutual_information, geometry, outs.mutual_info)
+        row = _uncertainty_row(case.case_id, labels, maps, geometry.spacing, plan)
     return _Written(row)
 
 

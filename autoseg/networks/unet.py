@@ -181,9 +181,7 @@ class UNet(_LoadsWeights):
         torch.rand(1)
         self.deep_supervision = deep_supervision
         if deep_supervision:
-            self.deep_supervision_heads = nn.ModuleList(
-                _head(dims, features[level], n_classes) for level in range(1, max(n - 2, 1) + 1)
-            )
+            self.deep_supervision_heads = _supervision_heads(dims, features, n_classes)
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -312,9 +310,7 @@ class ResidualEncoderUNet(_LoadsWeights):
         self.output_block = _head(dims, features[0], n_classes)
         self.deep_supervision = deep_supervision
         if deep_supervision:
-            self.deep_supervision_heads = nn.ModuleList(
-                _head(dims, features[level], n_classes) for level in range(1, max(n - 2, 1) + 1)
-            )
+            self.deep_supervision_heads = _supervision_heads(dims, features, n_classes)
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -327,6 +323,13 @@ class ResidualEncoderUNet(_LoadsWeights):
             skips.append(x)
         heads = self.deep_supervision_heads if supervise else None
         return _decode(x, skips[:-1], self.decoder, heads, self.output_block)
+
+
+def _supervision_heads(dims: int, features: Sequence[int], n_classes: int) -> nn.ModuleList:
+    """A 1x1 logits head per decoder resolution below full, down to the third-coarsest stage
+    (levels ``1 .. max(n - 2, 1)`` of ``n`` stages), as both U-Nets supervise them."""
+    n = len(features)
+    return nn.ModuleList(_head(dims, features[level], n_classes) for level in range(1, max(n - 2, 1) + 1))
 
 
 def _decode(

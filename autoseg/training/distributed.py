@@ -57,9 +57,11 @@ def wrap(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def maybe_no_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce on accumulation micro-steps."""
-    if not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+def no_sync(model: torch.nn.Module) -> Iterator[None]:
+    """Skip DDP's gradient all-reduce in the backward pass (no-op without DDP): the gradients
+    are averaged once per step, after every rank agreed the step succeeded
+    (:func:`average_gradients`)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         with model.no_sync():
             yield
     else:

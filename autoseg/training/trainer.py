@@ -434,7 +434,7 @@ class Trainer:
         x = batch["data"].to(self.device, non_blocking=True)
         y = batch["target"].to(self.device, non_blocking=True)
         with (
-            dist.maybe_no_sync(self.model, False),
+            dist.no_sync(self.model),
             torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
         ):
             loss = self.loss_fn(self.model(x), y)
