@@ -62,12 +62,8 @@ def _today() -> str:
     return datetime.date.today().isoformat()
 
 
-def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> dict[str, object]:
-    """Plan, train and validate fold 0 with autoseg; one result row."""
-    exe = str(ROOT / ".venv" / "bin" / "autoseg")
-    if args.regions:
-        data = _regions_dataset(data, work / "data" / data.name)
-    _run([exe, "plan", str(data), "--work-dir", str(work), "-q"])
+def check_same_split(data: Path) -> None:
+    """Exit unless autoseg's folds of ``data`` are nnU-Net's (the reference run's splits)."""
     ref_splits = json.loads((REFERENCE / "splits_final.json").read_text())
     from autoseg.data.splits import make_splits
     from autoseg.io.dataset import load_dataset
@@ -76,6 +72,15 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
     same = all(sorted(r["val"]) == s["val"] for r, s in zip(ref_splits, splits, strict=True))
     if not same:
         sys.exit("autoseg's fold 0 differs from nnU-Net's: the comparison would not be fair")
+
+
+def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> dict[str, object]:
+    """Plan, train and validate fold 0 with autoseg; one result row."""
+    exe = str(ROOT / ".venv" / "bin" / "autoseg")
+    if args.regions:
+        data = _regions_dataset(data, work / "data" / data.name)
+    _run([exe, "plan", str(data), "--work-dir", str(work), "-q"])
+    check_same_split(data)
     wall = _run(
         [
             exe,

@@ -1,0 +1,252 @@
+"""The budget curve: hippocampus validation Dice against CPU training time, autoseg vs nnU-Net v2.
+
+Issue 16, part 3. Hippocampus (../shared/data, 200 cases), 3d_fullres, fold 0 (nnU-Net's split,
+checked), the 40 fold-0 validation cases scored after a full sliding-window validation with
+mirroring. Every point trains epochs of 45 iterations with 5 validation iterations each, as
+``bench_train.py`` does at 360 iterations (8 epochs), so a 1440-iteration run is 32 epochs of the
+same shape and the learning-rate schedule spans its whole length.
+
+Series: autoseg's default ``3d_fullres``, autoseg's ``3d_fullres_resenc_m`` (the ResEnc M preset;
+trained at the default's batch of 7 unless ``--plan-batch``: the preset's own batch, 58 on this
+dataset, would make one CPU iteration ~8x longer and compare batch sizes instead of networks), and
+nnU-Net v2 (``3d_fullres``, its own plan, the same batch 7 and patch). A run is one JSON row kept
+in ``results/budget_curve.json`` (appended as soon as it ends, so runs add up across sessions);
+the 360-iteration runs of ``results/train_hippocampus_cpu.json`` join the table as they are (same
+budget, same shape). Time is wall-clock hours on the 2-core machine (plan and preprocessing
+excluded, validation included): time one run at a time on an otherwise idle machine.
+
+    .venv/bin/python benchmarks/bench_budget.py --iters 1440 --seeds 12345
+    .venv/bin/python benchmarks/bench_budget.py --iters 360 --config 3d_fullres_resenc_m --seeds 12345
+    .venv/bin/python benchmarks/bench_budget.py --iters 1440 --nnunet-runs 1
+    .venv/bin/python benchmarks/bench_budget.py --table      # table + PNG from the kept runs
+
+Writes results/budget_curve.md and results/budget_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import AUTOSEG, HERE, SHARED, write_result
+from bench_train import RUNS as RUNS_360
+from bench_train import _run, _today, check_same_split, run_nnunet
+
+RUNS = HERE / "results" / "budget_curve.json"
+PNG = HERE / "results" / "budget_curve.png"
+ITERS_PER_EPOCH = 45
+VAL_ITERS = 5
+NNUNET = "nnU-Net v2.8.1"
+log = logging.getLogger("bench_budget")
+
+
+def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> dict[str, object]:
+    """Plan (with the preset a configuration needs), train and validate fold 0; one row."""
+    check_same_split(data)
+    preset = args.config.removeprefix("3d_fullres_") if args.config != "3d_fullres" else None
+    plan = [AUTOSEG, "plan", str(data), "--work-dir", str(work), "-q"]
+    _run(plan + (["--preset", preset] if preset else []))
+    plans = json.loads((work / data.name / "plans.json").read_text())["configurations"]
+    batch = plans[args.config]["batch_size"] if args.plan_batch else plans["3d_fullres"]["batch_size"]
+    train = [AUTOSEG, "train", data.name, args.config, "0", "--work-dir", str(work), "--device", "cpu"]
+    train += ["--epochs", str(args.iters // ITERS_PER_EPOCH), "--iters-per-epoch", str(ITERS_PER_EPOCH)]
+    train += ["--val-iters", str(VAL_ITERS), "--augment-workers", "2", "--seed", str(seed)]
+    train += ["--batch-size", str(batch)]
+    wall = _run(train)
+    fold = work / data.name / "models" / args.config / "fold_0"
+    recs = [json.loads(line) for line in (fold / "progress.jsonl").read_text().splitlines()]
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    return {
+        "tool": "autoseg",
+        "config": args.config,
+        "iters": args.iters,
+        "batch": batch,
+        "seed": seed,
+        "run": args.note,
+        "date": _today(),
+        "hours": wall / 3600,
+        "epoch_s": [r["seconds"] for r in recs],
+        "pseudo_dice": [round(r["pseudo_dice_mean"], 3) for r in recs],
+        "dice": [summary["mean"]["1"], summary["mean"]["2"]],
+        "dice_mean": summary["foreground_mean"],
+    }
+
+
+def _as_row(r: dict, iters: int) -> dict[str, object]:
+    """A ``bench_train.py`` (or ``run_nnunet``) row in this file's shape."""
+    hours = None if r.get("total_min") is None else r["total_min"] / 60
+    return {
+        "tool": r["tool"],
+        "config": "3d_fullres",
+        "iters": iters,
+        "batch": 7,
+        "seed": None,
+        "run": r["run"],
+        "date": r["date"],
+        "hours": hours,
+        "epoch_s": r.get("epoch_s"),
+        "pseudo_dice": r["pseudo_dice"],
+        "dice": r["dice"],
+        "dice_mean": r["dice_mean"],
+    }
+
+
+def all_rows() -> list[dict]:
+    """This file's runs and the 360-iteration runs of bench_train.py."""
+    kept = json.loads(RUNS.read_text()) if RUNS.is_file() else []
+    old = json.loads(RUNS_360.read_text()) if RUNS_360.is_file() else []
+    return [_as_row(r, 8 * ITERS_PER_EPOCH) | {"source": RUNS_360.name} for r in old] + kept
+
+
+def _series(row: dict) -> str:
+    return row["tool"] if row["config"] == "3d_fullres" else f"{row['tool']} {row['config']}"
+
+
+def table(rows: list[dict]) -> str:
+    """Every run, then mean / min / max per series and budget, then the comparison asked for."""
+    lines = [
+        "## Budget curve: hippocampus 3d_fullres fold 0 (40 validation cases), CPU (2 cores)",
+        "",
+        f"Epochs of {ITERS_PER_EPOCH} iterations + {VAL_ITERS} validation iterations, batch 7 "
+        "(patch 40x56x40), full sliding-window validation with mirroring at the end. Hours: "
+        "wall-clock of the training command on the 2-core machine (validation included; plan and "
+        "preprocessing not). Runs marked shared had another job on the CPU (slower, same Dice).",
+        "",
+        "| series | iters | run | date | hours | pseudo-Dice per epoch (last 4) | Dice ant. | Dice post. "
+        "| Dice mean |",
+        "|---|---:|---|---|---:|---|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (_series(r), r["iters"])):
+        pd = r["pseudo_dice"]
+        pd = pd if isinstance(pd, str) or pd is None else ", ".join(f"{d:.2f}" for d in pd[-4:])
+        hours = "" if r["hours"] is None else f"{r['hours']:.2f}"
+        run = r["run"] or f"seed {r['seed']}"
+        lines.append(
+            f"| {_series(r)} | {r['iters']} | {run} | {r['date']} | {hours} | {pd} | "
+            f"{r['dice'][0]:.4f} | {r['dice'][1]:.4f} | {r['dice_mean']:.4f} |"
+        )
+    groups = _groups(rows)
+    lines += [
+        "",
+        "| series | iters | runs | Dice mean (of runs) | min | max | hours (median) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (series, iters), rs in sorted(groups.items()):
+        d = [r["dice_mean"] for r in rs]
+        h = [r["hours"] for r in rs if r["hours"] is not None]
+        hours = f"{statistics.median(h):.2f}" if h else ""
+        lines.append(
+            f"| {series} | {iters} | {len(rs)} | {statistics.mean(d):.4f} | {min(d):.4f} | "
+            f"{max(d):.4f} | {hours} |"
+        )
+    lines.append("")
+    for iters in sorted({k[1] for k in groups}):
+        ours, theirs = groups.get(("autoseg", iters)), groups.get((NNUNET, iters))
+        if ours and theirs:
+            diff = statistics.mean(r["dice_mean"] for r in ours) - statistics.mean(
+                r["dice_mean"] for r in theirs
+            )
+            lines.append(f"- {iters} iterations: autoseg - nnU-Net, mean of runs: {diff:+.4f} (target >= 0).")
+        else:
+            missing = "autoseg" if not ours else "nnU-Net"
+            lines.append(f"- {iters} iterations: no {missing} run yet.")
+    lines += ["", f"Figure: {PNG.name}"]
+    return "\n".join(lines) + "\n"
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((_series(r), r["iters"]), []).append(r)
+    return groups
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Dice against hours: every run a dot, each series' means joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    by_series: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["hours"] is not None:
+            by_series.setdefault(_series(r), []).append(r)
+    for i, (series, rs) in enumerate(sorted(by_series.items())):
+        colour = f"C{i}"
+        ax.scatter([r["hours"] for r in rs], [r["dice_mean"] for r in rs], color=colour, alpha=0.5, s=18)
+        means = []
+        for iters in sorted({r["iters"] for r in rs}):
+            at = [r for r in rs if r["iters"] == iters]
+            means.append(
+                (statistics.median(r["hours"] for r in at), statistics.mean(r["dice_mean"] for r in at))
+            )
+        ax.plot(*zip(*means, strict=True), color=colour, marker="o", label=f"{series} (mean of runs)")
+        for (h, d), iters in zip(means, sorted({r["iters"] for r in rs}), strict=True):
+            ax.annotate(f"{iters} it", (h, d), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("training hours on 2 CPU cores (wall clock, validation included)")
+    ax.set_ylabel("validation Dice, mean of 2 labels (40 cases)")
+    ax.set_title("Hippocampus 3d_fullres fold 0: Dice per CPU hour")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _append(row: dict) -> None:
+    kept = json.loads(RUNS.read_text()) if RUNS.is_file() else []
+    RUNS.write_text(json.dumps([*kept, row], indent=1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
+    ap.add_argument("--iters", type=int, default=1440, help=f"a multiple of {ITERS_PER_EPOCH}")
+    ap.add_argument(
+        "--config", default="3d_fullres", choices=["3d_fullres", "3d_fullres_resenc_m", "3d_fullres_resenc_l"]
+    )
+    ap.add_argument("--plan-batch", action="store_true", help="train a preset at its planned batch")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[], help="autoseg runs, one per seed")
+    ap.add_argument("--nnunet-runs", type=int, default=0, help="nnU-Net runs (~4 s/iteration)")
+    ap.add_argument("--note", default="", help="the run's label (e.g. what changed, or shared CPU)")
+    ap.add_argument("--keep-work", type=Path, default=None, help="keep the work folders here")
+    ap.add_argument("--table", action="store_true", help="only rewrite the table and the figure")
+    args = ap.parse_args()
+    if args.iters % ITERS_PER_EPOCH:
+        ap.error(f"--iters must be a multiple of {ITERS_PER_EPOCH}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.table:
+        data = args.data.resolve()
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            tmp = args.keep_work or Path(tmp_dir)
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                _append(run_autoseg(data, tmp / f"autoseg_{args.config}_{args.iters}_{seed}", seed, args))
+                log.info("autoseg seed %d: %.1f min", seed, (time.perf_counter() - t0) / 60)
+            if args.nnunet_runs:
+                nn_args = argparse.Namespace(
+                    epochs=args.iters // ITERS_PER_EPOCH,
+                    iters=ITERS_PER_EPOCH,
+                    val_iters=VAL_ITERS,
+                    workers=2,
+                    regions=False,
+                )
+                for row in run_nnunet(data, tmp / f"nnunet_{args.iters}", args.nnunet_runs, nn_args):
+                    _append(_as_row(row, args.iters) | {"run": args.note or "this benchmark"})
+    rows = all_rows()
+    plot(rows, PNG)
+    write_result("budget_curve.md", table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
