@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoseg import cli
+from autoseg.cli.train import child_options
 from autoseg.io.samples import copy_sample_subset
 from autoseg.training.config import TrainConfig
 from autoseg.training.fold_runner import FoldResult, Lane, assign_folds, exit_code, visible_device
@@ -54,7 +55,7 @@ def test_children_get_the_same_settings() -> None:
     argv += ["--continue", "--group-by", "(p\\d+)_", "--accumulate", "2", "--device", "cpu", "-v"]
     args = cli.build_parser().parse_args(argv)
     assert args.fold == [0, 1]
-    flags = cli._child_options(args, work_dir=Path("/w"), device="cpu")
+    flags = child_options(args, work_dir=Path("/w"), device="cpu")
     child = cli.build_parser().parse_args(["train", "ds", "2d", "1", *flags])
     assert cli.train_config(child) == cli.train_config(args, fold=1)
     assert cli.train_config(child) == TrainConfig(

@@ -11,6 +11,7 @@ import pytest
 
 from autoseg import cli
 from autoseg._contract import parse
+from autoseg.cli.train import child_options
 from autoseg.errors import CheckpointError
 from autoseg.options import duration_seconds, parse_duration
 from autoseg.training.config import ADDED_SETTINGS, TrainConfig
@@ -179,7 +180,7 @@ def test_folds_get_the_time_each() -> None:
     args = cli.build_parser().parse_args(
         ["train", "ds", "2d", "0", "1", "--time", "1h30m", "--device", "cpu"]
     )
-    flags = cli._child_options(args, work_dir=Path("/w"), device="cpu")
+    flags = child_options(args, work_dir=Path("/w"), device="cpu")
     assert flags[flags.index("--time") + 1] == "1h30m"
     child = cli.build_parser().parse_args(["train", "ds", "2d", "1", *flags])
     assert cli.train_config(child) == TrainConfig("2d", 1, time_limit="1h30m", device="cpu")

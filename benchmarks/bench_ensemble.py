@@ -1,0 +1,245 @@
+"""What the 5-fold ensemble buys over one fold, on cases no fold has seen (issue 16, part 4).
+
+Hippocampus (../shared/data, 200 labelled cases): 40 cases are held out (a seeded draw, the same
+every time, kept in the results file and checked against it), the other 160 are the dataset whose
+5 folds train (autoseg's default split of them: 128 training, 32 validation cases each), every fold
+at the budget-curve shape: 32 epochs x 45 iterations of batch 7 = 1440 iterations, 5 validation
+iterations per epoch (``bench_budget.py``), about an hour per fold on 2 CPU cores. Then the held-out
+cases are predicted by each fold alone and by the 5 folds together (mirroring on, the default), and
+scored with ``autoseg evaluate``.
+
+Five hours of training do not fit one session: train folds one or two at a time, on an otherwise
+idle machine, into a work folder that outlives the session; every finished fold is a row of
+``results/ensemble_hippocampus.json`` at once, and a fold already trained is skipped:
+
+    .venv/bin/python benchmarks/bench_ensemble.py --train 0        # ~1 h
+    .venv/bin/python benchmarks/bench_ensemble.py --train 1 2      # ~2 h
+    .venv/bin/python benchmarks/bench_ensemble.py --evaluate       # all 5 trained: ~5 min
+    .venv/bin/python benchmarks/bench_ensemble.py --table
+
+Writes results/ensemble_hippocampus.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import AUTOSEG, HERE, ROOT, SHARED, write_result
+from bench_budget import ITERS_PER_EPOCH, VAL_ITERS
+from bench_train import _run, _today
+
+RESULTS = HERE / "results" / "ensemble_hippocampus.json"
+DATASET = "hippocampus_dev"
+N_HELD_OUT = 40
+HELD_OUT_SEED = 2026
+EPOCHS = 32
+BATCH = 7
+SEED = 12345
+FOLDS = (0, 1, 2, 3, 4)
+log = logging.getLogger("bench_ensemble")
+
+
+def held_out_cases(case_ids: list[str], n: int = N_HELD_OUT, seed: int = HELD_OUT_SEED) -> list[str]:
+    """``n`` of the sorted ids, drawn by a seeded permutation (the same on every machine)."""
+    ids = sorted(case_ids)
+    order = np.random.RandomState(seed).permutation(len(ids))
+    return sorted(ids[i] for i in order[:n])
+
+
+def build(msd: Path, dest: Path) -> list[str]:
+    """The development dataset (nnU-Net v2 layout, links to the MSD files) and the held-out
+    images and labels beside it; returns the held-out ids."""
+    meta = json.loads((msd / "dataset.json").read_text())
+    cases = {Path(e["image"]).name.removesuffix(".nii.gz"): e for e in meta["training"]}
+    held = held_out_cases(list(cases))
+    if (dest / DATASET / "dataset.json").is_file():
+        return held
+    ds, test_images, test_labels = dest / DATASET, dest / "held_out" / "images", dest / "held_out" / "labels"
+    for d in (ds / "imagesTr", ds / "labelsTr", test_images, test_labels):
+        d.mkdir(parents=True, exist_ok=True)
+    for case, e in cases.items():
+        images, labels = (test_images, test_labels) if case in held else (ds / "imagesTr", ds / "labelsTr")
+        (images / f"{case}_0000.nii.gz").symlink_to((msd / e["image"]).resolve())
+        (labels / f"{case}.nii.gz").symlink_to((msd / e["label"]).resolve())
+    labels = {name: int(value) for value, name in meta["labels"].items()}
+    dataset = {"channel_names": {"0": "MRI"}, "labels": labels, "file_ending": ".nii.gz"}
+    dataset["numTraining"] = len(cases) - len(held)
+    (ds / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    return held
+
+
+def _rows() -> list[dict]:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+
+
+def _append(row: dict) -> None:
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps([*_rows(), row], indent=1))
+
+
+def _check_held_out(held: list[str]) -> None:
+    for r in _rows():
+        if r.get("held_out") not in (None, held):
+            sys.exit(f"{RESULTS.name} was made with another held-out set: the runs would not add up")
+
+
+def train_fold(
+    work: Path, fold: int, held: list[str], epochs: int = EPOCHS, iters: int = ITERS_PER_EPOCH
+) -> None:
+    """Train one fold unless it already finished; a row with its time and validation Dice."""
+    model = work / "models" / DATASET / "models" / "3d_fullres" / f"fold_{fold}"
+    if (model / "validation" / "summary.json").is_file():
+        log.info("fold %d is trained (%s): skipped", fold, model)
+        return
+    if not (work / "models" / DATASET / "plans.json").is_file():
+        _run([AUTOSEG, "plan", str(work / DATASET), "--work-dir", str(work / "models"), "-q"])
+    cmd = [AUTOSEG, "train", DATASET, "3d_fullres", str(fold), "--work-dir", str(work / "models")]
+    cmd += ["--device", "cpu", "--epochs", str(epochs), "--iters-per-epoch", str(iters)]
+    cmd += ["--val-iters", str(VAL_ITERS), "--batch-size", str(BATCH), "--seed", str(SEED)]
+    cmd += ["--augment-workers", "2"]
+    wall = _run(cmd)
+    summary = json.loads((model / "validation" / "summary.json").read_text())
+    _append(
+        {
+            "kind": "fold",
+            "fold": fold,
+            "date": _today(),
+            "hours": wall / 3600,
+            "iters": epochs * iters,
+            "held_out": held,
+            "val_dice": [summary["mean"]["1"], summary["mean"]["2"]],
+            "val_dice_mean": summary["foreground_mean"],
+        }
+    )
+
+
+def evaluate(work: Path, held: list[str]) -> None:
+    """Each fold alone and the 5 together on the held-out cases; one row each."""
+    missing = [
+        k for k in FOLDS if not (work / "models" / DATASET / "models" / "3d_fullres" / f"fold_{k}").is_dir()
+    ]
+    if missing:
+        sys.exit(f"folds {missing} are not trained yet: --train {' '.join(map(str, missing))}")
+    for members in [*([k] for k in FOLDS), list(FOLDS)]:
+        name = "ensemble" if len(members) > 1 else f"fold_{members[0]}"
+        out = work / "predictions" / name
+        cmd = [AUTOSEG, "predict", "-i", str(work / "held_out" / "images"), "-o", str(out)]
+        cmd += ["--work-dir", str(work / "models"), "-d", DATASET, "-c", "3d_fullres", "--device", "cpu"]
+        cmd += ["-f", *map(str, members), "--overwrite", "-q"]
+        seconds = _run(cmd)
+        scores = work / "scores" / f"{name}.json"
+        _run(
+            [
+                AUTOSEG,
+                "evaluate",
+                "--pred",
+                str(out),
+                "--ref",
+                str(work / "held_out" / "labels"),
+                "-o",
+                str(scores),
+            ]
+        )
+        s = json.loads(scores.read_text())
+        _append(
+            {
+                "kind": "held_out",
+                "members": members,
+                "date": _today(),
+                "predict_s": seconds,
+                "held_out": held,
+                "dice": [s["per_label"]["1"]["dice"], s["per_label"]["2"]["dice"]],
+                "dice_mean": s["mean"]["dice"],
+                "hd95_mean": s["mean"].get("hd95_mm"),
+            }
+        )
+
+
+def table(rows: list[dict]) -> str:
+    folds = [r for r in rows if r["kind"] == "fold"]
+    held = [r for r in rows if r["kind"] == "held_out"]
+    lines = [
+        "## 5-fold ensemble vs one fold: hippocampus, 40 held-out cases, CPU (2 cores)",
+        "",
+        f"160 development cases, 5 folds of 3d_fullres at {EPOCHS} x {ITERS_PER_EPOCH} iterations of "
+        f"batch {BATCH} (seed {SEED}); {N_HELD_OUT} cases held out of every fold (seed "
+        f"{HELD_OUT_SEED}). Prediction with mirroring; Dice on the held-out cases.",
+        "",
+        "| fold | date | hours | validation Dice (its 32 cases) |",
+        "|---:|---|---:|---:|",
+    ]
+    lines += [f"| {r['fold']} | {r['date']} | {r['hours']:.2f} | {r['val_dice_mean']:.4f} |" for r in folds]
+    lines += [
+        "",
+        "| model | predict s | Dice ant. | Dice post. | Dice mean | HD95 mean (mm) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in held:
+        name = "5-fold ensemble" if len(r["members"]) > 1 else f"fold {r['members'][0]} alone"
+        hd = "" if r.get("hd95_mean") is None else f"{r['hd95_mean']:.2f}"
+        lines.append(
+            f"| {name} | {r['predict_s']:.1f} | {r['dice'][0]:.4f} | {r['dice'][1]:.4f} | "
+            f"{r['dice_mean']:.4f} | {hd} |"
+        )
+    singles = [r["dice_mean"] for r in held if len(r["members"]) == 1]
+    ens = [r["dice_mean"] for r in held if len(r["members"]) > 1]
+    if singles and ens:
+        zero = [r["dice_mean"] for r in held if r["members"] == [0]]
+        lines += [
+            "",
+            f"Ensemble - fold 0 alone: {ens[-1] - zero[-1]:+.4f}; ensemble - mean of single folds: "
+            f"{ens[-1] - statistics.mean(singles):+.4f} "
+            f"(single folds {min(singles):.4f} to {max(singles):.4f}).",
+        ]
+    elif len(folds) < len(FOLDS):
+        lines += ["", f"{len(folds)} of {len(FOLDS)} folds trained; no held-out scores yet."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT.parent / "bench_work" / "ensemble",
+        help="work folder kept between sessions (default: ../bench_work/ensemble)",
+    )
+    ap.add_argument("--train", type=int, nargs="*", default=[], choices=FOLDS, help="folds to train")
+    ap.add_argument("--evaluate", action="store_true", help="score single folds and the ensemble")
+    ap.add_argument("--table", action="store_true", help="only rewrite the table")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help="a smoke test's shorter runs")
+    ap.add_argument("--iters", type=int, default=ITERS_PER_EPOCH, help="iterations per epoch")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the runs file (a smoke test's own)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    work = args.work.resolve()
+    global RESULTS
+    RESULTS = args.results.resolve()
+    if not args.table:
+        held = build(args.data.resolve(), work)
+        _check_held_out(held)
+        for fold in args.train:
+            t0 = time.perf_counter()
+            train_fold(work, fold, held, args.epochs, args.iters)
+            log.info("fold %d: %.1f min", fold, (time.perf_counter() - t0) / 60)
+        if args.evaluate:
+            evaluate(work, held)
+    if RESULTS.name == "ensemble_hippocampus.json":
+        write_result("ensemble_hippocampus.md", table(_rows()))
+    else:
+        print(table(_rows()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
