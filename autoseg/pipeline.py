@@ -25,7 +25,7 @@ from autoseg.planning.planner import make_plan
 from autoseg.workspace import Workspace
 
 if TYPE_CHECKING:
-    from autoseg.inference.predictor import OutputFormat, PredictReport
+    from autoseg.inference.cohort import OutputFormat, PredictReport
     from autoseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ def predict(
     write_behind: int = _PREDICT.write_behind,
     overlap_voxels: float = _PREDICT.overlap_limit * 1e6,
 ) -> PredictReport:
-    """Predict scans with trained models (see :mod:`autoseg.inference.predictor`).
+    """Predict scans with trained models (see :mod:`autoseg.inference.cohort`).
 
     Without ``dataset``, the work folder must hold exactly one planned dataset. Without
     ``configurations``, find-best's choice is used (its configurations, folds and
@@ -385,14 +385,15 @@ def predict(
     ``(part_id, num_parts)``: this job's share of the cases (checked before any model loads);
     ``read_ahead`` and ``write_behind`` overlap reading and writing with the networks, as
     long as the cases in flight hold at most ``overlap_voxels``
-    (:func:`~autoseg.inference.predictor.predict_path`). The defaults are
+    (:func:`~autoseg.inference.cohort.predict_path`). The defaults are
     ``autoseg predict``'s (:class:`~autoseg.command_options.PredictOptions`).
     """
     import torch
 
     from autoseg._precision import amp_dtype_for
+    from autoseg.inference.cohort import Part, predict_path
     from autoseg.inference.model import default_models, load_model
-    from autoseg.inference.predictor import Part, Predictor, predict_path
+    from autoseg.inference.predictor import Predictor
 
     share = Part(*part)
     check_output_dir(out_dir, fix=_PREDICT_OUT_FIX)

@@ -85,8 +85,9 @@ def train_model(work: Path, tmp: Path) -> None:
 def in_process(work: Path, big: Path) -> dict[str, float]:
     import torch
 
+    from autoseg.inference.cohort import _dataset_for
     from autoseg.inference.model import load_model
-    from autoseg.inference.predictor import Predictor, _dataset_for
+    from autoseg.inference.predictor import Predictor
     from autoseg.inference.source_grid import logits_to_labels, resize_channels, to_source_grid
     from autoseg.io.case import load_case
     from autoseg.io.dataset import Case

@@ -86,8 +86,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autoseg._precision import amp_dtype_for
     from autoseg.evaluation.metrics import dice_per_label
+    from autoseg.inference.cohort import predict_path
     from autoseg.inference.model import TrainedModel
-    from autoseg.inference.predictor import Predictor, predict_path
+    from autoseg.inference.predictor import Predictor
     from autoseg.networks.unet import build_network
     from autoseg.planning.plan import Plan
 

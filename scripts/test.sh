@@ -10,7 +10,7 @@ bash scripts/setup_env.sh
 if [ $# -eq 0 ]; then
   # The whole suite (tests/ and the package's doctests), with coverage of the package, child
   # processes included, and its floor (pyproject.toml [tool.coverage.report] fail_under).
-  .venv/bin/python -m pytest -q --cov=autoseg --cov-report=term
+  .venv/bin/python -m pytest -q --cov=autoseg --cov-report=term --durations=15
 else
   .venv/bin/python -m pytest -q "$@"
 fi

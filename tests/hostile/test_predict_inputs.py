@@ -311,7 +311,7 @@ def test_gzip_check_reads_a_large_output_quickly(tmp_path: Path) -> None:
     """The skip check decompresses the whole file: a compressed label map decompresses at
     hundreds of MB/s, so even the 70-megavoxel CT's output is checked in well under a second
     (not timed here; the check itself must accept a multi-chunk stream)."""
-    from autoseg.inference.predictor import _damage
+    from autoseg.inference.cohort import _damage
 
     f = tmp_path / "big.nii.gz"
     with gzip.open(f, "wb") as z:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from autoseg.cli import main
-from autoseg.inference.predictor import Part
+from autoseg.inference.cohort import Part
 from autoseg.io.image import read_image
 from autoseg.io.samples import sample_dataset_dir
 

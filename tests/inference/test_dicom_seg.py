@@ -34,7 +34,7 @@ from pydicom.uid import generate_uid
 from autoseg import __version__
 from autoseg.cli import main
 from autoseg.errors import DatasetError
-from autoseg.inference.predictor import _seg_damage
+from autoseg.inference.cohort import _seg_damage
 from autoseg.io.dicom_seg import seg_sources
 from autoseg.io.image import Geometry, Image, read_image, write_image
 from autoseg.labels import LabelScheme

@@ -18,8 +18,9 @@ import torch
 
 from autoseg.errors import ModelError
 from autoseg.inference import predictor as predictor_module
+from autoseg.inference.cohort import predict_path
 from autoseg.inference.model import TrainedModel
-from autoseg.inference.predictor import Predictor, predict_path
+from autoseg.inference.predictor import Predictor
 from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.source_grid import (
     classes_resampled,
