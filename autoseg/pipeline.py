@@ -221,15 +221,12 @@ def train(
     store.check([*train_ids, *val_ids])
     handler = _file_log(fold_dir / "log.txt") if world.is_main else None
     try:
-        previous_stage = None
-        if cv_predictions is not None:
-            from autoseg.training.cascade import load_previous_stage, prepare_previous_stage
+        previous_stage = manifest = None
+        if cv_predictions is not None:  # its digest now; the maps once --continue is accepted
+            from autoseg.training.cascade import previous_stage_input, previous_stage_manifest
 
-            if world.is_main:
-                previous_stage = prepare_previous_stage(cv_predictions, the_plan, config, store, fold_dir)
-            dist.barrier()
-            if not world.is_main:
-                previous_stage = load_previous_stage(fold_dir, the_plan)
+            manifest = previous_stage_manifest(cv_predictions, config)
+            previous_stage = previous_stage_input(fold_dir, the_plan, manifest)
         log.info(
             "training %s fold %s on %d cases (%d validation), device %s",
             config.name,
@@ -241,8 +238,14 @@ def train(
         trainer = Trainer(
             the_plan, config, cfg, store, train_ids, val_ids, fold_dir, previous_stage=previous_stage
         )
-        if resume:  # before the plan is written: a checkpoint of another plan is refused first
-            trainer.resume()
+        if resume:  # before the plan or the previous stage's maps are written: a checkpoint of
+            trainer.resume()  # another plan or of other previous-stage inputs is refused first
+        if manifest is not None and cv_predictions is not None:
+            from autoseg.training.cascade import write_previous_stage
+
+            if world.is_main:
+                write_previous_stage(manifest, cv_predictions, the_plan, config, store, fold_dir)
+            dist.barrier()
         if world.is_main:
             the_plan.save(model_dir / "plans.json")
             # the trainer's: a continued time-budgeted run keeps the epochs it decided

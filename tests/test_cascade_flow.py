@@ -87,11 +87,16 @@ def test_cascade_trains_on_cv_predictions_and_predicts(
     # ... but not once a 3d_lowres fold was retrained (other inputs for the rest of the run)
     assert _train(work, "3d_lowres", "1", "--seed", "7") == 0
     capsys.readouterr()
+    inputs = sorted([fold_dir / "previous_stage.json", *(fold_dir / "previous_stage").glob("*.npy")])
+    before = {p: p.read_bytes() for p in inputs}
     assert _train(work, "3d_cascade_fullres", "0", "--continue", "--epochs", "3") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "3d_lowres's predictions that this fold takes as input changed" in err
     assert "without --continue" in err
+    # refused before anything of the fold changed: its inputs are still those of its checkpoints
+    assert {p: p.read_bytes() for p in inputs} == before
+    assert sorted(fold_dir.rglob("previous_stage*")) == sorted([*inputs, fold_dir / "previous_stage"])
     assert _train(work, "3d_cascade_fullres", "0") == 0  # from scratch on the new predictions
 
     # predict 2 unseen scans with the cascade: both stages run, outputs on each scan's grid

@@ -213,29 +213,11 @@ def find_cv_predictions(
     return found
 
 
-def prepare_previous_stage(
-    sources: dict[str, CVPrediction],
-    plan: Plan,
-    config: Configuration,
-    store: PreprocessedStore,
-    fold_dir: Path,
-) -> PreviousStageInput:
-    """Bring each case's previous-stage prediction onto ``config``'s preprocessed grid.
-
-    Writes ``fold_dir/previous_stage/CASE.npy`` (stored indices, the store's grid) for every case
-    of ``sources``, removes the maps of other cases (left by an earlier run of the fold on
-    another split), and writes ``fold_dir/previous_stage.json`` (:class:`PreviousStageManifest`).
-
-    Returns:
-        Where the loader and the validation find them, with the manifest's digest.
-
-    Raises:
-        AutosegError: a prediction cannot be read or is not on its scan's grid.
-        PreprocessedDataError: a case's properties lack the source geometry.
-    """
-    folder = fold_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = PreviousStageManifest(
+def previous_stage_manifest(sources: dict[str, CVPrediction], config: Configuration) -> PreviousStageManifest:
+    """The record of which file of which fold each case's input comes from, with its SHA-256;
+    reads the predictions, writes nothing (so that ``--continue`` can compare its digest with a
+    checkpoint's before anything of the fold changes)."""
+    return PreviousStageManifest(
         configuration=config.name,
         previous_stage=str(config.previous_stage),
         cases={
@@ -243,6 +225,33 @@ def prepare_previous_stage(
             for cid, s in sorted(sources.items())
         },
     )
+
+
+def previous_stage_input(fold_dir: Path, plan: Plan, manifest: PreviousStageManifest) -> PreviousStageInput:
+    """Where the loader and the validation find the maps :func:`write_previous_stage` writes."""
+    return PreviousStageInput(fold_dir / FOLDER, plan.label_scheme, manifest.digest)
+
+
+def write_previous_stage(
+    manifest: PreviousStageManifest,
+    sources: dict[str, CVPrediction],
+    plan: Plan,
+    config: Configuration,
+    store: PreprocessedStore,
+    fold_dir: Path,
+) -> None:
+    """Bring each case's previous-stage prediction onto ``config``'s preprocessed grid.
+
+    Writes ``fold_dir/previous_stage/CASE.npy`` (stored indices, the store's grid) for every case
+    of ``sources``, removes the maps of other cases (left by an earlier run of the fold on
+    another split), and writes ``fold_dir/previous_stage.json`` (``manifest``).
+
+    Raises:
+        AutosegError: a prediction cannot be read or is not on its scan's grid.
+        PreprocessedDataError: a case's properties lack the source geometry.
+    """
+    folder = fold_dir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.npy"):
         if stale.stem not in sources:
             stale.unlink()
@@ -271,15 +280,17 @@ def prepare_previous_stage(
         len(sources),
         ", ".join(sorted({s.fold for s in sources.values()})),
     )
-    return PreviousStageInput(folder, plan.label_scheme, manifest.digest)
 
 
-def load_previous_stage(fold_dir: Path, plan: Plan) -> PreviousStageInput:
-    """The previous-stage input :func:`prepare_previous_stage` wrote for ``fold_dir`` (how the
-    other processes of a distributed run find it).
-
-    Raises:
-        ModelError: the manifest is missing or invalid.
-    """
-    manifest = PreviousStageManifest.load(fold_dir / MANIFEST)
-    return PreviousStageInput(fold_dir / FOLDER, plan.label_scheme, manifest.digest)
+def prepare_previous_stage(
+    sources: dict[str, CVPrediction],
+    plan: Plan,
+    config: Configuration,
+    store: PreprocessedStore,
+    fold_dir: Path,
+) -> PreviousStageInput:
+    """:func:`previous_stage_manifest`, then :func:`write_previous_stage`: the maps and manifest
+    written, and where the loader finds them."""
+    manifest = previous_stage_manifest(sources, config)
+    write_previous_stage(manifest, sources, plan, config, store, fold_dir)
+    return previous_stage_input(fold_dir, plan, manifest)

@@ -148,7 +148,7 @@ class Trainer:
         val_ids: validation case ids (empty for fold "all").
         out_dir: the fold's folder (checkpoints, log, curves, validation/).
         previous_stage: a cascade stage's previous-stage predictions of every training and
-            validation case (:func:`autoseg.training.cascade.prepare_previous_stage`); required
+            validation case (:func:`autoseg.training.cascade.write_previous_stage`); required
             exactly when ``config`` has a previous stage.
 
     Raises:

@@ -178,7 +178,7 @@ class TestPrepare:
         import json
 
         from autoseg.errors import ModelError
-        from autoseg.training.cascade import MANIFEST, load_previous_stage
+        from autoseg.training.cascade import MANIFEST, PreviousStageManifest
 
         fold_dir = tmp_path / "fold_0"
         self._prepare(prepared, sources, fold_dir)
@@ -186,5 +186,5 @@ class TestPrepare:
         edit(d)
         (fold_dir / MANIFEST).write_text(json.dumps(d))
         with pytest.raises(ModelError, match=match) as e:
-            load_previous_stage(fold_dir, prepared.plan)
+            PreviousStageManifest.load(fold_dir / MANIFEST)
         assert str(fold_dir / MANIFEST) in str(e.value)
