@@ -8,9 +8,9 @@ the region's mask keeps its largest component and the voxels removed become back
 
 Components are 3D with full (26-) connectivity, as nnU-Net's (skimage's default): voxels that
 touch at a corner belong together, so a thin oblique structure is not split into pieces. Removed
-voxels become background (label 0). Labelling uses ``cc3d`` (connected-components-3d, installed
-with acvl-utils), about 2-3x faster than ``scipy.ndimage.label`` on a 512x512x200 mask;
-``scipy`` is the fallback.
+voxels become background (label 0). Labelling (:func:`autoseg._components.label_components`, shared
+with lesion scoring) uses ``cc3d`` (connected-components-3d, installed with acvl-utils), about
+2-3x faster than ``scipy.ndimage.label`` on a 512x512x200 mask; ``scipy`` is the fallback.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 
 from autoseg._atomic import write_json_atomic
+from autoseg._components import label_components
 from autoseg._contract import load, parse
 from autoseg.errors import ModelError
 from autoseg.labels import entry_mask
@@ -120,21 +121,6 @@ class Postprocessing:
         )
 
 
-def _component_labels(mask: np.ndarray) -> np.ndarray:
-    """Components numbered 1… in raster order (cc3d and scipy number them alike)."""
-    # cc3d 4.1 fails on line-shaped masks, e.g. (1, 1, 7) holding 3 components: scipy does those.
-    if sum(d == 1 for d in mask.shape) < 2:
-        try:
-            import cc3d
-
-            return cc3d.connected_components(mask, connectivity=CONNECTIVITY)
-        except (ImportError, RuntimeError):  # pragma: no cover - cc3d comes with acvl-utils
-            pass
-    from scipy import ndimage
-
-    return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))[0]
-
-
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest connected component of a 3D boolean mask (26-connectivity).
 
@@ -161,7 +147,7 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return np.zeros(mask.shape, dtype=bool)
-    components = _component_labels(mask)
+    components, _ = label_components(mask)
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     if np.count_nonzero(sizes) == 1:
