@@ -7,19 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoseg.cli._common import (
-    as_list,
-    log,
-    options_of,
-    preprocess_workers,
-    warn_legacy_workers,
-    workspace,
-)
-from autoseg.command_options import (
-    EvaluateOptions,
-    ExportOptions,
-    FindBestOptions,
-)
+from autoseg.cli._common import as_list, log, options_of, preprocess_workers, warn_legacy_workers, workspace
+from autoseg.command_options import EvaluateOptions, ExportOptions, FindBestOptions
 from autoseg.errors import DatasetError
 
 

@@ -14,10 +14,7 @@ from autoseg.cli._common import (
     warn_legacy_workers,
     workspace,
 )
-from autoseg.command_options import (
-    PredictOptions,
-    SendOptions,
-)
+from autoseg.command_options import PredictOptions, SendOptions
 from autoseg.dicom_node import DicomNode
 from autoseg.errors import AutosegError
 

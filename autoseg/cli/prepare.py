@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from autoseg.cli._common import (
-    EXIT_BAD_INPUT,
-    as_list,
-    fmt,
-    log,
-    options_of,
-    preprocess_workers,
-    workspace,
-)
-from autoseg.command_options import (
-    PlanOptions,
-    PreprocessOptions,
-    VerifyOptions,
-)
+from autoseg.cli._common import EXIT_BAD_INPUT, as_list, fmt, log, options_of, preprocess_workers, workspace
+from autoseg.command_options import PlanOptions, PreprocessOptions, VerifyOptions
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -17,10 +17,7 @@ from autoseg.cli._common import (
     resolve_device,
     workspace,
 )
-from autoseg.command_options import (
-    CommonOptions,
-    TrainRunOptions,
-)
+from autoseg.command_options import CommonOptions, TrainRunOptions
 from autoseg.errors import AutosegError
 from autoseg.options import describe, from_values
 from autoseg.training.config import TrainConfig

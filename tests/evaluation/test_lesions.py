@@ -503,21 +503,25 @@ class TestErrors:
             evaluate_folders(pred_dir, ref_dir, tmp_path / "s.json", lesions=True, lesion_iou=-0.1)
 
 
+def _evaluate_args(pred_dir: Path, ref_dir: Path, out: Path) -> list[str]:
+    return [
+        "evaluate",
+        "--pred",
+        str(pred_dir),
+        "--ref",
+        str(ref_dir),
+        "-o",
+        str(out),
+        "--preprocess-workers",
+        "1",
+    ]
+
+
 class TestCommandLine:
     def test_lesions_end_to_end(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         pred_dir, ref_dir = _write_cases(tmp_path, probabilities=True)
         out = tmp_path / "eval" / "m.json"
-        args = [
-            "evaluate",
-            "--pred",
-            str(pred_dir),
-            "--ref",
-            str(ref_dir),
-            "-o",
-            str(out),
-            "--preprocess-workers",
-            "1",
-        ]
+        args = _evaluate_args(pred_dir, ref_dir, out)
         assert main([*args, "--lesions", "--lesion-iou", "0.6"]) == 0
         err = capsys.readouterr().err
         assert "lesions (IoU > 0.6, one-to-one) -> m_lesions.csv, m_froc.png" in err
@@ -537,17 +541,7 @@ class TestCommandLine:
     ) -> None:
         pred_dir, ref_dir = _write_cases(tmp_path, probabilities=True)
         out = tmp_path / "m.json"
-        args = [
-            "evaluate",
-            "--pred",
-            str(pred_dir),
-            "--ref",
-            str(ref_dir),
-            "-o",
-            str(out),
-            "--preprocess-workers",
-            "1",
-        ]
+        args = _evaluate_args(pred_dir, ref_dir, out)
         assert main([*args, "--lesion-iou", "0.3"]) == 0
         assert "--lesion-iou has no effect without --lesions" in capsys.readouterr().err
         assert "lesions" not in json.loads(out.read_text())
@@ -560,17 +554,7 @@ class TestCommandLine:
         bad = pred_dir / "c1.npz"
         bad.write_bytes(b"not a zip file")
         out = tmp_path / "eval" / "m.json"
-        args = [
-            "evaluate",
-            "--pred",
-            str(pred_dir),
-            "--ref",
-            str(ref_dir),
-            "-o",
-            str(out),
-            "--preprocess-workers",
-            "1",
-        ]
+        args = _evaluate_args(pred_dir, ref_dir, out)
         assert main([*args, "--lesions", "-q"]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1

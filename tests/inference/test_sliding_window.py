@@ -19,7 +19,8 @@ from autoseg.inference.sliding_window import (
     window_starts,
 )
 from autoseg.networks import build_network
-from autoseg.planning.plan import Configuration, Network, Resampling
+from autoseg.planning.plan import Configuration, Network
+from tests.configs import configuration
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -100,19 +101,7 @@ def _config(kind: str, patch: tuple[int, ...], in_slices: int = 1) -> Configurat
         strides=((1,) * dims, (2,) * dims, (2,) * dims),
         deep_supervision=True,
     )
-    return Configuration(
-        name=kind,
-        kind=kind,
-        spacing=(1.0, 1.0, 1.0),
-        median_shape=(20, 20, 20),  # type: ignore[arg-type]
-        patch_size=patch,
-        batch_size=2,
-        in_slices=in_slices,
-        network=network,
-        resampling=Resampling(),
-        batch_dice=False,
-        estimated_feature_elements=0,
-    )
+    return configuration(kind, network, patch, in_slices=in_slices, name=kind)
 
 
 @pytest.mark.parametrize("tta", [True, False], ids=["tta", "no_tta"])

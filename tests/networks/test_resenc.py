@@ -14,7 +14,8 @@ from autoseg.errors import CheckpointError, PlanError
 from autoseg.networks import UNet, build_network
 from autoseg.networks.unet import ResidualEncoderUNet
 from autoseg.planning import rules
-from autoseg.planning.plan import Configuration, Network, Resampling
+from autoseg.planning.plan import Configuration, Network
+from tests.configs import configuration
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,19 +42,7 @@ def residual_config(
         blocks_per_stage=blocks,
         decoder_convs=decoder_convs,
     )
-    return Configuration(
-        name=f"test_{kind}_resenc",
-        kind=kind,  # type: ignore[arg-type]
-        spacing=(1.0, 1.0, 1.0),
-        median_shape=(32, 32, 32),
-        patch_size=patch,
-        batch_size=2,
-        in_slices=in_slices,
-        network=network,
-        resampling=Resampling(),
-        batch_dice=False,
-        estimated_feature_elements=0,
-    )
+    return configuration(kind, network, patch, in_slices=in_slices, name=f"test_{kind}_resenc")
 
 
 def as_plain(config: Configuration) -> Configuration:

@@ -15,7 +15,8 @@ from monai.networks.nets import DynUNet
 
 from autoseg.errors import CheckpointError, PlanError
 from autoseg.networks import UNet, build_network, input_divisor
-from autoseg.planning.plan import Configuration, Network, Plan, Resampling
+from autoseg.planning.plan import Configuration, Network, Plan
+from tests.configs import configuration
 
 ROOT = Path(__file__).resolve().parents[2]
 HIPPOCAMPUS_PLAN = ROOT / "plans" / "hippocampus" / "plans.json"
@@ -45,19 +46,7 @@ def make_config(
         strides=strides,
         deep_supervision=deep_supervision,
     )
-    return Configuration(
-        name=f"test_{kind}",
-        kind=kind,
-        spacing=(1.0, 1.0, 1.0),
-        median_shape=(32, 32, 32),  # type: ignore[arg-type]
-        patch_size=patch,
-        batch_size=2,
-        in_slices=in_slices,
-        network=network,
-        resampling=Resampling(),
-        batch_dice=False,
-        estimated_feature_elements=0,
-    )
+    return configuration(kind, network, patch, in_slices=in_slices)
 
 
 def expected_shapes(config: Configuration, batch: int, n_classes: int) -> list[tuple[int, ...]]:
