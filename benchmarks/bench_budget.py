@@ -12,8 +12,10 @@ dataset, would make one CPU iteration ~8x longer and compare batch sizes instead
 nnU-Net v2 (``3d_fullres``, its own plan, the same batch 7 and patch). A run is one JSON row kept
 in ``results/budget_curve.json`` (appended as soon as it ends, so runs add up across sessions);
 the 360-iteration runs of ``results/train_hippocampus_cpu.json`` join the table as they are (same
-budget, same shape). Time is wall-clock hours on the 2-core machine (plan and preprocessing
-excluded, validation included): time one run at a time on an otherwise idle machine.
+budget, same shape). Time is the wall-clock hours of the training command on the 2-core machine,
+validation included; autoseg's includes its preprocessing (train preprocesses on first use,
+~15 s here), nnU-Net's does not (a separate command): time one run at a time on an otherwise
+idle machine.
 
     .venv/bin/python benchmarks/bench_budget.py --iters 1440 --seeds 12345
     .venv/bin/python benchmarks/bench_budget.py --iters 360 --config 3d_fullres_resenc_m --seeds 12345
@@ -116,8 +118,9 @@ def table(rows: list[dict]) -> str:
         "",
         f"Epochs of {ITERS_PER_EPOCH} iterations + {VAL_ITERS} validation iterations, batch 7 "
         "(patch 40x56x40), full sliding-window validation with mirroring at the end. Hours: "
-        "wall-clock of the training command on the 2-core machine (validation included; plan and "
-        "preprocessing not). Runs marked shared had another job on the CPU (slower, same Dice).",
+        "wall-clock of the training command on the 2-core machine (validation included; autoseg's "
+        "includes its preprocessing, ~15 s, nnU-Net's not). Runs marked shared had another job "
+        "on the CPU (slower; the Dice barely moves).",
         "",
         "| series | iters | run | date | hours | pseudo-Dice per epoch (last 4) | Dice ant. | Dice post. "
         "| Dice mean |",
