@@ -55,12 +55,12 @@ def held_out_cases(case_ids: list[str], n: int = N_HELD_OUT, seed: int = HELD_OU
     return sorted(ids[i] for i in order[:n])
 
 
-def build(msd: Path, dest: Path) -> list[str]:
+def build(msd: Path, dest: Path, n_held_out: int = N_HELD_OUT) -> list[str]:
     """The development dataset (nnU-Net v2 layout, links to the MSD files) and the held-out
     images and labels beside it; returns the held-out ids."""
     meta = json.loads((msd / "dataset.json").read_text())
     cases = {Path(e["image"]).name.removesuffix(".nii.gz"): e for e in meta["training"]}
-    held = held_out_cases(list(cases))
+    held = held_out_cases(list(cases), n_held_out)
     if (dest / DATASET / "dataset.json").is_file():
         return held
     ds, test_images, test_labels = dest / DATASET, dest / "held_out" / "images", dest / "held_out" / "labels"
@@ -219,6 +219,7 @@ def main() -> int:
     ap.add_argument("--table", action="store_true", help="only rewrite the table")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="a smoke test's shorter runs")
     ap.add_argument("--iters", type=int, default=ITERS_PER_EPOCH, help="iterations per epoch")
+    ap.add_argument("--held-out", type=int, default=N_HELD_OUT, help="cases held out (a smoke test's fewer)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="the runs file (a smoke test's own)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -226,7 +227,7 @@ def main() -> int:
     global RESULTS
     RESULTS = args.results.resolve()
     if not args.table:
-        held = build(args.data.resolve(), work)
+        held = build(args.data.resolve(), work, args.held_out)
         _check_held_out(held)
         for fold in args.train:
             t0 = time.perf_counter()

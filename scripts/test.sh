@@ -9,8 +9,11 @@ bash scripts/setup_env.sh
 .venv/bin/mypy autoseg
 if [ $# -eq 0 ]; then
   # The whole suite (tests/ and the package's doctests), with coverage of the package, child
-  # processes included, and its floor (pyproject.toml [tool.coverage.report] fail_under).
-  .venv/bin/python -m pytest -q --cov=autoseg --cov-report=term --durations=15
+  # processes included, and its floor (pyproject.toml [tool.coverage.report] fail_under). One
+  # pytest-xdist worker per core (at most 4), each test file on one worker (its module
+  # fixtures built once); tests/conftest.py keeps every worker on one torch thread.
+  .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile \
+    --cov=autoseg --cov-report=term --durations=15
 else
   .venv/bin/python -m pytest -q "$@"
 fi

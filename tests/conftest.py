@@ -15,6 +15,16 @@ from autoseg.io.samples import copy_sample_subset
 from tests.budget import tiny
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``scripts/test.sh`` runs one worker per core, at most 4), every worker
+    and the processes its tests start compute on one thread: two workers with a thread per core
+    each would oversubscribe the cores, and OpenMP's waiting threads then slow a step many times
+    over. A run without workers keeps torch's default."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the autoseg and torchrun children
+        torch.set_num_threads(1)
+
+
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
