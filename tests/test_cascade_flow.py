@@ -96,7 +96,7 @@ def test_cascade_trains_on_cv_predictions_and_predicts(
     assert "without --continue" in err
     # refused before anything of the fold changed: its inputs are still those of its checkpoints
     assert {p: p.read_bytes() for p in inputs} == before
-    assert sorted(fold_dir.rglob("previous_stage*")) == sorted([*inputs, fold_dir / "previous_stage"])
+    assert sorted([fold_dir / "previous_stage.json", *(fold_dir / "previous_stage").iterdir()]) == inputs
     assert _train(work, "3d_cascade_fullres", "0") == 0  # from scratch on the new predictions
 
     # predict 2 unseen scans with the cascade: both stages run, outputs on each scan's grid
