@@ -11,9 +11,9 @@ if [ $# -eq 0 ]; then
   # The whole suite (tests/ and the package's doctests), with coverage of the package, child
   # processes included, and its floor (pyproject.toml [tool.coverage.report] fail_under). One
   # pytest-xdist worker per core (at most 4), each test file on one worker (its module
-  # fixtures built once) unless it says XDIST_SPREAD; tests/conftest.py keeps every worker on
-  # one torch thread.
-  .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup \
+  # fixtures built once; xdist 3.8's loadgroup cannot group under pytest 9.2, whose node ids
+  # it no longer rewrites); tests/conftest.py keeps every worker on one torch thread.
+  .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile \
     --cov=autoseg --cov-report=term --durations=15
 else
   .venv/bin/python -m pytest -q "$@"

@@ -25,17 +25,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With ``--dist loadgroup`` (scripts/test.sh) a test file's tests run on one worker, so that
-    its module-scoped fixtures (trained folds, planned datasets) are built once; a file whose
-    tests are independent and long says ``XDIST_SPREAD = True`` and its tests spread over the
-    workers (the whole file on one worker would finish alone, minutes after the rest)."""
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and not getattr(module, "XDIST_SPREAD", False):
-            item.add_marker(pytest.mark.xdist_group(module.__name__))
-
-
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 

@@ -30,9 +30,6 @@ from autoseg.training.checkpoint import load_checkpoint
 from tests.budget import tiny
 
 CONFIGS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
-#: Each scenario builds its own data and models (about a minute each): under pytest-xdist they
-#: spread over the workers (tests/conftest.py).
-XDIST_SPREAD = True
 
 
 def _held_out(root: Path, scenario: str) -> tuple[Path, Path, Path]:
