@@ -1,5 +1,5 @@
 """The sparse scenario of nnU-Net's integration tests, as built from the shipped sample (its
-training through every configuration: tests/test_integration_scenarios.py)."""
+training through every configuration: tests/test_scenario_*.py)."""
 
 from __future__ import annotations
 

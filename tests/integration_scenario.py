@@ -9,6 +9,10 @@ their labels), with a tiny budget (1 epoch of 2 iterations) and fold 0 of 2 (the
 needs 3d_lowres folds 0 and 1). Every configuration predicts the held-out scans: outputs have
 the input's exact geometry and only declared label values, never the ignore value; evaluate
 scores every label or region. ``benchmarks/bench_scenarios.py`` runs all 5 folds.
+
+One test file per scenario (``tests/test_scenario_<name>.py``) calls :func:`run_scenario`: each
+takes about a minute, and pytest-xdist (``--dist loadfile``) spreads files, not the parameters of
+one test, over its workers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.cli import main
-from autoseg.io.samples import SCENARIOS, make_scenario_dataset
+from autoseg.io.samples import make_scenario_dataset
 from autoseg.labels import LabelScheme
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.store import PreprocessedStore
@@ -48,9 +52,8 @@ def _held_out(root: Path, scenario: str) -> tuple[Path, Path, Path]:
     return ds, scans, refs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario_through_every_configuration(tmp_path: Path, scenario: str) -> None:
+def run_scenario(tmp_path: Path, scenario: str) -> None:
+    """Plan, train every configuration, find-best, predict and evaluate one scenario (see above)."""
     ds, scans, refs = _held_out(tmp_path, scenario)
     work = tmp_path / "work"
     common = ["--work-dir", str(work), "-q"]
