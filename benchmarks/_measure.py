@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -46,3 +47,15 @@ def write_result(name: str, text: str) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / name).write_text(text)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The runs kept in a benchmark's JSON results file (none when it does not exist yet)."""
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Keep one more run in ``path`` at once, so that runs add up across sessions even when a
+    later one is cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([*read_rows(path), row], indent=1))

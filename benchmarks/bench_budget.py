@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import AUTOSEG, HERE, SHARED, write_result
+from _measure import AUTOSEG, HERE, SHARED, append_row, read_rows, write_result
 from bench_train import RUNS as RUNS_360
 from bench_train import _run, _today, check_same_split, run_nnunet
 
@@ -49,6 +49,23 @@ NNUNET = "nnU-Net v2.8.1"
 log = logging.getLogger("bench_budget")
 
 
+def train_command(
+    work: Path,
+    dataset: str,
+    config: str,
+    fold: int,
+    epochs: int,
+    batch: int,
+    seed: int,
+    iters: int = ITERS_PER_EPOCH,
+) -> list[str]:
+    """``autoseg train`` of one fold on the CPU in this benchmark's epoch shape (``iters``
+    iterations + VAL_ITERS validation iterations, 2 augmentation workers)."""
+    cmd = [AUTOSEG, "train", dataset, config, str(fold), "--work-dir", str(work), "--device", "cpu"]
+    cmd += ["--epochs", str(epochs), "--iters-per-epoch", str(iters), "--val-iters", str(VAL_ITERS)]
+    return [*cmd, "--augment-workers", "2", "--seed", str(seed), "--batch-size", str(batch)]
+
+
 def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> dict[str, object]:
     """Plan (with the preset a configuration needs), train and validate fold 0; one row."""
     check_same_split(data)
@@ -57,11 +74,7 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
     _run(plan + (["--preset", preset] if preset else []))
     plans = json.loads((work / data.name / "plans.json").read_text())["configurations"]
     batch = plans[args.config]["batch_size"] if args.plan_batch else plans["3d_fullres"]["batch_size"]
-    train = [AUTOSEG, "train", data.name, args.config, "0", "--work-dir", str(work), "--device", "cpu"]
-    train += ["--epochs", str(args.iters // ITERS_PER_EPOCH), "--iters-per-epoch", str(ITERS_PER_EPOCH)]
-    train += ["--val-iters", str(VAL_ITERS), "--augment-workers", "2", "--seed", str(seed)]
-    train += ["--batch-size", str(batch)]
-    wall = _run(train)
+    wall = _run(train_command(work, data.name, args.config, 0, args.iters // ITERS_PER_EPOCH, batch, seed))
     fold = work / data.name / "models" / args.config / "fold_0"
     recs = [json.loads(line) for line in (fold / "progress.jsonl").read_text().splitlines()]
     summary = json.loads((fold / "validation" / "summary.json").read_text())
@@ -102,9 +115,8 @@ def _as_row(r: dict, iters: int) -> dict[str, object]:
 
 def all_rows() -> list[dict]:
     """This file's runs and the 360-iteration runs of bench_train.py."""
-    kept = json.loads(RUNS.read_text()) if RUNS.is_file() else []
-    old = json.loads(RUNS_360.read_text()) if RUNS_360.is_file() else []
-    return [_as_row(r, 8 * ITERS_PER_EPOCH) | {"source": RUNS_360.name} for r in old] + kept
+    old = [_as_row(r, 8 * ITERS_PER_EPOCH) | {"source": RUNS_360.name} for r in read_rows(RUNS_360)]
+    return old + read_rows(RUNS)
 
 
 def _series(row: dict) -> str:
@@ -205,11 +217,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _append(row: dict) -> None:
-    kept = json.loads(RUNS.read_text()) if RUNS.is_file() else []
-    RUNS.write_text(json.dumps([*kept, row], indent=1))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
@@ -233,7 +240,9 @@ def main() -> int:
             tmp = args.keep_work or Path(tmp_dir)
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                _append(run_autoseg(data, tmp / f"autoseg_{args.config}_{args.iters}_{seed}", seed, args))
+                append_row(
+                    RUNS, run_autoseg(data, tmp / f"autoseg_{args.config}_{args.iters}_{seed}", seed, args)
+                )
                 log.info("autoseg seed %d: %.1f min", seed, (time.perf_counter() - t0) / 60)
             if args.nnunet_runs:
                 nn_args = argparse.Namespace(
@@ -244,7 +253,7 @@ def main() -> int:
                     regions=False,
                 )
                 for row in run_nnunet(data, tmp / f"nnunet_{args.iters}", args.nnunet_runs, nn_args):
-                    _append(_as_row(row, args.iters) | {"run": args.note or "this benchmark"})
+                    append_row(RUNS, _as_row(row, args.iters) | {"run": args.note or "this benchmark"})
     rows = all_rows()
     plot(rows, PNG)
     write_result("budget_curve.md", table(rows))

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import AUTOSEG, HERE, ROOT, SHARED, write_result
-from bench_budget import ITERS_PER_EPOCH, VAL_ITERS
+from _measure import AUTOSEG, HERE, ROOT, SHARED, append_row, read_rows
+from bench_budget import ITERS_PER_EPOCH, train_command
 from bench_train import _run, _today
 
 RESULTS = HERE / "results" / "ensemble_hippocampus.json"
@@ -77,38 +77,30 @@ def build(msd: Path, dest: Path, n_held_out: int = N_HELD_OUT) -> list[str]:
     return held
 
 
-def _rows() -> list[dict]:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-
-
-def _append(row: dict) -> None:
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps([*_rows(), row], indent=1))
-
-
-def _check_held_out(held: list[str]) -> None:
-    for r in _rows():
+def _check_held_out(results: Path, held: list[str]) -> None:
+    for r in read_rows(results):
         if r.get("held_out") not in (None, held):
-            sys.exit(f"{RESULTS.name} was made with another held-out set: the runs would not add up")
+            sys.exit(f"{results.name} was made with another held-out set: the runs would not add up")
+
+
+def _fold_dir(work: Path, fold: int) -> Path:
+    return work / "models" / DATASET / "models" / "3d_fullres" / f"fold_{fold}"
 
 
 def train_fold(
-    work: Path, fold: int, held: list[str], epochs: int = EPOCHS, iters: int = ITERS_PER_EPOCH
+    work: Path, results: Path, fold: int, held: list[str], epochs: int = EPOCHS, iters: int = ITERS_PER_EPOCH
 ) -> None:
     """Train one fold unless it already finished; a row with its time and validation Dice."""
-    model = work / "models" / DATASET / "models" / "3d_fullres" / f"fold_{fold}"
+    model = _fold_dir(work, fold)
     if (model / "validation" / "summary.json").is_file():
         log.info("fold %d is trained (%s): skipped", fold, model)
         return
     if not (work / "models" / DATASET / "plans.json").is_file():
         _run([AUTOSEG, "plan", str(work / DATASET), "--work-dir", str(work / "models"), "-q"])
-    cmd = [AUTOSEG, "train", DATASET, "3d_fullres", str(fold), "--work-dir", str(work / "models")]
-    cmd += ["--device", "cpu", "--epochs", str(epochs), "--iters-per-epoch", str(iters)]
-    cmd += ["--val-iters", str(VAL_ITERS), "--batch-size", str(BATCH), "--seed", str(SEED)]
-    cmd += ["--augment-workers", "2"]
-    wall = _run(cmd)
+    wall = _run(train_command(work / "models", DATASET, "3d_fullres", fold, epochs, BATCH, SEED, iters))
     summary = json.loads((model / "validation" / "summary.json").read_text())
-    _append(
+    append_row(
+        results,
         {
             "kind": "fold",
             "fold": fold,
@@ -118,15 +110,13 @@ def train_fold(
             "held_out": held,
             "val_dice": [summary["mean"]["1"], summary["mean"]["2"]],
             "val_dice_mean": summary["foreground_mean"],
-        }
+        },
     )
 
 
-def evaluate(work: Path, held: list[str]) -> None:
+def evaluate(work: Path, results: Path, held: list[str]) -> None:
     """Each fold alone and the 5 together on the held-out cases; one row each."""
-    missing = [
-        k for k in FOLDS if not (work / "models" / DATASET / "models" / "3d_fullres" / f"fold_{k}").is_dir()
-    ]
+    missing = [k for k in FOLDS if not _fold_dir(work, k).is_dir()]
     if missing:
         sys.exit(f"folds {missing} are not trained yet: --train {' '.join(map(str, missing))}")
     for members in [*([k] for k in FOLDS), list(FOLDS)]:
@@ -150,7 +140,8 @@ def evaluate(work: Path, held: list[str]) -> None:
             ]
         )
         s = json.loads(scores.read_text())
-        _append(
+        append_row(
+            results,
             {
                 "kind": "held_out",
                 "members": members,
@@ -160,21 +151,23 @@ def evaluate(work: Path, held: list[str]) -> None:
                 "dice": [s["per_label"]["1"]["dice"], s["per_label"]["2"]["dice"]],
                 "dice_mean": s["mean"]["dice"],
                 "hd95_mean": s["mean"].get("hd95_mm"),
-            }
+            },
         )
 
 
 def table(rows: list[dict]) -> str:
     folds = [r for r in rows if r["kind"] == "fold"]
     held = [r for r in rows if r["kind"] == "held_out"]
+    n_held = len(next((r["held_out"] for r in rows if r.get("held_out")), [])) or N_HELD_OUT
+    iters = sorted({r["iters"] for r in folds}) or [EPOCHS * ITERS_PER_EPOCH]
     lines = [
-        "## 5-fold ensemble vs one fold: hippocampus, 40 held-out cases, CPU (2 cores)",
+        f"## 5-fold ensemble vs one fold: hippocampus, {n_held} held-out cases, CPU (2 cores)",
         "",
-        f"160 development cases, 5 folds of 3d_fullres at {EPOCHS} x {ITERS_PER_EPOCH} iterations of "
-        f"batch {BATCH} (seed {SEED}); {N_HELD_OUT} cases held out of every fold (seed "
+        f"5 folds of 3d_fullres at {'/'.join(map(str, iters))} iterations of batch {BATCH} (seed "
+        f"{SEED}) on the development cases; {n_held} cases held out of every fold (seed "
         f"{HELD_OUT_SEED}). Prediction with mirroring; Dice on the held-out cases.",
         "",
-        "| fold | date | hours | validation Dice (its 32 cases) |",
+        "| fold | date | hours | validation Dice (its own validation cases) |",
         "|---:|---|---:|---:|",
     ]
     lines += [f"| {r['fold']} | {r['date']} | {r['hours']:.2f} | {r['val_dice_mean']:.4f} |" for r in folds]
@@ -223,22 +216,19 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="the runs file (a smoke test's own)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    work = args.work.resolve()
-    global RESULTS
-    RESULTS = args.results.resolve()
+    work, results = args.work.resolve(), args.results.resolve()
     if not args.table:
         held = build(args.data.resolve(), work, args.held_out)
-        _check_held_out(held)
+        _check_held_out(results, held)
         for fold in args.train:
             t0 = time.perf_counter()
-            train_fold(work, fold, held, args.epochs, args.iters)
+            train_fold(work, results, fold, held, args.epochs, args.iters)
             log.info("fold %d: %.1f min", fold, (time.perf_counter() - t0) / 60)
         if args.evaluate:
-            evaluate(work, held)
-    if RESULTS.name == "ensemble_hippocampus.json":
-        write_result("ensemble_hippocampus.md", table(_rows()))
-    else:
-        print(table(_rows()))
+            evaluate(work, results, held)
+    text = table(read_rows(results))
+    print(text)
+    results.with_suffix(".md").write_text(text)
     return 0
 
 

@@ -14,7 +14,7 @@ training and its validation cases alike.
 refuses, naming the ``3d_lowres`` folds to train, when any is missing; a fold's predictions count
 only when its validation finished after its final checkpoint (``summary.json`` lists the case
 and is not older than ``checkpoint_final.pt``), so a fold retrained on another split cannot
-leave behind predictions of cases it trained on. :func:`prepare_previous_stage` brings them onto
+leave behind predictions of cases it trained on. :func:`write_previous_stage` brings them onto
 the cascade's preprocessed grid (:mod:`autoseg.preprocessing.previous_stage`) under the fold's
 folder, ``fold_k/previous_stage/CASE.npy``, and records in ``fold_k/previous_stage.json`` (a
 typed, versioned :class:`PreviousStageManifest`) which file of which fold each case's input came
@@ -280,17 +280,3 @@ def write_previous_stage(
         len(sources),
         ", ".join(sorted({s.fold for s in sources.values()})),
     )
-
-
-def prepare_previous_stage(
-    sources: dict[str, CVPrediction],
-    plan: Plan,
-    config: Configuration,
-    store: PreprocessedStore,
-    fold_dir: Path,
-) -> PreviousStageInput:
-    """:func:`previous_stage_manifest`, then :func:`write_previous_stage`: the maps and manifest
-    written, and where the loader finds them."""
-    manifest = previous_stage_manifest(sources, config)
-    write_previous_stage(manifest, sources, plan, config, store, fold_dir)
-    return previous_stage_input(fold_dir, plan, manifest)

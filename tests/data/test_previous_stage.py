@@ -116,7 +116,7 @@ class TestPerturbations:
 
 
 class TestPrepare:
-    """``prepare_previous_stage``: maps on the store's grid, a strict manifest whose digest
+    """``write_previous_stage``: maps on the store's grid, a strict manifest whose digest
     follows the predictions' contents, and no maps left of cases the fold no longer has."""
 
     @pytest.fixture
@@ -133,10 +133,17 @@ class TestPrepare:
         return out
 
     def _prepare(self, prepared, sources, fold_dir):
-        from autoseg.training.cascade import prepare_previous_stage
+        """What training does: the manifest, the maps, and where the loader finds them."""
+        from autoseg.training.cascade import (
+            previous_stage_input,
+            previous_stage_manifest,
+            write_previous_stage,
+        )
 
         config = dataclasses.replace(prepared.plan.configuration("3d_fullres"), previous_stage="3d_lowres")
-        return prepare_previous_stage(sources, prepared.plan, config, prepared.store("3d_fullres"), fold_dir)
+        manifest = previous_stage_manifest(sources, config)
+        write_previous_stage(manifest, sources, prepared.plan, config, prepared.store("3d_fullres"), fold_dir)
+        return previous_stage_input(fold_dir, prepared.plan, manifest)
 
     def test_maps_manifest_and_a_digest_that_follows_the_contents(self, prepared, sources, tmp_path):
         from autoseg.training.cascade import MANIFEST, PreviousStageManifest
