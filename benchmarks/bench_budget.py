@@ -20,7 +20,12 @@ idle machine.
     .venv/bin/python benchmarks/bench_budget.py --iters 1440 --seeds 12345
     .venv/bin/python benchmarks/bench_budget.py --iters 360 --config 3d_fullres_resenc_m --seeds 12345
     .venv/bin/python benchmarks/bench_budget.py --iters 1440 --nnunet-runs 1
+    .venv/bin/python benchmarks/bench_budget.py --iters 360 --seeds 1 2 3 --flags "--schedule poly_step"
     .venv/bin/python benchmarks/bench_budget.py --table      # table + PNG from the kept runs
+
+``--flags`` adds ``autoseg train`` flags to the autoseg runs: a recipe candidate, kept as its own
+series (the flags are in its name) until >= 3 seeds at each budget it affects say whether it
+beats the default beyond the seed spread (issue 16).
 
 Writes results/budget_curve.md and results/budget_curve.png.
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import statistics
 import sys
 import tempfile
@@ -74,13 +80,15 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
     _run(plan + (["--preset", preset] if preset else []))
     plans = json.loads((work / data.name / "plans.json").read_text())["configurations"]
     batch = plans[args.config]["batch_size"] if args.plan_batch else plans["3d_fullres"]["batch_size"]
-    wall = _run(train_command(work, data.name, args.config, 0, args.iters // ITERS_PER_EPOCH, batch, seed))
+    train = train_command(work, data.name, args.config, 0, args.iters // ITERS_PER_EPOCH, batch, seed)
+    wall = _run(train + shlex.split(args.flags))
     fold = work / data.name / "models" / args.config / "fold_0"
     recs = [json.loads(line) for line in (fold / "progress.jsonl").read_text().splitlines()]
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     return {
         "tool": "autoseg",
         "config": args.config,
+        "flags": args.flags,
         "iters": args.iters,
         "batch": batch,
         "seed": seed,
@@ -120,7 +128,9 @@ def all_rows() -> list[dict]:
 
 
 def _series(row: dict) -> str:
-    return row["tool"] if row["config"] == "3d_fullres" else f"{row['tool']} {row['config']}"
+    """The tool, its configuration unless the default, and any recipe flags (a candidate)."""
+    name = row["tool"] if row["config"] == "3d_fullres" else f"{row['tool']} {row['config']}"
+    return f"{name} {row['flags']}" if row.get("flags") else name
 
 
 def table(rows: list[dict]) -> str:
@@ -227,6 +237,11 @@ def main() -> int:
     ap.add_argument("--plan-batch", action="store_true", help="train a preset at its planned batch")
     ap.add_argument("--seeds", type=int, nargs="*", default=[], help="autoseg runs, one per seed")
     ap.add_argument("--nnunet-runs", type=int, default=0, help="nnU-Net runs (~4 s/iteration)")
+    ap.add_argument(
+        "--flags",
+        default="",
+        help="more `autoseg train` flags: a recipe candidate, its own series (e.g. '--schedule poly_step')",
+    )
     ap.add_argument("--note", default="", help="the run's label (e.g. what changed, or shared CPU)")
     ap.add_argument("--keep-work", type=Path, default=None, help="keep the work folders here")
     ap.add_argument("--table", action="store_true", help="only rewrite the table and the figure")

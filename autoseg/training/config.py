@@ -83,7 +83,10 @@ class TrainConfig:
         "dice_ce", "loss: dice_ce (nnU-Net's), dice_focal (strong class imbalance), or a registered one"
     )
     optimizer: str = option("sgd", "optimiser: sgd (nnU-Net's, Nesterov momentum), or a registered one")
-    schedule: str = option("poly", "learning-rate schedule: poly (nnU-Net's), or a registered one")
+    schedule: str = option(
+        "poly",
+        "learning-rate schedule: poly (nnU-Net's, per epoch), poly_step (per iteration), or a registered one",
+    )
     augmentation: str = option(
         "default", "augmentation: default (nnU-Net's), none, or a registered one", metavar="NAME"
     )

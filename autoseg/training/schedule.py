@@ -2,16 +2,22 @@
 
 The training settings name one of each (``--optimizer``, ``--schedule``); the built-in ones are
 nnU-Net's: SGD with Nesterov momentum 0.99 and weight decay 3e-5, and the polynomial decay
-``lr * (1 - epoch / epochs) ** 0.9`` stepped per epoch. Register others as
-:mod:`autoseg._registry` explains.
+``lr * (1 - epoch / epochs) ** 0.9`` stepped per epoch. ``poly_step`` is the same curve stepped
+every iteration: with 1000 epochs the two are the same run, with the 8-32 epochs of a CPU budget
+the per-epoch staircase never goes below ``lr * (1 / epochs) ** 0.9`` (0.0015 at 8 epochs), the
+per-step curve ends at ~0 (a candidate for small budgets, issue 16; not the default until the
+budget curve says so). Register others as :mod:`autoseg._registry` explains.
 
 An optimiser factory is ``(parameters, settings) -> torch.optim.Optimizer`` (``settings`` a
 :class:`~autoseg.training.config.TrainConfig`: its ``lr``, ``momentum``, ``weight_decay``); a
-schedule is ``(initial_lr, epoch, total_epochs) -> lr`` for that epoch.
+schedule is ``(initial_lr, epoch, total_epochs) -> lr``, asked before every optimiser step with
+the fractional epoch ``epoch + iteration / iters_per_epoch`` (a schedule that steps per epoch
+floors it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -23,7 +29,7 @@ if TYPE_CHECKING:
     from autoseg.training.config import TrainConfig
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter], "TrainConfig"], torch.optim.Optimizer]
-Schedule = Callable[[float, int, int], float]
+Schedule = Callable[[float, float, int], float]
 
 #: Optimisers by name.
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", flag="--optimizer")
@@ -44,11 +50,28 @@ def sgd(parameters: Iterable[torch.nn.Parameter], settings: TrainConfig) -> torc
 
 
 @SCHEDULES.register("poly")
-def poly_lr(initial: float, epoch: int, total_epochs: int, *, exponent: float = 0.9) -> float:
-    """Polynomial decay, stepped per epoch: ``initial * (1 - epoch / total) ** exponent``.
+def poly_lr(initial: float, epoch: float, total_epochs: int, *, exponent: float = 0.9) -> float:
+    """Polynomial decay, stepped per epoch: ``initial * (1 - floor(epoch) / total) ** exponent``.
 
     Examples:
         >>> poly_lr(0.01, 0, 10), round(poly_lr(0.01, 5, 10), 6), poly_lr(0.01, 10, 10)
         (0.01, 0.005359, 0.0)
+        >>> poly_lr(0.01, 5.9, 10) == poly_lr(0.01, 5, 10)
+        True
     """
+    return _poly(initial, math.floor(epoch), total_epochs, exponent)
+
+
+@SCHEDULES.register("poly_step")
+def poly_step_lr(initial: float, epoch: float, total_epochs: int, *, exponent: float = 0.9) -> float:
+    """Polynomial decay, stepped every iteration: ``initial * (1 - epoch / total) ** exponent``.
+
+    Examples:
+        >>> round(poly_step_lr(0.01, 5.5, 10), 6), round(poly_step_lr(0.01, 9.99, 10), 6)
+        (0.004874, 2e-05)
+    """
+    return _poly(initial, epoch, total_epochs, exponent)
+
+
+def _poly(initial: float, epoch: float, total_epochs: int, exponent: float) -> float:
     return initial * max(0.0, 1.0 - epoch / total_epochs) ** exponent

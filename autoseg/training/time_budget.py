@@ -10,8 +10,10 @@ The learning-rate schedule spans the chosen total from epoch 0 on. The first epo
 the total is known, at the learning rate the schedule gives epoch 0 of the provisional total
 (``--epochs``' default); the built-in poly schedule gives epoch 0 the initial rate whatever the
 total (``lr * (1 - 0 / total) ** 0.9``), so for it the run is exactly a run of the chosen number
-of epochs. Only a registered schedule whose epoch-0 rate depends on the total would differ, and
-only during that one epoch.
+of epochs. A schedule whose rate within epoch 0 depends on the total differs during that one
+epoch only: ``poly_step`` decays towards the provisional total's rate (at most ~11 % above the
+chosen total's at the end of epoch 0 when 8 epochs are chosen), and follows the chosen total
+from epoch 1 on.
 
 The plan keeps room at the end (:func:`final_validation_s`): the final checkpoint and the fold's
 full sliding-window validation with mirroring, from the time the prediction of the smallest

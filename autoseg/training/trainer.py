@@ -379,9 +379,6 @@ class Trainer:
         """
         s = self.state
         self.model.train()
-        lr = self.schedule(self.cfg.lr, s.epoch, self.cfg.epochs)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
         bar = tqdm(
             range(s.iteration, self.cfg.iters_per_epoch),
             desc=f"epoch {s.epoch}",
@@ -395,6 +392,9 @@ class Trainer:
         for _ in bar:
             if s.stop:
                 raise TrainingInterrupted
+            lr = self.schedule(self.cfg.lr, s.epoch + s.iteration / self.cfg.iters_per_epoch, self.cfg.epochs)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
             loss = self._step(loader)
             s.losses.append(loss)
             s.iteration += 1

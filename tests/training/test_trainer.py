@@ -107,6 +107,30 @@ def test_configuration_not_in_plan_is_refused(dataset: Path, capsys: pytest.Capt
     assert "3d_fullres, 2d, 2.5d" in err
 
 
+@pytest.mark.parametrize(("schedule", "fold"), [("poly", "0"), ("poly_step", "4")])
+def test_the_schedule_sets_the_rate_of_every_step(
+    dataset: Path, schedule: str, fold: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """poly holds each epoch's rate for all its steps (nnU-Net's); poly_step moves it every step,
+    from the fractional epoch ``epoch + iteration / iters_per_epoch``."""
+    from autoseg.training.schedule import SCHEDULES
+
+    rates: list[float] = []
+    sgd_step = torch.optim.SGD.step
+
+    def step(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        rates.append(self.param_groups[0]["lr"])
+        return sgd_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    args = _train_args(dataset, "2d", fold, "--schedule", schedule, "--lr", "0.02", epochs=2, iters=3)
+    assert main([*args, "--no-val-probabilities"]) == 0
+    expected = [SCHEDULES.get(schedule)(0.02, epoch + i / 3, 2) for epoch in range(2) for i in range(3)]
+    assert rates == pytest.approx(expected)
+    assert len(set(rates)) == {"poly": 2, "poly_step": 6}[schedule]
+    assert rates[0] == 0.02
+
+
 def _run_until(cmd: list[str], *, predicate, timeout: float = 240) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.monotonic()
