@@ -24,6 +24,12 @@ def _cli(work: Path, *args: str) -> int:
     return main([*args, "--work-dir", str(work), "-q"])
 
 
+def _predict(work: Path, inputs: Path, out: Path, config: str, backend: str, *extra: str) -> int:
+    """``autoseg predict`` of ``inputs`` on the CPU with the hippo model of ``config``."""
+    where = ["-i", str(inputs), "-o", str(out), "-d", "hippo", "-c", config]
+    return _cli(work, "predict", *where, "--backend", backend, "--device", "cpu", *extra)
+
+
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     src = tmp_path / "in"
@@ -52,28 +58,8 @@ def test_onnx_backend_matches_torch(trained_copy: Path, inputs: Path, tmp_path: 
     outs = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / backend
-        assert (
-            _cli(
-                trained_copy,
-                "predict",
-                "-i",
-                str(inputs),
-                "-o",
-                str(out),
-                "-d",
-                "hippo",
-                "-c",
-                config,
-                "--backend",
-                backend,
-                "--precision",
-                "fp32",
-                "--device",
-                "cpu",
-                "--save-probabilities",
-            )
-            == 0
-        )
+        flags = ("--precision", "fp32", "--save-probabilities")
+        assert _predict(trained_copy, inputs, out, config, backend, *flags) == 0
         outs[backend] = out
     for p in CASES:
         a = read_image(outs["torch"] / p.name).array
@@ -119,25 +105,7 @@ def test_onnx_backend_without_export_is_a_clear_error(
     trained_copy: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert not list((trained_copy / "hippo" / "models" / "2d").glob("fold_*/model.onnx"))  # never exported
-    assert (
-        _cli(
-            trained_copy,
-            "predict",
-            "-i",
-            str(inputs),
-            "-o",
-            str(tmp_path / "o"),
-            "-d",
-            "hippo",
-            "-c",
-            "2d",
-            "--backend",
-            "onnx",
-            "--device",
-            "cpu",
-        )
-        == 2
-    )
+    assert _predict(trained_copy, inputs, tmp_path / "o", "2d", "onnx") == 2
     assert "autoseg export" in capsys.readouterr().err
 
 
@@ -157,23 +125,5 @@ def test_tensorrt_absent_fails_cleanly(
     assert "TensorRT is not installed" in err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in engine_dir.rglob("*")) == before  # nothing written
-    assert (
-        _cli(
-            trained_copy,
-            "predict",
-            "-i",
-            str(inputs),
-            "-o",
-            str(tmp_path / "o"),
-            "-d",
-            "hippo",
-            "-c",
-            "3d_fullres",
-            "--backend",
-            "tensorrt",
-            "--device",
-            "cpu",
-        )
-        == 2
-    )
+    assert _predict(trained_copy, inputs, tmp_path / "o", "3d_fullres", "tensorrt") == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
