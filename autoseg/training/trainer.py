@@ -12,7 +12,7 @@ start at the batch where the checkpoint stopped; (2) a checkpoint holds everythi
 changes as training goes: weights, optimiser and gradient-scaler state, the epoch, the steps
 already taken in it and their losses (a checkpoint saved on SIGTERM/Ctrl-C mid-epoch), the
 pseudo-Dice EMA and best value, and every random state (:mod:`.rng`); (3) ``--continue`` refuses
-settings that change what the run learns (see :meth:`Trainer._check_continues`). A ``kill -9``
+settings that change what the run learns (see :mod:`.continuation`). A ``kill -9``
 loses the epochs since the latest checkpoint (``--checkpoint-every``); they are redone the same
 way, and their records are rewritten.
 """
@@ -34,20 +34,19 @@ import torch
 from tqdm import tqdm
 
 from autoseg._atomic import sweep_partials, write_json_atomic
-from autoseg._contract import parse
 from autoseg._precision import amp_dtype_for
 from autoseg.checkpoint_meta import CheckpointMeta
 from autoseg.data.loader import make_loader
 from autoseg.data.previous_stage import PreviousStageInput
-from autoseg.errors import CheckpointError
 from autoseg.networks.unet import network_for
-from autoseg.options import describe, duration_seconds
+from autoseg.options import duration_seconds
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.training import distributed as dist
 from autoseg.training import rng
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
-from autoseg.training.config import ADDED_SETTINGS, TrainConfig
+from autoseg.training.config import TrainConfig
+from autoseg.training.continuation import check_continuation
 from autoseg.training.losses import make_loss
 from autoseg.training.micro_batch import MicroBatcher
 from autoseg.training.progress import append_record, plot_progress, read_records, truncate_records
@@ -55,7 +54,6 @@ from autoseg.training.schedule import OPTIMIZERS, SCHEDULES
 from autoseg.training.time_budget import (
     SAFETY,
     BudgetDecision,
-    continued,
     decision_line,
     epochs_for_budget,
     final_validation_s,
@@ -66,26 +64,6 @@ from autoseg.training.time_budget import (
 log = logging.getLogger(__name__)
 
 EMA_WEIGHT = 0.9
-#: Training settings that may change when a run continues (with a warning naming them): where
-#: and how fast it runs, how long, and what it measures on the way, not what the weights learn
-#: from. Any other change is refused: see :meth:`Trainer._check_continues`. The time budget is
-#: a way to say how long (the same ``--time`` keeps its decision: see
-#: :func:`autoseg.training.time_budget.continued`).
-HARMLESS_CHANGES = frozenset(
-    {
-        "device",
-        "precision",
-        "workers",
-        "checkpoint_every",
-        "epochs",
-        "val_iters",
-        "val_probabilities",
-        "time_limit",
-    }
-)
-_CONTINUE_FIX = (
-    "train this fold from scratch (without --continue), or continue with the plan it was trained with"
-)
 
 
 class TrainingInterrupted(Exception):
@@ -253,7 +231,16 @@ class Trainer:
                 message says what differs), or its metadata is invalid.
         """
         ck = load_checkpoint(path, map_location=self.device)
-        self._check_continues(CheckpointMeta.from_checkpoint(ck, path), path)
+        self.cfg = check_continuation(
+            CheckpointMeta.from_checkpoint(ck, path),
+            path,
+            self.plan,
+            self.config,
+            self.cfg,
+            previous_stage=self.previous_stage.digest if self.previous_stage else None,
+            inputs_record=self.out_dir / "previous_stage.json",
+            warn=self.world.is_main,
+        )
         self.network.load_weights(ck["network"], source=str(path))
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
@@ -270,83 +257,6 @@ class Trainer:
             torch.set_rng_state(ck["torch_rng"].cpu())
         where = f" step {s.iteration}" if s.iteration else ""
         log.info("resumed from %s at epoch %d%s", path.name, s.epoch, where)
-
-    def _check_continues(self, meta: CheckpointMeta, path: Path) -> None:
-        """Refuse to continue a checkpoint of another run; warn about harmless changed settings.
-
-        Settings that change what the weights learn from (seed, batch size, loss, optimiser,
-        schedule, augmentation, learning rate, momentum, weight decay, clipping, steps per epoch,
-        accumulation) are refused, not warned about: the continued run would be neither the run
-        the checkpoint began nor a run of the new settings, yet ``train_config.json`` would
-        claim the new settings for all of it, and no later run could repeat it. The message
-        gives the flags that continue it. :data:`HARMLESS_CHANGES` are allowed with a warning
-        that names each (a longer run also stretches the learning-rate schedule).
-
-        Raises:
-            CheckpointError: another plan, configuration or fold, or refused changes (all named).
-        """
-        meta.check(self.plan, self.config, path=path, against="the current plan", fix=_CONTINUE_FIX)
-        old = parse(
-            TrainConfig,
-            {**ADDED_SETTINGS, **meta.train_config},
-            name="checkpoint metadata.train_config",
-            version=None,
-            error=CheckpointError,
-            fix="train this fold from scratch (without --continue)",
-        )
-        if old.fold != self.cfg.fold:
-            msg = f"{path}: trained as fold {old.fold!r}, not fold {self.cfg.fold!r}; {_CONTINUE_FIX}"
-            raise CheckpointError(msg)
-        self._check_same_previous_stage(meta, path)
-        try:
-            self.cfg = continued(old, self.cfg)
-        except ValueError as e:
-            msg = f"{path}: {e}"
-            raise CheckpointError(msg) from e
-        changed = changed_settings(old, self.cfg, plan_batch_size=self.config.batch_size)
-        changed.pop("budget", None)  # a record of what the time limit decided, named with it
-        refused = {k: v for k, v in changed.items() if k not in HARMLESS_CHANGES}
-        if refused:
-            msg = (
-                f"{path}: --continue would change what this run learns ({_describe_changes(refused)}); "
-                f"continue it with {_flags_for({k: a for k, (a, _) in refused.items()})}, or train "
-                "this fold from scratch (without --continue)"
-            )
-            raise CheckpointError(msg)
-        if changed and self.world.is_main:
-            note = ""
-            if "epochs" in changed:
-                note = " (the learning-rate schedule now spans the new epoch count)"
-            if old.time_limit is not None and self.cfg.time_limit is None:
-                note += (
-                    f"; without --time the run no longer keeps its time budget: continue with "
-                    f"--time {old.time_limit} to keep the epochs it decided"
-                )
-            log.warning(
-                "continuing %s with changed settings: %s%s", path.name, _describe_changes(changed), note
-            )
-
-    def _check_same_previous_stage(self, meta: CheckpointMeta, path: Path) -> None:
-        """Refuse to continue a cascade stage on other previous-stage predictions than it began
-        with (the previous stage was retrained in between): the model would have learnt from two
-        sets of inputs, and no record would say so.
-
-        Raises:
-            CheckpointError: the recorded digest differs from the current inputs'.
-        """
-        now = self.previous_stage.digest if self.previous_stage else None
-        if meta.previous_stage is None or now is None:
-            if now is not None:
-                log.warning("%s: which previous-stage predictions it trained on is not recorded", path.name)
-            return
-        if meta.previous_stage != now:
-            msg = (
-                f"{path}: {self.config.previous_stage}'s predictions that this fold takes as input "
-                f"changed since it began (a {self.config.previous_stage} fold was retrained; see "
-                f"{self.out_dir / 'previous_stage.json'}); --continue would train on other inputs: "
-                "train this fold from scratch (without --continue)"
-            )
-            raise CheckpointError(msg)
 
     def resume(self) -> bool:
         """Restore the latest (else the final) checkpoint of this fold, checking it is this run's.
@@ -733,37 +643,3 @@ class Trainer:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
-
-
-def changed_settings(
-    old: TrainConfig, new: TrainConfig, *, plan_batch_size: int
-) -> dict[str, tuple[Any, Any]]:
-    """The settings ``new`` changes from ``old``: ``{name: (old value, new value)}``.
-
-    The batch size is compared as used: no ``--batch-size`` means the plan's.
-    """
-    before, now = old.to_dict(), new.to_dict()
-    for d in (before, now):
-        d["batch_size"] = d["batch_size"] or plan_batch_size
-    return {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
-
-
-def _describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
-    """``"lr 0.01 -> 0.001, seed 1 -> 2"``."""
-    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-
-
-def _flags_for(values: dict[str, Any]) -> str:
-    """The command-line flags that give the settings ``values`` (or ``name value`` for a setting
-    that is not an option)."""
-    options = {d.name: d for d in describe(TrainConfig)}
-    parts = []
-    for name, value in values.items():
-        d = options.get(name)
-        if d is None:
-            parts.append(f"{name} {value!r}")
-        elif d.kind is bool:
-            parts.append(d.flags[0] if value != d.default else f"no {d.flags[0]}")
-        else:
-            parts.append(f"{d.flags[0]} {value}")
-    return " ".join(parts)
