@@ -254,7 +254,7 @@ def train(
         if world.is_main and val_ids:
             labels = {c.case_id: c.label for c in ds.cases if c.label is not None}
             validate_fold(
-                trainer.network,
+                trainer.predicting_network,
                 the_plan,
                 config,
                 store,

@@ -23,6 +23,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "ddp_batches": "own",
     "time_limit": None,
     "budget": None,
+    "weight_ema": 0.0,
 }
 
 
@@ -41,6 +42,11 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         grad_clip: gradient-norm clipping.
+        weight_ema: decay of an exponential moving average of the weights, updated after every
+            optimiser step; the average is what is validated, saved for prediction and exported
+            (0: off, the weights themselves, nnU-Net's). A recipe candidate for short budgets
+            (issue 16): the average of the last ~1 / (1 - decay) steps is less noisy than the
+            last step's weights when training stops before the learning rate has decayed far.
         loss: the loss by name (:data:`autoseg.training.losses.LOSSES`): "dice_ce", "dice_focal"
             for strong class imbalance, or a registered one.
         optimizer: the optimiser by name (:data:`autoseg.training.schedule.OPTIMIZERS`).
@@ -79,6 +85,14 @@ class TrainConfig:
     momentum: float = 0.99
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
+    weight_ema: float = option(
+        0.0,
+        "decay of a moving average of the weights that is validated and saved for prediction "
+        "instead of the last step's (e.g. 0.99 averages ~100 steps); 0: off",
+        metavar="DECAY",
+        minimum=0,
+        maximum=0.9999,
+    )
     loss: str = option(
         "dice_ce", "loss: dice_ce (nnU-Net's), dice_focal (strong class imbalance), or a registered one"
     )

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from autoseg._atomic import sweep_partials, write_json_atomic
@@ -169,6 +170,14 @@ class Trainer:
         net = network_for(plan, config)
         self.network = net.to(self.device)
         self.model = dist.wrap(self.network, self.device)
+        #: The moving average of the weights (``--weight-ema``), else None.
+        self.averaged = (
+            torch.optim.swa_utils.AveragedModel(
+                self.network, multi_avg_fn=get_ema_multi_avg_fn(cfg.weight_ema), use_buffers=True
+            )
+            if cfg.weight_ema
+            else None
+        )
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(self.network.parameters(), cfg)
         self.schedule = SCHEDULES.get(cfg.schedule)
         self.scaler = torch.amp.GradScaler(
@@ -195,6 +204,12 @@ class Trainer:
                 self.batch_size * self.world.size,
             )
 
+    @property
+    def predicting_network(self) -> torch.nn.Module:
+        """The weights validated, saved for prediction and exported: the moving average of the
+        weights with ``--weight-ema``, else the network trained."""
+        return self.network if self.averaged is None else self.averaged.module
+
     # ----------------------------------------------------------------- checkpoints
     def _checkpoint_state(self) -> dict[str, Any]:
         s = self.state
@@ -204,9 +219,20 @@ class Trainer:
             self.cfg.to_dict(),
             previous_stage=self.previous_stage.digest if self.previous_stage else None,
         )
+        # "network" is what prediction loads; with a moving average, the trained weights and
+        # the average's step count ride beside it so that --continue resumes exactly
+        averaged = (
+            {}
+            if self.averaged is None
+            else {
+                "trained_network": self.network.state_dict(),
+                "averaged_steps": int(self.averaged.n_averaged),
+            }
+        )
         return {
             "meta": meta.to_dict(),
-            "network": self.network.state_dict(),
+            "network": self.predicting_network.state_dict(),
+            **averaged,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": s.epoch,
@@ -241,7 +267,10 @@ class Trainer:
             inputs_record=self.out_dir / "previous_stage.json",
             warn=self.world.is_main,
         )
-        self.network.load_weights(ck["network"], source=str(path))
+        self.network.load_weights(ck.get("trained_network", ck["network"]), source=str(path))
+        if self.averaged is not None:
+            self.averaged.module.load_state_dict(ck["network"])  # written by this code: no old keys
+            self.averaged.n_averaged.fill_(int(ck["averaged_steps"]))
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
@@ -337,6 +366,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.network)
         return total
 
     def _micro_step(self, batch: Any, weight: float) -> float:
@@ -355,7 +386,8 @@ class Trainer:
 
     @torch.no_grad()
     def _val_epoch(self, loader: Any) -> dict[str, Any]:
-        self.model.eval()
+        model = self.model if self.averaged is None else self.averaged.module
+        model.eval()
         scheme = self.plan.label_scheme
         n = len(scheme.entries)
         tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -365,7 +397,7 @@ class Trainer:
             x = batch["data"].to(self.device)
             y = batch["target"].to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.model(x)
+                out = model(x)
             losses.append(float(self.loss_fn(out, y)))
             pred = scheme.predicted_masks(out)
             ref, annotated = scheme.reference_masks(y)
@@ -583,10 +615,10 @@ class Trainer:
         data = np.array(case.data)
         if self.previous_stage is not None:
             data = with_previous_stage(data, self.previous_stage.load(smallest), self.plan.label_scheme)
-        self.network.eval()
+        self.predicting_network.eval()
         t0 = time.perf_counter()
         predict_logits(
-            self.network,
+            self.predicting_network,
             torch.from_numpy(data),
             self.config,
             device=self.device,

@@ -212,6 +212,45 @@ def test_signal_mid_epoch_saves_the_step_and_continues_exactly(
     _assert_same_run(work, reference)
 
 
+def test_weight_average_is_the_saved_model_and_continues_exactly(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--weight-ema: the checkpoint's ``network`` (what prediction loads) is the moving average of
+    the weights after every step, computed here by hand; the trained weights and the average's
+    step count ride beside it, so a run killed mid-epoch continues to the same average."""
+    ema = ("--weight-ema", "0.6", "--checkpoint-every", "2")
+    uninterrupted = tmp_path / "uninterrupted"
+    shutil.copytree(work, uninterrupted, copy_function=os.link)
+    after_steps: list[dict[str, torch.Tensor]] = []
+    update = torch.optim.swa_utils.AveragedModel.update_parameters
+
+    def recording(self: torch.optim.swa_utils.AveragedModel, model: torch.nn.Module) -> None:
+        after_steps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        update(self, model)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.swa_utils.AveragedModel, "update_parameters", recording)
+        assert main(_args(uninterrupted, *ema)) == 0
+    reference = _result(uninterrupted)
+    final = reference["final"]
+    assert len(after_steps) == final["averaged_steps"] == EPOCHS * ITERS
+    average = dict(after_steps[0])
+    for weights in after_steps[1:]:
+        average = {k: 0.6 * average[k] + 0.4 * w for k, w in weights.items()}
+    for key, t in final["network"].items():
+        assert torch.allclose(t, average[key], atol=1e-6), key
+        assert torch.equal(final["trained_network"][key], after_steps[-1][key]), key
+    assert any(not torch.equal(final["network"][k], final["trained_network"][k]) for k in average)
+
+    _killed_run(work, monkeypatch, *ema, step=3 * ITERS + 1)  # mid-epoch 3, epoch 2 unsaved
+    assert main(_args(work, *ema, "--continue")) == 0
+    _assert_same_run(work, reference)
+    got = _result(work)["final"]
+    assert got["averaged_steps"] == EPOCHS * ITERS
+    for key, t in got["trained_network"].items():
+        assert torch.equal(t, final["trained_network"][key]), key
+
+
 def test_torn_last_record_is_dropped(
     work: Path, reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch, logged: list[str]
 ) -> None:
