@@ -169,8 +169,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         net = network_for(plan, config)
         self.network = net.to(self.device)
-        self.model = dist.wrap(self.network, self.device)
-        #: The moving average of the weights (``--weight-ema``), else None.
+        #: The moving average of the weights (``--weight-ema``), else None; copied before DDP
+        #: wraps the network, so that the copy carries none of its hooks.
         self.averaged = (
             torch.optim.swa_utils.AveragedModel(
                 self.network, multi_avg_fn=get_ema_multi_avg_fn(cfg.weight_ema), use_buffers=True
@@ -178,6 +178,7 @@ class Trainer:
             if cfg.weight_ema
             else None
         )
+        self.model = dist.wrap(self.network, self.device)
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(self.network.parameters(), cfg)
         self.schedule = SCHEDULES.get(cfg.schedule)
         self.scaler = torch.amp.GradScaler(
