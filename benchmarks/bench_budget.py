@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import statistics
 import sys
@@ -253,11 +254,11 @@ def main() -> int:
         data = args.data.resolve()
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = args.keep_work or Path(tmp_dir)
+            # the flags name the folder too: a candidate's kept work never lands in the default's
+            series = "_".join(filter(None, [args.config, re.sub(r"\W+", "_", args.flags).strip("_")]))
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                append_row(
-                    RUNS, run_autoseg(data, tmp / f"autoseg_{args.config}_{args.iters}_{seed}", seed, args)
-                )
+                append_row(RUNS, run_autoseg(data, tmp / f"autoseg_{series}_{args.iters}_{seed}", seed, args))
                 log.info("autoseg seed %d: %.1f min", seed, (time.perf_counter() - t0) / 60)
             if args.nnunet_runs:
                 nn_args = argparse.Namespace(
