@@ -25,7 +25,7 @@ idle machine.
 
 ``--flags`` adds ``autoseg train`` flags to the autoseg runs: a recipe candidate, kept as its own
 series (the flags are in its name) until >= 3 seeds at each budget it affects say whether it
-beats the default beyond the seed spread (issue 16).
+beats the default beyond the seed spread (issue 16); the table's last lines apply that rule.
 
 Writes results/budget_curve.md and results/budget_curve.png.
 """
@@ -103,6 +103,12 @@ def run_autoseg(data: Path, work: Path, seed: int, args: argparse.Namespace) -> 
     }
 
 
+def _seed_in(label: str) -> int | None:
+    """bench_train.py's rows name their seed only in the run's label ("auto, seed 3 (idle)")."""
+    found = re.search(r"\bseed (\d+)\b", label)
+    return int(found.group(1)) if found else None
+
+
 def _as_row(r: dict, iters: int) -> dict[str, object]:
     """A ``bench_train.py`` (or ``run_nnunet``) row in this file's shape."""
     hours = None if r.get("total_min") is None else r["total_min"] / 60
@@ -111,7 +117,7 @@ def _as_row(r: dict, iters: int) -> dict[str, object]:
         "config": "3d_fullres",
         "iters": iters,
         "batch": 7,
-        "seed": None,
+        "seed": _seed_in(r["run"]),
         "run": r["run"],
         "date": r["date"],
         "hours": hours,
@@ -183,8 +189,41 @@ def table(rows: list[dict]) -> str:
         else:
             missing = "autoseg" if not ours else "nnU-Net"
             lines.append(f"- {iters} iterations: no {missing} run yet.")
-    lines += ["", f"Figure: {PNG.name}"]
+    lines += ["", *candidate_verdicts(groups), "", f"Figure: {PNG.name}"]
     return "\n".join(lines) + "\n"
+
+
+MIN_SEEDS = 3
+
+
+def candidate_verdicts(groups: dict[tuple[str, int], list[dict]]) -> list[str]:
+    """Issue 16's rule for every autoseg series other than the default, at each budget both have:
+    a candidate replaces the default only with >= 3 seeds whose mean beats the default's best run
+    (beyond the seed spread, not just its mean). Seeds that both ran are also compared pairwise
+    (a seed's default runs averaged), which shows whether a gain follows the seed or the recipe."""
+    lines = []
+    for (series, iters), rs in sorted(groups.items()):
+        base = groups.get(("autoseg", iters))
+        if not series.startswith("autoseg ") or not base:
+            continue
+        mean = statistics.mean(r["dice_mean"] for r in rs)
+        base_mean, base_max = (f(r["dice_mean"] for r in base) for f in (statistics.mean, max))
+        by_seed: dict[object, list[float]] = {}
+        for r in base:
+            by_seed.setdefault(r["seed"], []).append(r["dice_mean"])
+        paired = [r["dice_mean"] - statistics.mean(by_seed[r["seed"]]) for r in rs if r["seed"] in by_seed]
+        pairs = f"; paired by seed ({len(paired)}): {statistics.mean(paired):+.4f}" if paired else ""
+        if len(rs) < MIN_SEEDS:
+            verdict = f"undecided: {len(rs)} of the {MIN_SEEDS} seeds the rule asks"
+        elif mean > base_max:
+            verdict = f"beats the default beyond its spread (mean above its best run, {base_max:.4f})"
+        else:
+            verdict = f"not beyond the default's spread (its best run: {base_max:.4f}): default kept"
+        lines.append(
+            f"- candidate `{series.removeprefix('autoseg ')}` at {iters}: mean {mean:.4f} over {len(rs)} "
+            f"run(s) vs default {base_mean:.4f} over {len(base)} ({mean - base_mean:+.4f}{pairs}): {verdict}."
+        )
+    return lines
 
 
 def _groups(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
