@@ -210,7 +210,8 @@ def candidate_verdicts(groups: dict[tuple[str, int], list[dict]]) -> list[str]:
         base_mean, base_max = (f(r["dice_mean"] for r in base) for f in (statistics.mean, max))
         by_seed: dict[object, list[float]] = {}
         for r in base:
-            by_seed.setdefault(r["seed"], []).append(r["dice_mean"])
+            if r["seed"] is not None:  # an unknown seed pairs with nothing
+                by_seed.setdefault(r["seed"], []).append(r["dice_mean"])
         paired = [r["dice_mean"] - statistics.mean(by_seed[r["seed"]]) for r in rs if r["seed"] in by_seed]
         pairs = f"; paired by seed ({len(paired)}): {statistics.mean(paired):+.4f}" if paired else ""
         if len(rs) < MIN_SEEDS:
