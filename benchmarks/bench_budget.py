@@ -250,20 +250,19 @@ def plot(rows: list[dict], path: Path) -> None:
     for i, (series, rs) in enumerate(sorted(by_series.items())):
         colour = f"C{i}"
         ax.scatter([r["hours"] for r in rs], [r["dice_mean"] for r in rs], color=colour, alpha=0.5, s=18)
+        budgets = sorted({r["iters"] for r in rs})
         means = []
-        for iters in sorted({r["iters"] for r in rs}):
+        for iters in budgets:
             at = [r for r in rs if r["iters"] == iters]
             means.append(
                 (statistics.median(r["hours"] for r in at), statistics.mean(r["dice_mean"] for r in at))
             )
-        budgets = sorted({r["iters"] for r in rs})
         # a series at one budget (a candidate) says it in the legend: labels beside every
         # cluster of 360-iteration points overlapped
         at_one = f"{budgets[0]} it, " if len(budgets) == 1 else ""
-        label = f"{series} ({at_one}mean of runs)"
-        ax.plot(*zip(*means, strict=True), color=colour, marker="o", label=label)
-        for (h, d), iters in zip(means, budgets, strict=True):
-            if len(budgets) > 1:
+        ax.plot(*zip(*means, strict=True), color=colour, marker="o", label=f"{series} ({at_one}mean of runs)")
+        if len(budgets) > 1:
+            for (h, d), iters in zip(means, budgets, strict=True):
                 ax.annotate(f"{iters} it", (h, d), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xlabel("training hours on 2 CPU cores (wall clock, validation included)")
     ax.set_ylabel("validation Dice, mean of 2 labels (40 cases)")
