@@ -33,6 +33,10 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     Returns:
         ``path``.
 
+    A writer that is not Python's (torch's own zip writer given a path, SimpleITK) reports a
+    full disk as an error of its own ("unexpected pos 704 vs 598"); when its error leaves the
+    disk under ``path`` without free space, it is reported as the full disk it is.
+
     Raises:
         FileSystemError: the file cannot be written for a reason the user can fix (permission
             denied, read-only or full disk, a file where a folder belongs, a folder at ``path``);
@@ -48,6 +52,11 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     except OSError as e:
         if e.errno in ENVIRONMENT_ERRNOS or e.errno in PATH_ERRNOS:
             raise fs_error(e, path, doing="write", fix=_WRITE_FIX.get(e.errno or 0)) from e
+        raise
+    except Exception as e:
+        if _disk_full(tmp.parent):
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            raise fs_error(full, path, doing="write") from e
         raise
     finally:
         _remove_quietly(tmp)
@@ -107,6 +116,20 @@ def _alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
+
+
+#: Below this much free space, a writer's unexplained failure is taken for a full disk: far less
+#: than any file autoseg writes, far more than the few blocks a filesystem keeps back.
+_FULL_BELOW = 1 << 20
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the filesystem holding ``folder`` has (almost) no space left for this user."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # gone, or no statvfs (Windows)
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_BELOW
 
 
 def _remove_quietly(tmp: Path) -> None:

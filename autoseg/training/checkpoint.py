@@ -16,8 +16,17 @@ from autoseg.errors import CheckpointError
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: a killed process leaves the previous checkpoint intact."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    """Write ``state`` atomically: a killed process leaves the previous checkpoint intact.
+
+    torch writes through a Python file object here, not a path: a full disk is then the
+    ``OSError`` it is (one line from :func:`write_atomic`), not torch's "unexpected pos".
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    write_atomic(path, write)
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

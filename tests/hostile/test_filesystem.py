@@ -469,3 +469,66 @@ def test_an_environment_oserror_escaping_a_command_is_one_line(
     monkeypatch.setattr(autoseg.pipeline, "verify", bug)
     with pytest.raises(OSError, match="Bad file descriptor"):
         main(["verify", str(dataset)])
+
+
+def _no_free_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every filesystem reports no space left for this user (what a full disk looks like)."""
+    real = os.statvfs
+
+    def full(path: Any) -> Any:
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", full)
+
+
+@pytest.mark.parametrize("disk_full", [True, False])
+def test_write_atomic_names_a_full_disk_behind_a_foreign_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk_full: bool
+) -> None:
+    """A writer that is not Python's reports a full disk in its own words (torch given a path:
+    "unexpected pos 704 vs 598"). On a disk with no space left that is the one-line full-disk
+    error naming the file; on a disk with space, the writer's own error is a bug and propagates."""
+    dest = tmp_path / "checkpoint_latest.pt"
+    dest.write_bytes(b"old")
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    if disk_full:
+        _no_free_space(monkeypatch)
+    expected = (
+        (FileSystemError, "no space left on the device") if disk_full else (RuntimeError, "unexpected pos")
+    )
+    with pytest.raises(expected[0], match=expected[1]) as info:
+        write_atomic(dest, write)
+    if disk_full:
+        assert (
+            str(info.value)
+            == f"{dest}: cannot write (no space left on the device); free some space or choose another disk"
+        )
+    assert [p.name for p in tmp_path.iterdir()] == [dest.name]
+    assert dest.read_bytes() == b"old"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_checkpoint_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real torch writer on a full disk (``/dev/full`` answers every write with ENOSPC): the
+    checkpoint's error names it, the previous checkpoint is kept, no temporary is left (CI once
+    saw torch's "unexpected pos 29409216 vs 29409104" here instead)."""
+    import builtins
+
+    import torch
+
+    from autoseg.training import checkpoint
+
+    dest = tmp_path / "checkpoint_latest.pt"
+    checkpoint.save_checkpoint(dest, {"w": torch.arange(5.0)})
+    real_open = builtins.open
+    monkeypatch.setattr(checkpoint, "open", lambda p, mode: real_open("/dev/full", mode), raising=False)
+    with pytest.raises(FileSystemError, match=r"cannot write \(no space left on the device\)") as info:
+        checkpoint.save_checkpoint(dest, {"w": torch.zeros(100_000)})
+    assert str(info.value).startswith(f"{dest}: ")
+    assert [p.name for p in tmp_path.iterdir()] == [dest.name]
+    assert torch.equal(checkpoint.load_checkpoint(dest)["w"], torch.arange(5.0))
