@@ -10,7 +10,9 @@ scored with ``autoseg evaluate``.
 
 Five hours of training do not fit one session: train folds one or two at a time, on an otherwise
 idle machine, into a work folder that outlives the session; every finished fold is a row of
-``results/ensemble_hippocampus.json`` at once, and a fold already trained is skipped:
+``results/ensemble_hippocampus.json`` at once, a fold already trained is skipped, and a fold whose
+run was stopped (the session ended) continues from its last checkpoint (``--continue``, written
+every 5 epochs):
 
     .venv/bin/python benchmarks/bench_ensemble.py --train 0        # ~1 h
     .venv/bin/python benchmarks/bench_ensemble.py --train 1 2      # ~2 h
@@ -90,14 +92,21 @@ def _fold_dir(work: Path, fold: int) -> Path:
 def train_fold(
     work: Path, results: Path, fold: int, held: list[str], epochs: int = EPOCHS, iters: int = ITERS_PER_EPOCH
 ) -> None:
-    """Train one fold unless it already finished; a row with its time and validation Dice."""
+    """Train one fold unless it already finished (or continue it from its last checkpoint); a row
+    with its time and validation Dice. A continued fold's hours are this run's plus the seconds
+    of the epochs it kept (the epochs redone after the checkpoint are counted once)."""
     model = _fold_dir(work, fold)
     if (model / "validation" / "summary.json").is_file():
         log.info("fold %d is trained (%s): skipped", fold, model)
         return
     if not (work / "models" / DATASET / "plans.json").is_file():
         _run([AUTOSEG, "plan", str(work / DATASET), "--work-dir", str(work / "models"), "-q"])
-    wall = _run(train_command(work / "models", DATASET, "3d_fullres", fold, epochs, BATCH, SEED, iters))
+    cmd = train_command(work / "models", DATASET, "3d_fullres", fold, epochs, BATCH, SEED, iters)
+    kept_epochs, kept_s = _kept_epochs(model)
+    if kept_epochs:
+        log.info("fold %d: continuing after epoch %d (%.2f h kept)", fold, kept_epochs - 1, kept_s / 3600)
+        cmd.append("--continue")
+    wall = _run(cmd)
     summary = json.loads((model / "validation" / "summary.json").read_text())
     append_row(
         results,
@@ -105,13 +114,29 @@ def train_fold(
             "kind": "fold",
             "fold": fold,
             "date": _today(),
-            "hours": wall / 3600,
+            "hours": (wall + kept_s) / 3600,
             "iters": epochs * iters,
+            **({"continued_after_epoch": kept_epochs - 1} if kept_epochs else {}),
             "held_out": held,
             "val_dice": [summary["mean"]["1"], summary["mean"]["2"]],
             "val_dice_mean": summary["foreground_mean"],
         },
     )
+
+
+def _kept_epochs(model: Path) -> tuple[int, float]:
+    """How many epochs a stopped run of this fold kept in its last checkpoint, and their seconds
+    (from its progress.jsonl); (0, 0.0) when it has no checkpoint yet."""
+    ckpt = model / "checkpoint_latest.pt"
+    if not ckpt.is_file():
+        return 0, 0.0
+    import torch
+
+    epoch = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+    records = model / "progress.jsonl"
+    lines = records.read_text().splitlines() if records.is_file() else []
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return epoch, sum(r["seconds"] for r in rows if r["epoch"] < epoch)
 
 
 def evaluate(work: Path, results: Path, held: list[str]) -> None:
@@ -170,7 +195,10 @@ def table(rows: list[dict]) -> str:
         "| fold | date | hours | validation Dice (its own validation cases) |",
         "|---:|---|---:|---:|",
     ]
-    lines += [f"| {r['fold']} | {r['date']} | {r['hours']:.2f} | {r['val_dice_mean']:.4f} |" for r in folds]
+    lines += [
+        f"| {r['fold']} | {r['date']} | {r['hours']:.2f}{_continued(r)} | {r['val_dice_mean']:.4f} |"
+        for r in folds
+    ]
     lines += [
         "",
         "| model | predict s | Dice ant. | Dice post. | Dice mean | HD95 mean (mm) |",
@@ -196,6 +224,11 @@ def table(rows: list[dict]) -> str:
     elif len(folds) < len(FOLDS):
         lines += ["", f"{len(folds)} of {len(FOLDS)} folds trained; no held-out scores yet."]
     return "\n".join(lines) + "\n"
+
+
+def _continued(row: dict) -> str:
+    after = row.get("continued_after_epoch")
+    return "" if after is None else f" (continued after epoch {after})"
 
 
 def main() -> int:
