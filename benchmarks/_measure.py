@@ -19,6 +19,13 @@ SHARED = ROOT.parent / "shared"
 AUTOSEG = str(ROOT / ".venv" / "bin" / "autoseg")
 
 
+def short_training(epochs: int = 1, iters: int = 2, val_iters: int = 1, workers: int = 0) -> list[str]:
+    """``autoseg train`` options of a run that only has to yield a model or pass through a code
+    path, not to learn (the scripts that time prediction, memory or a device's code paths)."""
+    out = ["--epochs", str(epochs), "--iters-per-epoch", str(iters), "--val-iters", str(val_iters)]
+    return [*out, "--augment-workers", str(workers)]
+
+
 @dataclass
 class Run:
     """Wall seconds and peak resident memory (largest process, MiB) of one command."""

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import AUTOSEG, SHARED, run_measured, write_result
+from _measure import AUTOSEG, SHARED, run_measured, short_training, write_result
 
 log = logging.getLogger("bench")
 
@@ -65,16 +65,9 @@ def train_model(work: Path, tmp: Path) -> None:
                 "ct_sample",
                 "3d_fullres",
                 "all",
-                "--epochs",
-                "1",
-                "--iters-per-epoch",
-                "2",
-                "--val-iters",
-                "1",
+                *short_training(),
                 "--device",
                 "cpu",
-                "--augment-workers",
-                "0",
                 *common,
             ]
         )

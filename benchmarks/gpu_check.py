@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import short_training
+
 from autoseg.cli import main as cli
 from autoseg.io.samples import DATA_DIR, copy_sample_subset, make_single_case_dataset, sample_dataset_dir
 from autoseg.planning.plan import Plan
@@ -46,16 +49,9 @@ def time_training(work: Path, dataset: str, iters: int) -> dict[str, float]:
                 dataset,
                 "3d_fullres",
                 "all",
-                "--epochs",
-                "2",
-                "--iters-per-epoch",
-                str(iters),
-                "--val-iters",
-                "2",
+                *short_training(epochs=2, iters=iters, val_iters=2, workers=4),
                 "--device",
                 "cuda",
-                "--augment-workers",
-                "4",
                 "--work-dir",
                 str(work),
                 "-q",
@@ -188,14 +184,7 @@ def check_fold_runner(work: Path, dataset: str, config: str, device: str) -> str
             "1",
             "--n-folds",
             "2",
-            "--epochs",
-            "1",
-            "--iters-per-epoch",
-            "2",
-            "--val-iters",
-            "1",
-            "--augment-workers",
-            "0",
+            *short_training(),
             "--device",
             device,
             "--no-val-probabilities",
