@@ -8,6 +8,13 @@ bash scripts/setup_env.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy autoseg
 if [ $# -eq 0 ]; then
+  # The suite's work folders peak at ~4 GB in the temporary folder (a passed test's are removed
+  # as it ends: setup.cfg tmp_path_retention_policy): with less free, tests fail on a full disk.
+  free_kb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR == 2 {print $4}')
+  if [ "${free_kb:-0}" -lt $((5 * 1024 * 1024)) ]; then
+    echo "warning: $((free_kb / 1024)) MiB free in ${TMPDIR:-/tmp}; the suite needs ~5 GB there" \
+      "(free some space or point TMPDIR at a larger disk)" >&2
+  fi
   # The whole suite (tests/ and the package's doctests), with coverage of the package, child
   # processes included, and its floor (pyproject.toml [tool.coverage.report] fail_under). One
   # pytest-xdist worker per core (at most 4), each test file on one worker (its module
