@@ -30,12 +30,12 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     raises, the temporary is removed and ``path`` is left as it was; a process killed with
     ``kill -9`` leaves its temporary, which the next run in that folder sweeps.
 
-    Returns:
-        ``path``.
-
     A writer that is not Python's (torch's own zip writer given a path, SimpleITK) reports a
     full disk as an error of its own ("unexpected pos 704 vs 598"); when its error leaves the
     disk under ``path`` without free space, it is reported as the full disk it is.
+
+    Returns:
+        ``path``.
 
     Raises:
         FileSystemError: the file cannot be written for a reason the user can fix (permission
