@@ -127,16 +127,14 @@ def train_fold(
 def _kept_epochs(model: Path) -> tuple[int, float]:
     """How many epochs a stopped run of this fold kept in its last checkpoint, and their seconds
     (from its progress.jsonl); (0, 0.0) when it has no checkpoint yet."""
+    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.training.progress import read_records
+
     ckpt = model / "checkpoint_latest.pt"
     if not ckpt.is_file():
         return 0, 0.0
-    import torch
-
-    epoch = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
-    records = model / "progress.jsonl"
-    lines = records.read_text().splitlines() if records.is_file() else []
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return epoch, sum(r["seconds"] for r in rows if r["epoch"] < epoch)
+    epoch = int(load_checkpoint(ckpt)["epoch"])
+    return epoch, sum(r["seconds"] for r in read_records(model / "progress.jsonl") if r["epoch"] < epoch)
 
 
 def evaluate(work: Path, results: Path, held: list[str]) -> None:
