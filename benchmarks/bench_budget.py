@@ -149,7 +149,9 @@ def table(rows: list[dict]) -> str:
         "(patch 40x56x40), full sliding-window validation with mirroring at the end. Hours: "
         "wall-clock of the training command on the 2-core machine (validation included; autoseg's "
         "includes its preprocessing, ~15 s, nnU-Net's not). Runs marked shared had another job "
-        "on the CPU (slower; the Dice barely moves).",
+        "on the CPU (slower; the Dice barely moves). The ResEnc M rows are its network at the "
+        "default's batch 7 (`--batch-size`): the preset's own plan of this dataset asks batch 58 "
+        "(memory-sized, no 5 % cap), ~8x the compute per iteration.",
         "",
         "| series | iters | run | date | hours | pseudo-Dice per epoch (last 4) | Dice ant. | Dice post. "
         "| Dice mean |",
