@@ -4,19 +4,26 @@ Hippocampus (../shared/data, 200 labelled cases): 40 cases are held out (a seede
 every time, kept in the results file and checked against it), the other 160 are the dataset whose
 5 folds train (autoseg's default split of them: 128 training, 32 validation cases each), every fold
 at the budget-curve shape: 32 epochs x 45 iterations of batch 7 = 1440 iterations, 5 validation
-iterations per epoch (``bench_budget.py``), about an hour per fold on 2 CPU cores. Then the held-out
-cases are predicted by each fold alone and by the 5 folds together (mirroring on, the default), and
-scored with ``autoseg evaluate``.
+iterations per epoch (``bench_budget.py``), about an hour per fold on 2 CPU cores.
 
-Five hours of training do not fit one session: train folds one or two at a time, on an otherwise
-idle machine, into a work folder that outlives the session; every finished fold is a row of
-``results/ensemble_hippocampus.json`` at once, a fold already trained is skipped, and a fold whose
-run was stopped (the session ended) continues from its last checkpoint (``--continue``, written
-every 5 epochs):
+Five hours of training do not fit one session, and a session's machine may not keep its files
+for the next one. So each fold is trained, then predicts the held-out cases alone (mirroring on,
+the default; raw label maps, no post-processing) with ``--save-probabilities``; its Dice is a row
+of ``results/ensemble_hippocampus.json`` and its probabilities (``CASE.npz``, the predictor's
+float16 contract) are kept in the repository, ``results/ensemble_hippocampus/fold_K/``. The
+ensemble is then the mean of the five folds' kept probabilities, case by case, turned into labels
+by the rule the predictor and find-best use (:func:`autoseg.evaluation.find_best.ensemble_labels`),
+written with the held-out image's geometry and scored by ``autoseg evaluate`` like the folds.
+Each fold's label maps are rebuilt from its kept probabilities and compared with what ``predict``
+wrote: float16 storage flips a few near-ties (counted in its row); more than 0.1 % of the voxels
+stops the run.
 
-    .venv/bin/python benchmarks/bench_ensemble.py --train 0        # ~1 h
-    .venv/bin/python benchmarks/bench_ensemble.py --train 1 2      # ~2 h
-    .venv/bin/python benchmarks/bench_ensemble.py --evaluate       # all 5 trained: ~5 min
+A fold already trained is skipped; a fold whose run was stopped continues from its last checkpoint
+(``--continue``, written every 5 epochs) when the work folder is still there:
+
+    .venv/bin/python benchmarks/bench_ensemble.py --train 0        # ~1.1 h, then ~1 min predict
+    .venv/bin/python benchmarks/bench_ensemble.py --train 1 2      # ~2.2 h
+    .venv/bin/python benchmarks/bench_ensemble.py --evaluate       # all 5 kept: ~1 min
     .venv/bin/python benchmarks/bench_ensemble.py --table
 
 Writes results/ensemble_hippocampus.md.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import sys
 import time
@@ -38,6 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import AUTOSEG, HERE, ROOT, SHARED, append_row, read_rows
 from bench_budget import ITERS_PER_EPOCH, train_command
 from bench_train import _run, _today
+
+from autoseg.evaluation.find_best import ensemble_labels
+from autoseg.inference.probabilities import ProbabilityMap
+from autoseg.io.image import read_image, write_image
+from autoseg.labels import LabelScheme
 
 RESULTS = HERE / "results" / "ensemble_hippocampus.json"
 DATASET = "hippocampus_dev"
@@ -99,6 +112,8 @@ def train_fold(
     if (model / "validation" / "summary.json").is_file():
         log.info("fold %d is trained (%s): skipped", fold, model)
         return
+    if any(r["kind"] == "fold" and r["fold"] == fold for r in read_rows(results)):
+        sys.exit(f"fold {fold} has a row in {results.name} but no model in {work}: remove the row to retrain")
     if not (work / "models" / DATASET / "plans.json").is_file():
         _run([AUTOSEG, "plan", str(work / DATASET), "--work-dir", str(work / "models"), "-q"])
     cmd = train_command(work / "models", DATASET, "3d_fullres", fold, epochs, BATCH, SEED, iters)
@@ -137,45 +152,150 @@ def _kept_epochs(model: Path) -> tuple[int, float]:
     return epoch, sum(r["seconds"] for r in read_records(model / "progress.jsonl") if r["epoch"] < epoch)
 
 
+def kept_dir(results: Path, fold: int) -> Path:
+    """Where a fold's held-out probabilities are kept: beside its results file, in the repository."""
+    return results.with_suffix("") / f"fold_{fold}"
+
+
+def _scheme(work: Path) -> LabelScheme:
+    meta = json.loads((work / DATASET / "dataset.json").read_text())
+    return LabelScheme.from_declared(meta["labels"])
+
+
+def _score(work: Path, pred: Path, name: str) -> dict:
+    """``autoseg evaluate`` of a folder of held-out label maps; its summary."""
+    scores = work / "scores" / f"{name}.json"
+    _run(
+        [
+            AUTOSEG,
+            "evaluate",
+            "--pred",
+            str(pred),
+            "--ref",
+            str(work / "held_out" / "labels"),
+            "-o",
+            str(scores),
+        ]
+    )
+    return json.loads(scores.read_text())
+
+
+def _held_out_row(members: list[int], seconds: float, held: list[str], s: dict) -> dict:
+    return {
+        "kind": "held_out",
+        "members": members,
+        "date": _today(),
+        "predict_s": seconds,
+        "held_out": held,
+        "dice": [s["per_label"]["1"]["dice"], s["per_label"]["2"]["dice"]],
+        "dice_mean": s["mean"]["dice"],
+        "hd95_mean": s["mean"].get("hd95_mm"),
+    }
+
+
+def _has_row(results: Path, members: list[int]) -> bool:
+    return any(r["kind"] == "held_out" and r["members"] == members for r in read_rows(results))
+
+
+def score_fold(work: Path, results: Path, fold: int, held: list[str]) -> None:
+    """The fold alone on the held-out cases (a row) and its probabilities kept for the ensemble;
+    skipped when both are there already."""
+    kept = kept_dir(results, fold)
+    if _has_row(results, [fold]) and len(list(kept.glob("*.npz"))) == len(held):
+        log.info("fold %d: held-out scores and probabilities kept already (%s)", fold, kept)
+        return
+    out = work / "predictions" / f"fold_{fold}"
+    cmd = [AUTOSEG, "predict", "-i", str(work / "held_out" / "images"), "-o", str(out)]
+    cmd += ["--work-dir", str(work / "models"), "-d", DATASET, "-c", "3d_fullres", "--device", "cpu"]
+    cmd += ["-f", str(fold), "--save-probabilities", "--no-postprocessing", "--overwrite", "-q"]
+    seconds = _run(cmd)
+    summary = _score(work, out, f"fold_{fold}")
+    kept.mkdir(parents=True, exist_ok=True)
+    for case in held:
+        shutil.copyfile(out / f"{case}.npz", kept / f"{case}.npz")
+    row = _held_out_row([fold], seconds, held, summary)
+    row["voxels_rebuilt_unlike_predict"] = _check_rebuilt(work, kept, out, held)
+    append_row(results, row)
+
+
+def _labels_from_kept(work: Path, folds: list[Path], held: list[str], out: Path) -> None:
+    """Label maps of the mean of the kept probabilities of ``folds``, one per held-out case."""
+    scheme = _scheme(work)
+    out.mkdir(parents=True, exist_ok=True)
+    for case in held:
+        image = read_image(work / "held_out" / "images" / f"{case}_0000.nii.gz")
+        probs = [
+            ProbabilityMap.load(d / f"{case}.npz", scheme=scheme, shape=image.array.shape) for d in folds
+        ]
+        labels = ensemble_labels([p.probabilities for p in probs], scheme)
+        write_image(labels, image.geometry, out / f"{case}.nii.gz")
+
+
+def _check_rebuilt(work: Path, kept: Path, predicted: Path, held: list[str]) -> int:
+    """Voxels where the label maps rebuilt from one fold's kept probabilities are not the
+    predictor's: a few, where float16 storage flips a near-tie; exit when more than 0.1 % of all
+    differ (a wrong grid or axis order, which would make the ensemble meaningless)."""
+    rebuilt = work / "rebuilt" / kept.name
+    _labels_from_kept(work, [kept], held, rebuilt)
+    differ, total = 0, 0
+    for case in held:
+        a = read_image(rebuilt / f"{case}.nii.gz").array
+        differ += int((a != read_image(predicted / f"{case}.nii.gz").array).sum())
+        total += a.size
+    if differ > 0.001 * total:
+        sys.exit(
+            f"{kept}: labels rebuilt from the kept probabilities differ from predict's in "
+            f"{differ} of {total} voxels"
+        )
+    log.info(
+        "%s: the kept probabilities give predict's labels but in %d of %d voxels", kept.name, differ, total
+    )
+    return differ
+
+
 def evaluate(work: Path, results: Path, held: list[str]) -> None:
-    """Each fold alone and the 5 together on the held-out cases; one row each."""
-    missing = [k for k in FOLDS if not _fold_dir(work, k).is_dir()]
+    """The 5 folds together on the held-out cases, from their kept probabilities (a row)."""
+    folds = [kept_dir(results, k) for k in FOLDS]
+    missing = [k for k, d in zip(FOLDS, folds, strict=True) if len(list(d.glob("*.npz"))) != len(held)]
     if missing:
-        sys.exit(f"folds {missing} are not trained yet: --train {' '.join(map(str, missing))}")
-    for members in [*([k] for k in FOLDS), list(FOLDS)]:
-        name = "ensemble" if len(members) > 1 else f"fold_{members[0]}"
-        out = work / "predictions" / name
-        cmd = [AUTOSEG, "predict", "-i", str(work / "held_out" / "images"), "-o", str(out)]
-        cmd += ["--work-dir", str(work / "models"), "-d", DATASET, "-c", "3d_fullres", "--device", "cpu"]
-        cmd += ["-f", *map(str, members), "--overwrite", "-q"]
-        seconds = _run(cmd)
-        scores = work / "scores" / f"{name}.json"
-        _run(
-            [
-                AUTOSEG,
-                "evaluate",
-                "--pred",
-                str(out),
-                "--ref",
-                str(work / "held_out" / "labels"),
-                "-o",
-                str(scores),
-            ]
+        sys.exit(
+            f"folds {missing} have no kept held-out probabilities yet: --train {' '.join(map(str, missing))}"
         )
-        s = json.loads(scores.read_text())
-        append_row(
-            results,
-            {
-                "kind": "held_out",
-                "members": members,
-                "date": _today(),
-                "predict_s": seconds,
-                "held_out": held,
-                "dice": [s["per_label"]["1"]["dice"], s["per_label"]["2"]["dice"]],
-                "dice_mean": s["mean"]["dice"],
-                "hd95_mean": s["mean"].get("hd95_mm"),
-            },
-        )
+    if _has_row(results, list(FOLDS)):
+        log.info("the ensemble is scored already (%s)", results.name)
+        return
+    out = work / "predictions" / "ensemble"
+    t0 = time.perf_counter()
+    _labels_from_kept(work, folds, held, out)
+    seconds = time.perf_counter() - t0
+    single = {
+        r["members"][0]: r["predict_s"]
+        for r in read_rows(results)
+        if r["kind"] == "held_out" and len(r["members"]) == 1
+    }
+    row = _held_out_row(
+        list(FOLDS), sum(single.get(k, 0.0) for k in FOLDS), held, _score(work, out, "ensemble")
+    )
+    row["combine_s"] = seconds
+    if all((_fold_dir(work, k) / "checkpoint_final.pt").is_file() for k in FOLDS):
+        row["voxels_unlike_predict"] = _unlike_predict(work, out, held)
+    append_row(results, row)
+
+
+def _unlike_predict(work: Path, ensembled: Path, held: list[str]) -> int:
+    """Voxels where the ensemble of kept probabilities differs from ``predict -f 0 1 2 3 4``
+    (only where all five models are still in the work folder, e.g. a smoke test)."""
+    out = work / "predictions" / "ensemble_predict"
+    cmd = [AUTOSEG, "predict", "-i", str(work / "held_out" / "images"), "-o", str(out)]
+    cmd += ["--work-dir", str(work / "models"), "-d", DATASET, "-c", "3d_fullres", "--device", "cpu"]
+    cmd += ["-f", *map(str, FOLDS), "--no-postprocessing", "--overwrite", "-q"]
+    _run(cmd)
+    n = sum(
+        int((read_image(ensembled / f"{c}.nii.gz").array != read_image(out / f"{c}.nii.gz").array).sum())
+        for c in held
+    )
+    log.info("the ensemble of kept probabilities differs from predict's 5-fold ensemble in %d voxels", n)
+    return n
 
 
 def table(rows: list[dict]) -> str:
@@ -188,7 +308,9 @@ def table(rows: list[dict]) -> str:
         "",
         f"5 folds of 3d_fullres at {'/'.join(map(str, iters))} iterations of batch {BATCH} (seed "
         f"{SEED}) on the development cases; {n_held} cases held out of every fold (seed "
-        f"{HELD_OUT_SEED}). Prediction with mirroring; Dice on the held-out cases.",
+        f"{HELD_OUT_SEED}). Each fold predicts them alone (mirroring on, raw label maps, no "
+        "post-processing); the ensemble is the mean of the 5 folds' kept probabilities, its "
+        "'predict s' the sum of theirs. Dice on the held-out cases.",
         "",
         "| fold | date | hours | validation Dice (its own validation cases) |",
         "|---:|---|---:|---:|",
@@ -252,8 +374,12 @@ def main() -> int:
         held = build(args.data.resolve(), work, args.held_out)
         _check_held_out(results, held)
         for fold in args.train:
+            if _has_row(results, [fold]) and len(list(kept_dir(results, fold).glob("*.npz"))) == len(held):
+                log.info("fold %d: trained and scored in an earlier run: skipped", fold)
+                continue
             t0 = time.perf_counter()
             train_fold(work, results, fold, held, args.epochs, args.iters)
+            score_fold(work, results, fold, held)
             log.info("fold %d: %.1f min", fold, (time.perf_counter() - t0) / 60)
         if args.evaluate:
             evaluate(work, results, held)
