@@ -358,10 +358,10 @@ def main() -> int:
         "--work",
         type=Path,
         default=ROOT.parent / "bench_work" / "ensemble",
-        help="work folder kept between sessions (default: ../bench_work/ensemble)",
+        help="models, predictions (default: ../bench_work/ensemble); the ensemble needs only results/",
     )
     ap.add_argument("--train", type=int, nargs="*", default=[], choices=FOLDS, help="folds to train")
-    ap.add_argument("--evaluate", action="store_true", help="score single folds and the ensemble")
+    ap.add_argument("--evaluate", action="store_true", help="score the 5-fold ensemble (kept probabilities)")
     ap.add_argument("--table", action="store_true", help="only rewrite the table")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="a smoke test's shorter runs")
     ap.add_argument("--iters", type=int, default=ITERS_PER_EPOCH, help="iterations per epoch")
