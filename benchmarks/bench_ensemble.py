@@ -197,22 +197,44 @@ def _has_row(results: Path, members: list[int]) -> bool:
     return any(r["kind"] == "held_out" and r["members"] == members for r in read_rows(results))
 
 
+def _is_kept(results: Path, fold: int, held: list[str]) -> bool:
+    """The fold's probabilities of every held-out case are in the repository."""
+    return len(list(kept_dir(results, fold).glob("*.npz"))) == len(held)
+
+
+def _predict(work: Path, out: Path, folds: list[int], *flags: str) -> float:
+    """``autoseg predict`` of the held-out images with ``folds`` of 3d_fullres (raw label maps); seconds."""
+    cmd = [AUTOSEG, "predict", "-i", str(work / "held_out" / "images"), "-o", str(out)]
+    cmd += ["--work-dir", str(work / "models"), "-d", DATASET, "-c", "3d_fullres", "--device", "cpu"]
+    return _run([*cmd, "-f", *map(str, folds), "--no-postprocessing", "--overwrite", "-q", *flags])
+
+
+def _differing(a: Path, b: Path, held: list[str]) -> tuple[int, int, int]:
+    """Voxels where two folders' label maps of the held-out cases differ, voxels either calls
+    foreground, and all voxels."""
+    differ, foreground, total = 0, 0, 0
+    for case in held:
+        x, y = (read_image(d / f"{case}.nii.gz").array for d in (a, b))
+        differ += int((x != y).sum())
+        foreground += int(((x > 0) | (y > 0)).sum())
+        total += x.size
+    return differ, foreground, total
+
+
 def score_fold(work: Path, results: Path, fold: int, held: list[str]) -> None:
     """The fold alone on the held-out cases (a row) and its probabilities kept for the ensemble;
     skipped when both are there already."""
     kept = kept_dir(results, fold)
-    if _has_row(results, [fold]) and len(list(kept.glob("*.npz"))) == len(held):
+    if _has_row(results, [fold]) and _is_kept(results, fold, held):
         log.info("fold %d: held-out scores and probabilities kept already (%s)", fold, kept)
         return
     out = work / "predictions" / f"fold_{fold}"
-    cmd = [AUTOSEG, "predict", "-i", str(work / "held_out" / "images"), "-o", str(out)]
-    cmd += ["--work-dir", str(work / "models"), "-d", DATASET, "-c", "3d_fullres", "--device", "cpu"]
-    cmd += ["-f", str(fold), "--save-probabilities", "--no-postprocessing", "--overwrite", "-q"]
-    seconds = _run(cmd)
+    seconds = _predict(work, out, [fold], "--save-probabilities")
     summary = _score(work, out, f"fold_{fold}")
     kept.mkdir(parents=True, exist_ok=True)
+    scheme = _scheme(work)
     for case in held:
-        keep(out / f"{case}.npz", kept / f"{case}.npz", _scheme(work))
+        keep(out / f"{case}.npz", kept / f"{case}.npz", scheme)
     row = _held_out_row([fold], seconds, held, summary)
     row["voxels_rebuilt_unlike_predict"] = _check_rebuilt(work, kept, out, held)
     append_row(results, row)
@@ -253,13 +275,7 @@ def _check_rebuilt(work: Path, kept: Path, predicted: Path, held: list[str]) -> 
     foreground (a wrong grid or axis order, which would make the ensemble meaningless)."""
     rebuilt = work / "rebuilt" / kept.name
     _labels_from_kept(work, [kept], held, rebuilt)
-    differ, foreground, total = 0, 0, 0
-    for case in held:
-        a = read_image(rebuilt / f"{case}.nii.gz").array
-        b = read_image(predicted / f"{case}.nii.gz").array
-        differ += int((a != b).sum())
-        foreground += int(((a > 0) | (b > 0)).sum())
-        total += a.size
+    differ, foreground, total = _differing(rebuilt, predicted, held)
     if differ > 0.05 * foreground:
         sys.exit(
             f"{kept}: labels rebuilt from the kept probabilities differ from predict's in "
@@ -273,8 +289,7 @@ def _check_rebuilt(work: Path, kept: Path, predicted: Path, held: list[str]) -> 
 
 def evaluate(work: Path, results: Path, held: list[str]) -> None:
     """The 5 folds together on the held-out cases, from their kept probabilities (a row)."""
-    folds = [kept_dir(results, k) for k in FOLDS]
-    missing = [k for k, d in zip(FOLDS, folds, strict=True) if len(list(d.glob("*.npz"))) != len(held)]
+    missing = [k for k in FOLDS if not _is_kept(results, k, held)]
     if missing:
         sys.exit(
             f"folds {missing} have no kept held-out probabilities yet: --train {' '.join(map(str, missing))}"
@@ -284,7 +299,7 @@ def evaluate(work: Path, results: Path, held: list[str]) -> None:
         return
     out = work / "predictions" / "ensemble"
     t0 = time.perf_counter()
-    _labels_from_kept(work, folds, held, out)
+    _labels_from_kept(work, [kept_dir(results, k) for k in FOLDS], held, out)
     seconds = time.perf_counter() - t0
     single = {
         r["members"][0]: r["predict_s"]
@@ -304,14 +319,8 @@ def _unlike_predict(work: Path, ensembled: Path, held: list[str]) -> int:
     """Voxels where the ensemble of kept probabilities differs from ``predict -f 0 1 2 3 4``
     (only where all five models are still in the work folder, e.g. a smoke test)."""
     out = work / "predictions" / "ensemble_predict"
-    cmd = [AUTOSEG, "predict", "-i", str(work / "held_out" / "images"), "-o", str(out)]
-    cmd += ["--work-dir", str(work / "models"), "-d", DATASET, "-c", "3d_fullres", "--device", "cpu"]
-    cmd += ["-f", *map(str, FOLDS), "--no-postprocessing", "--overwrite", "-q"]
-    _run(cmd)
-    n = sum(
-        int((read_image(ensembled / f"{c}.nii.gz").array != read_image(out / f"{c}.nii.gz").array).sum())
-        for c in held
-    )
+    _predict(work, out, list(FOLDS))
+    n = _differing(ensembled, out, held)[0]
     log.info("the ensemble of kept probabilities differs from predict's 5-fold ensemble in %d voxels", n)
     return n
 
@@ -392,7 +401,7 @@ def main() -> int:
         held = build(args.data.resolve(), work, args.held_out)
         _check_held_out(results, held)
         for fold in args.train:
-            if _has_row(results, [fold]) and len(list(kept_dir(results, fold).glob("*.npz"))) == len(held):
+            if _has_row(results, [fold]) and _is_kept(results, fold, held):
                 log.info("fold %d: trained and scored in an earlier run: skipped", fold)
                 continue
             t0 = time.perf_counter()
