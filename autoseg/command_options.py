@@ -63,7 +63,7 @@ def _send_timeout(flags: tuple[str, ...]) -> Any:
 _WORKERS_MEANING = "worker processes, 0 for the default"
 #: The names of :data:`autoseg.planning.presets.PRESETS` (spelled out so that ``--help`` imports
 #: no planning code; a test checks that the two agree).
-PresetName = Literal["resenc_m", "resenc_l", "resenc_xl"]
+PresetName = Literal["resenc", "resenc_m", "resenc_l", "resenc_xl"]
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,11 @@ class PlanOptions:
         None,
         "also plan nnU-Net's residual-encoder presets, each an extra configuration such as "
         "3d_fullres_resenc_m that trains on 3d_fullres's preprocessed data; sized for the preset's "
-        "GPU (M 8 GB, L 24 GB, XL 40 GB) unless --gpu-memory is given; several may be named",
+        "GPU (M 8 GB, L 24 GB, XL 40 GB) unless --gpu-memory is given; several may be named. "
+        "3d_fullres_resenc (the residual encoder at 3d_fullres's patch and batch) is planned for "
+        "3D data without asking",
         flags=("--preset",),
-        run_time_default="none",
+        run_time_default="none besides 3d_fullres_resenc",
     )
     preprocess_workers: int | None = _preprocess_workers()
     legacy_workers: int | None = _legacy_workers(_WORKERS_MEANING, "use --preprocess-workers")

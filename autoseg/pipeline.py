@@ -113,7 +113,7 @@ def preprocess(
     """Preprocess a planned dataset for some (default: all) configurations.
 
     Returns:
-        The store folders.
+        The store folders, each once (a preset configuration shares its base's store).
     """
     from autoseg.preprocessing.run import preprocess_dataset
 
@@ -122,12 +122,13 @@ def preprocess(
     ds = load_dataset(folder)
     workspace.check_writable(name)
     names = configurations or [c for c in the_plan.configurations if c != "3d_cascade_fullres"]
-    return [
+    folders = (
         preprocess_dataset(
             ds, the_plan, the_plan.configuration(c), workspace.dataset_dir(name), workers=workers
         ).folder
         for c in names
-    ]
+    )
+    return list(dict.fromkeys(folders))
 
 
 def train(

@@ -151,7 +151,11 @@ def table(rows: list[dict]) -> str:
         "includes its preprocessing, ~15 s, nnU-Net's not). Runs marked shared had another job "
         "on the CPU (slower; the Dice barely moves). The ResEnc M rows are its network at the "
         "default's batch 7 (`--batch-size`): the preset's own plan of this dataset asks batch 58 "
-        "(memory-sized, no 5 % cap), ~8x the compute per iteration.",
+        "(memory-sized, no 5 % cap), ~8x the compute per iteration. That network at 3d_fullres's "
+        "patch and batch is what `autoseg plan` now adds by default as `3d_fullres_resenc` (the "
+        "same configuration on this dataset: tests/planning/test_presets.py checks it), because "
+        "of its 1440-iteration verdict below; `3d_fullres` itself stays the plain U-Net (its "
+        "360-iteration verdict).",
         "",
         "| series | iters | run | date | hours | pseudo-Dice per epoch (last 4) | Dice ant. | Dice post. "
         "| Dice mean |",
@@ -280,7 +284,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
     ap.add_argument("--iters", type=int, default=1440, help=f"a multiple of {ITERS_PER_EPOCH}")
     ap.add_argument(
-        "--config", default="3d_fullres", choices=["3d_fullres", "3d_fullres_resenc_m", "3d_fullres_resenc_l"]
+        "--config",
+        default="3d_fullres",
+        choices=["3d_fullres", "3d_fullres_resenc", "3d_fullres_resenc_m", "3d_fullres_resenc_l"],
     )
     ap.add_argument("--plan-batch", action="store_true", help="train a preset at its planned batch")
     ap.add_argument("--seeds", type=int, nargs="*", default=[], help="autoseg runs, one per seed")

@@ -1,11 +1,11 @@
 """Regenerate the golden plans in this folder: ``python plans/regenerate.py``.
 
 For each dataset it runs ``autoseg plan`` (8 GB budget) and keeps ``fingerprint.json`` and
-``plans.json`` under ``plans/<name>/``, and ``plans_resenc.json``: the plan with the ResEnc M and
-L presets added (``autoseg plan --preset resenc_m resenc_l``, each at its own GPU size). The
-tests re-plan from each stored fingerprint and compare with the stored plan, so a planner change
-shows up as a reviewed diff of these files. Datasets from ``../shared/data`` are skipped with a
-message when that folder is absent.
+``plans.json`` under ``plans/<name>/`` (with ``3d_fullres_resenc``, planned by default), and
+``plans_resenc.json``: the plan with the ResEnc M and L presets added (``autoseg plan --preset
+resenc_m resenc_l``, each at its own GPU size). The tests re-plan from each stored fingerprint and
+compare with the stored plan, so a planner change shows up as a reviewed diff of these files.
+Datasets from ``../shared/data`` are skipped with a message when that folder is absent.
 """
 
 from __future__ import annotations

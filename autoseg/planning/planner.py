@@ -351,9 +351,11 @@ def make_plan(
         add_lowres: offer ``3d_lowres`` + ``3d_cascade_fullres`` even where the full-resolution
             patch covers enough of the image (see :func:`_added_lowres`).
         presets: names in :data:`~autoseg.planning.presets.PRESETS`; each adds a configuration
-            (see :func:`_preset_configuration`). The others are planned as without.
-        preset_gpu_memory_gb: the presets' memory budget; None: each preset's own GPU (ResEnc M
-            8 GB, L 24 GB, XL 40 GB), as nnU-Net's preset planners default to.
+            (see :func:`_preset_configuration`). The others are planned as without. Presets
+            marked ``planned_by_default`` (``resenc``) are added for 3D data in any case.
+        preset_gpu_memory_gb: the memory-sized presets' budget; None: each preset's own GPU
+            (ResEnc M 8 GB, L 24 GB, XL 40 GB), as nnU-Net's preset planners default to. A
+            preset ``sized_like_base`` uses ``gpu_memory_gb``, as its base does.
 
     Returns:
         The plan; ``notes`` says which optional configurations were offered and why.
@@ -422,14 +424,19 @@ def make_plan(
             f"no 2.5d: slice/in-plane spacing ratio "
             f"{spacing[0] / min(spacing[1:]):.1f} < {rules.ANISOTROPY_THRESHOLD:g}"
         )
-    for name in dict.fromkeys(presets):
+    by_default = () if is_2d_data else tuple(n for n, p in PRESETS.items() if p.planned_by_default)
+    for name in dict.fromkeys((*by_default, *presets)):
         preset = PRESETS[name]
+        if preset.sized_like_base:
+            preset_gpu = gpu_memory_gb
+        else:
+            preset_gpu = preset.gpu_memory_gb if preset_gpu_memory_gb is None else preset_gpu_memory_gb
         cfg, note = _preset_configuration(
             preset,
             configs["2d" if is_2d_data else "3d_fullres"],
             n_cases=n,
             n_classes=n_classes,
-            gpu_memory_gb=preset.gpu_memory_gb if preset_gpu_memory_gb is None else preset_gpu_memory_gb,
+            gpu_memory_gb=preset_gpu,
         )
         configs[cfg.name] = cfg
         notes.append(note)
@@ -460,6 +467,10 @@ def _preset_configuration(
     more trainings for cross-validation. The preset keeps the base's spacing, batch Dice and
     resampling, so it reuses the base's preprocessed data.
     """
+    if preset.sized_like_base:
+        return _base_sized_configuration(
+            preset, base, n_cases=n_cases, n_classes=n_classes, gpu_memory_gb=gpu_memory_gb
+        )
     cfg = plan_configuration(
         preset.configuration_name(base.name),
         base.kind,
@@ -480,6 +491,59 @@ def _preset_configuration(
         f"for {preset.gpu_memory_gb:g} GB, planned for {gpu_memory_gb:g} GB; a batch may cover "
         f"{preset.max_dataset_fraction:.0%} of the dataset (not "
         f"{rules.MAX_DATASET_FRACTION_PER_BATCH:.0%}); trains on {base.name}'s preprocessed data"
+    )
+    return cfg, note
+
+
+def _base_sized_configuration(
+    preset: Preset, base: Configuration, *, n_cases: int, n_classes: int, gpu_memory_gb: float
+) -> tuple[Configuration, str]:
+    """A preset that keeps ``base``'s patch, topology and batch and swaps in the residual
+    encoder: what the budget curve measured against the plain U-Net (same data per step, so
+    the comparison is of networks alone). The batch is ``base``'s unless the residual network's
+    estimate at the preset's memory reference, scaled to ``gpu_memory_gb``, holds fewer."""
+    spec = kind_of(base.kind)
+    topo = rules.Topology(base.patch_size, base.network.kernel_sizes, base.network.strides)
+    blocks = preset.blocks_per_stage(base.network.n_stages)
+    est = rules.residual_feature_map_elements(
+        topo, base.network.features_per_stage, blocks, n_classes=n_classes, decoder_convs=preset.decoder_convs
+    )
+    reference = preset.reference(spec)
+    budget = rules.memory_budget(
+        reference, reference_gb=preset.gpu_memory_gb, gpu_memory_gb=gpu_memory_gb, patch_batch=reference[1]
+    )
+    fits = rules.batch_size(
+        est,
+        budget=budget.batch_budget,
+        patch_voxels=int(np.prod(base.patch_size)),
+        dataset_voxels=float(np.prod(base.median_shape)) * n_cases,
+        max_fraction=preset.max_dataset_fraction,
+    )
+    network = dataclasses.replace(
+        base.network, encoder="residual", blocks_per_stage=blocks, decoder_convs=preset.decoder_convs
+    )
+    cfg = _replace(
+        base,
+        name=preset.configuration_name(base.name),
+        network=network,
+        batch_size=min(base.batch_size, fits),
+        estimated_feature_elements=est,
+        previous_stage=None,
+        next_stage=None,
+    )
+    batch = f"batch {cfg.batch_size}"
+    if cfg.batch_size != base.batch_size:
+        batch += f", not {base.batch_size}: the residual network holds fewer"
+    over = est / budget.patch_limit
+    fit = ""
+    if over > 1:
+        fit = f" (its estimate is {over - 1:.0%} above the memory reference for the smallest batch)"
+    note = (
+        f"{cfg.name}: preset {preset.title} (residual encoder, blocks {','.join(map(str, blocks))}, "
+        f"{preset.decoder_convs} decoder conv per stage) at {base.name}'s patch, {batch}{fit}; "
+        "planned by default for 3D data: at 1440 iterations on hippocampus it beat the plain U-Net "
+        "beyond the seed spread (benchmarks/results/budget_curve.md); trains on "
+        f"{base.name}'s preprocessed data"
     )
     return cfg, note
 

@@ -21,6 +21,7 @@ from autoseg.errors import PlanError
 from autoseg.fingerprint.model import CaseFingerprint, Fingerprint, IntensityStats
 from autoseg.planning import Plan, make_plan
 from autoseg.planning.planner import plan_configuration
+from autoseg.planning.presets import PRESETS
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "plans" / "plan.schema.json"
 
@@ -34,6 +35,9 @@ STATS = IntensityStats(
     percentile_99_5=300.0,
     n_samples=1000,
 )
+
+#: The configurations of a plan with a cascade (``3d_fullres_resenc`` is planned by default).
+WITH_CASCADE = {"3d_fullres", "3d_lowres", "3d_cascade_fullres", "2d", "3d_fullres_resenc"}
 
 
 def make_fp(
@@ -136,7 +140,7 @@ class TestLargeCT:
         assert math.prod(full.patch_size) / math.prod(full.median_shape) < 0.25
 
     def test_configurations_and_links(self, plan):
-        assert set(plan.configurations) == {"3d_fullres", "3d_lowres", "3d_cascade_fullres", "2d"}
+        assert set(plan.configurations) == WITH_CASCADE
         full, low, casc = (plan.configuration(n) for n in ("3d_fullres", "3d_lowres", "3d_cascade_fullres"))
         assert (low.previous_stage, low.next_stage) == (None, "3d_cascade_fullres")
         assert (casc.previous_stage, casc.next_stage) == ("3d_lowres", None)
@@ -254,7 +258,7 @@ class TestThickSliceMR:
 class TestIsotropicSmall:
     def test_no_2p5d_by_default(self):
         plan = make_plan(small_iso())
-        assert set(plan.configurations) == {"3d_fullres", "2d"}
+        assert set(plan.configurations) == {"3d_fullres", "2d", "3d_fullres_resenc"}
         assert any(n.startswith("no 2.5d") for n in plan.notes)
         # 40, 50, 40 at 1 mm: 3 poolings, divisor 8 -> 40, 56, 40, the whole image: no lowres
         full = plan.configuration("3d_fullres")
@@ -541,7 +545,7 @@ class TestStrictLoading:
         with pytest.raises(
             PlanError,
             match=r"configuration 'nope' is not in the plan of synthetic; "
-            r"the plan has: 3d_fullres, 2d$",
+            r"the plan has: 3d_fullres, 2d, 3d_fullres_resenc$",
         ):
             plan.configuration("nope")
 
@@ -575,6 +579,19 @@ V1_PLAN = Path(__file__).resolve().parent / "data" / "plans_v1_hippocampus_sampl
 V2_PLAN = Path(__file__).resolve().parents[2] / "plans" / "hippocampus_sample" / "plans.json"
 
 
+def _golden_without_default_presets() -> Plan:
+    """The golden plan less what the presets planned by default added since it was stored in
+    an older version (``3d_fullres_resenc`` and its note): what an old plan must load as."""
+    plan = Plan.load(V2_PLAN)
+    added = {PRESETS[n].configuration_name("3d_fullres") for n in PRESETS if PRESETS[n].planned_by_default}
+    assert added <= set(plan.configurations)
+    return dataclasses.replace(
+        plan,
+        configurations={n: c for n, c in plan.configurations.items() if n not in added},
+        notes=tuple(n for n in plan.notes if n.split(":")[0] not in added),
+    )
+
+
 class TestVersion1Migration:
     """A version-1 plans.json (as written before ``planner``, ``extra`` and
     ``n_conv_per_stage`` were dropped) still loads; anything else in it stays strict."""
@@ -587,7 +604,7 @@ class TestVersion1Migration:
         # the fixture is the golden plan as committed at schema_version 1
         assert json.loads(V1_PLAN.read_text())["schema_version"] == 1
         plan = Plan.load(V1_PLAN)
-        assert plan == Plan.load(V2_PLAN)
+        assert plan == _golden_without_default_presets()
         assert plan.schema_version == 4
         assert plan.regions_class_order is None
         assert "planner" not in plan.to_dict()
@@ -738,7 +755,7 @@ class TestAddLowres:
 
     def test_small_data_gets_a_coarser_stage(self):
         plan = make_plan(small_iso(), add_lowres=True)
-        assert set(plan.configurations) == {"3d_fullres", "3d_lowres", "3d_cascade_fullres", "2d"}
+        assert set(plan.configurations) == WITH_CASCADE
         full, low, casc = (plan.configuration(n) for n in ("3d_fullres", "3d_lowres", "3d_cascade_fullres"))
         # isotropic: all axes grow by 1.03 a step until 8x fewer voxels: after 23 steps,
         # 1.97 mm, the median shape rounds to 20 x 25 x 20 = 40 x 50 x 40 / 8
@@ -793,7 +810,13 @@ class TestCascadeInput:
     def test_labels(self):
         plan = make_plan(small_iso(), add_lowres=True)  # background + 2 labels
         channels = {n: plan.network_input_channels(c) for n, c in plan.configurations.items()}
-        assert channels == {"3d_fullres": 1, "3d_lowres": 1, "3d_cascade_fullres": 3, "2d": 1}
+        assert channels == {
+            "3d_fullres": 1,
+            "3d_lowres": 1,
+            "3d_cascade_fullres": 3,
+            "2d": 1,
+            "3d_fullres_resenc": 1,
+        }
 
     def test_regions_and_ignore(self):
         fp = dataclasses.replace(
@@ -825,7 +848,7 @@ class TestVersion3Migration:
     def test_loads_as_the_current_golden_plan(self):
         assert json.loads(V3_PLAN.read_text())["schema_version"] == 3
         plan = Plan.load(V3_PLAN)
-        assert plan == Plan.load(V2_PLAN)
+        assert plan == _golden_without_default_presets()
         net = plan.configuration("3d_fullres").network
         assert (net.encoder, net.blocks_per_stage, net.decoder_convs) == ("plain", None, 2)
         assert plan.configuration("3d_fullres").gpu_memory_gb is None
