@@ -134,6 +134,12 @@ def all_rows() -> list[dict]:
     return old + read_rows(RUNS)
 
 
+#: The series that are configurations ``autoseg plan`` writes without options, and their names
+#: there: the ResEnc M rows (its network at the default's batch and patch) are
+#: ``3d_fullres_resenc`` on this dataset.
+PLANNED_BY_DEFAULT = {"autoseg": "3d_fullres", "autoseg 3d_fullres_resenc_m": "3d_fullres_resenc"}
+
+
 def _series(row: dict) -> str:
     """The tool, its configuration unless the default, and any recipe flags (a candidate)."""
     name = row["tool"] if row["config"] == "3d_fullres" else f"{row['tool']} {row['config']}"
@@ -186,15 +192,20 @@ def table(rows: list[dict]) -> str:
         )
     lines.append("")
     for iters in sorted({k[1] for k in groups}):
-        ours, theirs = groups.get(("autoseg", iters)), groups.get((NNUNET, iters))
-        if ours and theirs:
-            diff = statistics.mean(r["dice_mean"] for r in ours) - statistics.mean(
-                r["dice_mean"] for r in theirs
-            )
-            lines.append(f"- {iters} iterations: autoseg - nnU-Net, mean of runs: {diff:+.4f} (target >= 0).")
-        else:
-            missing = "autoseg" if not ours else "nnU-Net"
-            lines.append(f"- {iters} iterations: no {missing} run yet.")
+        theirs = groups.get((NNUNET, iters))
+        for series, name in PLANNED_BY_DEFAULT.items():
+            ours = groups.get((series, iters))
+            if ours and theirs:
+                diff = statistics.mean(r["dice_mean"] for r in ours) - statistics.mean(
+                    r["dice_mean"] for r in theirs
+                )
+                lines.append(
+                    f"- {iters} iterations: autoseg {name} - nnU-Net, mean of runs: {diff:+.4f} "
+                    f"({len(ours)} vs {len(theirs)} runs; target >= 0)."
+                )
+            else:
+                missing = f"autoseg {name}" if not ours else "nnU-Net"
+                lines.append(f"- {iters} iterations: no {missing} run yet.")
     lines += ["", *candidate_verdicts(groups), "", f"Figure: {PNG.name}"]
     return "\n".join(lines) + "\n"
 
