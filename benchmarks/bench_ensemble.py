@@ -369,7 +369,7 @@ def table(rows: list[dict]) -> str:
             f"(single folds {min(singles):.4f} to {max(singles):.4f}).",
         ]
     elif len(folds) < len(FOLDS):
-        lines += ["", f"{len(folds)} of {len(FOLDS)} folds trained; no held-out scores yet."]
+        lines += ["", f"{len(folds)} of {len(FOLDS)} folds trained; the ensemble is scored when all are."]
     return "\n".join(lines) + "\n"
 
 
