@@ -9,6 +9,7 @@ import torch
 
 from autoseg.labels import LabelScheme, LabelSchemeError
 from autoseg.planning.plan import Plan
+from tests.golden import golden_without_default_presets
 
 PLAIN = {"background": 0, "posterior": 2, "anterior": 1}
 # nnU-Net's integration scenarios on hippocampus (Dataset997..999)
@@ -122,10 +123,8 @@ def test_every_problem_is_listed_at_once() -> None:
 
 
 def test_a_plan_round_trips_regions_and_reads_version_2(tmp_path) -> None:
-    from pathlib import Path
-
-    golden = Path(__file__).parent.parent / "plans" / "hippocampus_sample" / "plans.json"
-    plan = Plan.load(golden)
+    # a version-2 plan predates the presets planned by default: it loads without them
+    plan = golden_without_default_presets()
     d = plan.to_dict()
     d["labels"] = {"background": 0, "hippocampus": [1, 2], "anterior": 1}
     d["regions_class_order"] = [2, 1]

@@ -21,7 +21,7 @@ from autoseg.errors import PlanError
 from autoseg.fingerprint.model import CaseFingerprint, Fingerprint, IntensityStats
 from autoseg.planning import Plan, make_plan
 from autoseg.planning.planner import plan_configuration
-from autoseg.planning.presets import PRESETS
+from tests.golden import GOLDEN_PLAN, golden_without_default_presets
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "plans" / "plan.schema.json"
 
@@ -576,20 +576,7 @@ class TestStrictLoading:
 
 
 V1_PLAN = Path(__file__).resolve().parent / "data" / "plans_v1_hippocampus_sample.json"
-V2_PLAN = Path(__file__).resolve().parents[2] / "plans" / "hippocampus_sample" / "plans.json"
-
-
-def _golden_without_default_presets() -> Plan:
-    """The golden plan less what the presets planned by default added since it was stored in
-    an older version (``3d_fullres_resenc`` and its note): what an old plan must load as."""
-    plan = Plan.load(V2_PLAN)
-    added = {PRESETS[n].configuration_name("3d_fullres") for n in PRESETS if PRESETS[n].planned_by_default}
-    assert added <= set(plan.configurations)
-    return dataclasses.replace(
-        plan,
-        configurations={n: c for n, c in plan.configurations.items() if n not in added},
-        notes=tuple(n for n in plan.notes if n.split(":")[0] not in added),
-    )
+V2_PLAN = GOLDEN_PLAN
 
 
 class TestVersion1Migration:
@@ -604,7 +591,7 @@ class TestVersion1Migration:
         # the fixture is the golden plan as committed at schema_version 1
         assert json.loads(V1_PLAN.read_text())["schema_version"] == 1
         plan = Plan.load(V1_PLAN)
-        assert plan == _golden_without_default_presets()
+        assert plan == golden_without_default_presets()
         assert plan.schema_version == 4
         assert plan.regions_class_order is None
         assert "planner" not in plan.to_dict()
@@ -848,7 +835,7 @@ class TestVersion3Migration:
     def test_loads_as_the_current_golden_plan(self):
         assert json.loads(V3_PLAN.read_text())["schema_version"] == 3
         plan = Plan.load(V3_PLAN)
-        assert plan == _golden_without_default_presets()
+        assert plan == golden_without_default_presets()
         net = plan.configuration("3d_fullres").network
         assert (net.encoder, net.blocks_per_stage, net.decoder_convs) == ("plain", None, 2)
         assert plan.configuration("3d_fullres").gpu_memory_gb is None
