@@ -247,7 +247,7 @@ class BatchLoader:
             )
             self._augmenter = mta
             mta.restart()  # start now, so batches are ready when training starts
-            self._finalizer = weakref.finalize(self, mta._finish)
+            self._finalizer = weakref.finalize(self, _stop_workers, mta)
 
     def __iter__(self) -> BatchLoader:
         return self
@@ -271,6 +271,31 @@ class BatchLoader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _stop_workers(mta: MultiThreadedAugmenter) -> None:
+    """Stop and join ``mta``'s worker processes.
+
+    batchgenerators' own shutdown drains the workers' queues, and that read blocks for ever on a
+    batch a worker was killed half-way through writing: what a SIGTERM or Ctrl-C sent to the whole
+    process group does (Slurm's ``scancel``, ``kill -- -PGID``, ``pkill -f``), so the trainer saved
+    its checkpoint and then hung. When a worker was killed by a signal, its queues are therefore
+    abandoned unread: the other workers are killed too and nothing waits on the pipes.
+    """
+    workers = list(mta._processes)
+    if not any(p.exitcode is not None and p.exitcode < 0 for p in workers):
+        mta._finish()
+        return
+    mta.abort_event.set()
+    for p in workers:
+        if p.is_alive():
+            p.kill()
+        p.join(timeout=5)
+    for q in mta._queues:
+        q.cancel_join_thread()  # its feeder thread may be stuck on a full pipe nobody reads
+        q.close()
+    mta._queues, mta._processes = [], []
+    mta.was_initialized = False
 
 
 def make_loader(

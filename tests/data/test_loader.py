@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import signal
+import struct
+import threading
 
 import numpy as np
 import pytest
@@ -79,6 +83,34 @@ class TestBatches:
         with pytest.raises(RuntimeError, match="closed"):
             next(loader)
         loader.close()  # idempotent
+
+    def test_closes_when_a_worker_was_killed_mid_batch(self, prepared):
+        """A signal to the whole process group (scancel, pkill -f, Ctrl-C) kills the workers too,
+        one perhaps half-way through writing a batch; closing must not block on that batch."""
+        before = set(multiprocessing.active_children())
+        loader = make_loader(
+            prepared.store("3d_fullres"),
+            prepared.case_ids,
+            prepared.config("3d_fullres"),
+            batch_size=BATCH["3d_fullres"],
+            workers=2,
+            seed=0,
+            augment=True,
+        )
+        next(loader)
+        mta = loader._augmenter
+        victim, queue = mta._processes[0], mta._queues[0]
+        # SIGKILL: a SIGTERM handler a forked worker may inherit from its test process cannot stop it
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=30)
+        assert victim.exitcode == -signal.SIGKILL
+        # what the killed worker left in its pipe: a length header and part of the batch
+        os.write(queue._writer.fileno(), struct.pack("!i", 1 << 20) + b"\0" * 64)
+        closer = threading.Thread(target=loader.close, daemon=True)
+        closer.start()
+        closer.join(timeout=60)
+        assert not closer.is_alive(), "close() blocked on the half-written batch"
+        assert set(multiprocessing.active_children()) <= before
 
     def test_validation_batches_are_plain_crops(self, prepared):
         name = "3d_fullres"
