@@ -576,7 +576,6 @@ class TestStrictLoading:
 
 
 V1_PLAN = Path(__file__).resolve().parent / "data" / "plans_v1_hippocampus_sample.json"
-V2_PLAN = GOLDEN_PLAN
 
 
 class TestVersion1Migration:
@@ -627,7 +626,7 @@ class TestVersion1Migration:
             Plan.from_dict(v1)
 
     def test_v2_refuses_the_dropped_keys(self):
-        d = json.loads(V2_PLAN.read_text())
+        d = json.loads(GOLDEN_PLAN.read_text())
         d["planner"] = "autoseg"
         with pytest.raises(PlanError, match=r"^plan: unknown key\(s\) \['planner'\]"):
             Plan.from_dict(d)
@@ -646,7 +645,7 @@ class TestConfigurationHash:
             assert back.configuration_hash(name) == plan.configuration_hash(name)
 
     def test_v1_and_v2_files_hash_alike(self):
-        v1, v2 = Plan.load(V1_PLAN), Plan.load(V2_PLAN)
+        v1, v2 = Plan.load(V1_PLAN), Plan.load(GOLDEN_PLAN)
         assert v1.configuration_hash("3d_fullres") == v2.configuration_hash("3d_fullres")
 
     def test_what_changes_the_hash(self):
