@@ -10,6 +10,7 @@ import pytest
 from autoseg.io.dataset import load_dataset
 from autoseg.planning.plan import Configuration, Plan
 from autoseg.preprocessing import PreprocessedStore, preprocess_dataset
+from tests.golden import GOLDEN_PLAN
 
 ROOT = Path(__file__).resolve().parents[2]
 N_CASES = 6
@@ -34,7 +35,7 @@ class Prepared:
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     ds = load_dataset(ROOT / "data" / "hippocampus_sample")
     ds = dataclasses.replace(ds, cases=ds.cases[:N_CASES])
-    plan = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+    plan = Plan.load(GOLDEN_PLAN)
     work = tmp_path_factory.mktemp("hippocampus_sample")
     stores = {
         name: preprocess_dataset(ds, plan, plan.configuration(name), work, workers=1)

@@ -24,8 +24,8 @@ from autoseg.io.image import read_image, write_image
 from autoseg.io.samples import copy_sample_subset
 from autoseg.labels import LabelScheme
 from autoseg.planning.plan import Plan
+from tests.golden import GOLDEN_PLAN
 
-ROOT = Path(__file__).resolve().parents[2]
 N_CASES = 4
 FOLDS = {"0": (0, 1), "1": (2, 3)}  # fold -> case indices
 ISLAND = (slice(0, 2), slice(0, 2), slice(0, 2))  # a corner, background in every reference
@@ -92,7 +92,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_dataset_dir(source: Path, tmp_path: Path):
     """``make(damage per config, folds per config, probabilities per config) -> dataset_dir``."""
     refs = sorted((source / "labelsTr").glob("*.nii.gz"))
-    plan = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+    plan = Plan.load(GOLDEN_PLAN)
 
     def make(
         damage: dict[str, Damage],

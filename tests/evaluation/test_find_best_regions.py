@@ -18,13 +18,13 @@ from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.io.image import read_image, write_image
 from autoseg.io.samples import copy_sample_subset
 from autoseg.planning.plan import Plan
+from tests.golden import GOLDEN_PLAN
 
-ROOT = Path(__file__).resolve().parents[2]
 REGIONS = {"background": 0, "hippocampus": [1, 2], "anterior": 1}
 
 
 def _region_plan() -> Plan:
-    d = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json").to_dict()
+    d = Plan.load(GOLDEN_PLAN).to_dict()
     d["labels"], d["regions_class_order"] = REGIONS, [2, 1]
     return Plan.from_dict(d)
 
@@ -100,7 +100,7 @@ def test_find_best_scores_regions_and_picks_the_ensemble(dataset_dir: Path) -> N
 def test_plans_with_other_label_schemes_are_refused(dataset_dir: Path) -> None:
     from autoseg.errors import ModelError
 
-    plain = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+    plain = Plan.load(GOLDEN_PLAN)
     plain.save(dataset_dir / "models" / "2d" / "plans.json")
     with pytest.raises(
         ModelError,

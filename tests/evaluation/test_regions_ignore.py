@@ -18,8 +18,8 @@ from autoseg.evaluation.metrics import case_metrics, dice_per_entry, entry_metri
 from autoseg.io.dataset import read_label_scheme
 from autoseg.io.image import Geometry, write_image
 from autoseg.labels import LabelScheme
+from tests.golden import GOLDEN_PLAN
 
-ROOT = Path(__file__).resolve().parents[2]
 ISO = (1.0, 1.0, 1.0)
 REGIONS_IGNORE = LabelScheme.from_declared(
     {"background": 0, "hippocampus": [1, 2], "anterior": 1, "ignore": 3}, [2, 1]
@@ -107,7 +107,7 @@ def test_label_schemes_are_read_from_dataset_json_msd_and_plans(tmp_path: Path) 
     msd = tmp_path / "msd.json"
     msd.write_text(json.dumps({"modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "a", "2": "p"}}))
     assert read_label_scheme(msd).entry_keys == ("1", "2")
-    plans = read_label_scheme(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+    plans = read_label_scheme(GOLDEN_PLAN)
     assert (plans.regions, plans.entry_keys) == (False, ("1", "2"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"labels": {"background": 0, "a": [1, 2]}}))

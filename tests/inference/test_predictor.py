@@ -18,9 +18,9 @@ from autoseg.io.case import LoadedCase
 from autoseg.io.image import read_image
 from autoseg.io.samples import sample_dataset_dir
 from autoseg.planning.plan import Plan
+from tests.golden import GOLDEN_PLAN
 
-ROOT = Path(__file__).resolve().parents[2]
-PLAN = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+PLAN = Plan.load(GOLDEN_PLAN)
 
 
 @pytest.fixture

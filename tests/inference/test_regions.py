@@ -36,9 +36,9 @@ from autoseg.labels import LabelScheme
 from autoseg.networks.unet import build_network
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.case import preprocess_arrays
+from tests.golden import GOLDEN_PLAN
 
-ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+GOLDEN = Plan.load(GOLDEN_PLAN)
 REGIONS = {"background": 0, "hippocampus": [1, 2], "anterior": 1}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,7 @@ from autoseg.inference.sliding_window import stack_neighbour_slices
 from autoseg.planning.kinds import KINDS, ConfigKind, kind_of
 from autoseg.planning.plan import Plan
 from autoseg.preprocessing.case import PreprocessedCase
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.golden import GOLDEN_PLAN
 
 
 def test_every_kind_has_one_row():
@@ -45,7 +43,7 @@ def test_2p5d_training_and_prediction_stack_alike(z: int, in_slices: int) -> Non
     rng = np.random.default_rng(0)
     data = rng.normal(size=(2, 7, 8, 6)).astype(np.float32)
     data[1] += 100.0  # channel 1 cannot be mistaken for channel 0
-    plan = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+    plan = Plan.load(GOLDEN_PLAN)
     config = dataclasses.replace(
         plan.configuration("2d"), name="2.5d", kind="2.5d", in_slices=in_slices, patch_size=(8, 6)
     )

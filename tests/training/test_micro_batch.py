@@ -23,8 +23,8 @@ from autoseg.training import micro_batch
 from autoseg.training.config import TrainConfig
 from autoseg.training.micro_batch import MicroBatcher, halved, split_batch
 from autoseg.training.trainer import Trainer
+from tests.golden import GOLDEN_PLAN
 
-ROOT = Path(__file__).resolve().parents[2]
 DEVICES = [
     "cpu",
     pytest.param(
@@ -49,7 +49,7 @@ class OutOfMemoryAbove(torch.nn.Module):
 
 
 def _trainer(tmp_path: Path, device: str, *, batch_size: int = 4, accumulate: int = 2) -> Trainer:
-    plan = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json")
+    plan = Plan.load(GOLDEN_PLAN)
     # per-sample Dice: the loss of a batch is then exactly the mean of its pieces' losses
     config = dataclasses.replace(plan.configuration("2d"), batch_dice=False)
     cfg = TrainConfig(

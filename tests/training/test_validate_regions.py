@@ -22,12 +22,11 @@ from autoseg.preprocessing.case import preprocess_arrays
 from autoseg.preprocessing.store import PreprocessedStore
 from autoseg.training import validate as validate_module
 from autoseg.training.validate import validate_fold
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.golden import GOLDEN_PLAN
 
 
 def _plan() -> Plan:
-    d = Plan.load(ROOT / "plans" / "hippocampus_sample" / "plans.json").to_dict()
+    d = Plan.load(GOLDEN_PLAN).to_dict()
     d["labels"] = {"background": 0, "hippocampus": [1, 2], "anterior": 1, "ignore": 3}
     d["regions_class_order"] = [2, 1]
     return Plan.from_dict(d)
