@@ -61,6 +61,8 @@ def _send_timeout(flags: tuple[str, ...]) -> Any:
 
 
 _WORKERS_MEANING = "worker processes, 0 for the default"
+#: ``--read-ahead``/``--write-behind`` without a value (:func:`autoseg.inference.overlap.default_depth`).
+_DEPTH_DEFAULT = "1 when the network runs on a GPU, 0 on the CPU"
 #: The names of :data:`autoseg.planning.presets.PRESETS` (spelled out so that ``--help`` imports
 #: no planning code; a test checks that the two agree).
 PresetName = Literal["resenc", "resenc_m", "resenc_l", "resenc_xl"]
@@ -223,17 +225,19 @@ class PredictOptions:
         metavar="K",
         minimum=0,
     )
-    read_ahead: int = option(
-        1,
+    read_ahead: int | None = option(
+        None,
         "cases read and preprocessed ahead of the network, on as many threads (0: in turn)",
         metavar="N",
         minimum=0,
+        run_time_default=_DEPTH_DEFAULT,
     )
-    write_behind: int = option(
-        1,
+    write_behind: int | None = option(
+        None,
         "cases taken back to their grid and written behind the network, on as many threads (0: in turn)",
         metavar="N",
         minimum=0,
+        run_time_default=_DEPTH_DEFAULT,
     )
     send_to: str | None = option(
         None,

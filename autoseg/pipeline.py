@@ -372,8 +372,8 @@ def predict(
     seg_codes: Path | None = _PREDICT.seg_codes,
     save_uncertainty: bool = _PREDICT.save_uncertainty,
     part: tuple[int, int] = (_PREDICT.part_id, _PREDICT.num_parts),
-    read_ahead: int = _PREDICT.read_ahead,
-    write_behind: int = _PREDICT.write_behind,
+    read_ahead: int | None = _PREDICT.read_ahead,
+    write_behind: int | None = _PREDICT.write_behind,
     overlap_voxels: float = _PREDICT.overlap_limit * 1e6,
 ) -> PredictReport:
     """Predict scans with trained models (see :mod:`autoseg.inference.cohort`).

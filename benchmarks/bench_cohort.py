@@ -7,14 +7,21 @@ Two cohorts, TTA off, CPU, whole `autoseg predict` command (wall seconds, peak R
 * 4 copies of the large CT of ``bench_large_ct.py`` (458x379x420 voxels, 42-class throwaway
   model planned at 3 mm), where memory is what an overlap could cost.
 
-Variants: ``--read-ahead 0 --write-behind 0`` (in turn), the defaults (1 and 1, cases overlapping
-while at most 100 M voxels are in flight), 2 and 2, 1 and 1 without the voxel limit, and with
-``--before REV`` the code of a git revision before the overlap existed (run from a temporary
-worktree with the same interpreter). Each variant runs ``--repeats`` times in rotation; the table
-gives the median wall time and the largest peak. Runs add up in
-benchmarks/results/cohort_predict_cpu.json; the table of the last run is cohort_predict_cpu.md.
+Variants: ``--read-ahead 0 --write-behind 0`` (in turn, the default on the CPU), 1 and 1 (the
+default on a GPU; cases overlap while at most 100 M voxels are in flight), 2 and 2, 1 and 1
+without the voxel limit, and with ``--before REV`` the code of a git revision before the
+overlap existed (run from a temporary worktree with the same interpreter; the model in
+``--work`` must be one it can read: train it with that revision, a plan of a newer schema is
+refused). Each variant runs ``--repeats`` times in rotation; the table gives the median wall
+time and the largest peak. Runs add up in benchmarks/results/cohort_predict_cpu.json; the table,
+cohort_predict_cpu.md, shows each cohort from the newest run that measured it.
 
-    .venv/bin/python benchmarks/bench_cohort.py --work /tmp/keep/autoseg3 --before 390635c
+    git worktree add --detach /tmp/before 390635c && cd /tmp/before
+    ../main/.venv/bin/python -m autoseg plan ../shared/data/hippocampus --work-dir /tmp/cw
+    ../main/.venv/bin/python -m autoseg train hippocampus 3d_fullres 0 --work-dir /tmp/cw \\
+        --device cpu --epochs 1 --iters-per-epoch 5 --val-iters 1   # timing only: any weights do
+    cd ../main && git worktree remove --force /tmp/before
+    .venv/bin/python benchmarks/bench_cohort.py --work /tmp/cw --before 390635c [--skip-ct]
 
 Time nothing else while it runs (2 shared cores).
 """
@@ -39,11 +46,12 @@ from bench_large_ct import make_input, train_model
 
 log = logging.getLogger("bench")
 
+_ONE_EACH = ["--read-ahead", "1", "--write-behind", "1"]
 VARIANTS: dict[str, list[str]] = {
-    "in turn (0/0)": ["--read-ahead", "0", "--write-behind", "0"],
-    "overlapped (1/1, default)": [],
+    "in turn (0/0, the CPU default)": ["--read-ahead", "0", "--write-behind", "0"],
+    "overlapped (1/1, the GPU default)": _ONE_EACH,
     "overlapped (2/2)": ["--read-ahead", "2", "--write-behind", "2"],
-    "overlapped (1/1), no voxel limit": ["--overlap-limit", "100000"],
+    "overlapped (1/1), no voxel limit": [*_ONE_EACH, "--overlap-limit", "100000"],
 }
 
 
@@ -101,16 +109,29 @@ def measure_cohort(
     ]
 
 
+def latest_rows(runs: list[dict]) -> list[dict[str, object]]:
+    """Each cohort's rows from the newest run that measured it (a run may skip the large CT),
+    each with its run's date."""
+    newest: dict[str, tuple[str, list[dict]]] = {}
+    for run in runs:
+        for r in run["rows"]:
+            date, rows = newest.get(r["cohort"], ("", []))
+            if run["date"] != date:
+                rows = []
+            newest[r["cohort"]] = (run["date"], [*rows, {**r, "date": run["date"][:10]}])
+    return [r for _, rows in newest.values() for r in rows]
+
+
 def _table(rows: list[dict[str, object]]) -> list[str]:
     lines = [
-        "| cohort | variant | wall s (median) | runs | peak RSS MiB | speed-up vs in turn |",
-        "|---|---|---:|---|---:|---:|",
+        "| cohort | date | variant | wall s (median) | runs | peak RSS MiB | speed-up vs in turn |",
+        "|---|---|---|---:|---|---:|---:|",
     ]
-    base = {r["cohort"]: r["wall_s"] for r in rows if r["variant"] == "in turn (0/0)"}
+    base = {r["cohort"]: r["wall_s"] for r in rows if str(r["variant"]).startswith("in turn")}
     for r in rows:
         runs = ", ".join(f"{w:.1f}" for w in r["walls_s"])  # type: ignore[attr-defined]
         speed = float(base[r["cohort"]]) / float(r["wall_s"])  # type: ignore[arg-type]
-        head = f"| {r['cohort']} | {r['variant']} | {r['wall_s']:.2f} | {runs} |"
+        head = f"| {r['cohort']} | {r['date']} | {r['variant']} | {r['wall_s']:.2f} | {runs} |"
         lines.append(f"{head} {r['peak_mib']:.0f} | {speed:.2f}x |")
     return lines
 
@@ -118,6 +139,8 @@ def _table(rows: list[dict[str, object]]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="work folder with a hippocampus fold-0 model")
+    ap.add_argument("--dataset", default="hippocampus", help="the dataset's name in --work")
+    ap.add_argument("--folds", nargs="*", default=[], help="predict with these folds only (-f)")
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "hippocampus")
     ap.add_argument("--ct", type=Path, default=SHARED / "data" / "ct_sample")
     ap.add_argument("--repeats", type=int, default=3)
@@ -139,11 +162,18 @@ def main() -> int:
         try:
             hippo = tmp / "hippo_in"
             hippo.mkdir()
-            splits = json.loads((args.work / "hippocampus" / "splits.json").read_text())
+            splits = json.loads((args.work / args.dataset / "splits.json").read_text())
             for c in splits[0]["val"]:
                 shutil.copy(args.data / "imagesTr" / f"{c}.nii.gz", hippo)
             rows += measure_cohort(
-                "hippocampus 40", hippo, args.work.resolve(), "hippocampus", tmp, args.repeats, before, []
+                f"hippocampus {len(splits[0]['val'])}",
+                hippo,
+                args.work.resolve(),
+                args.dataset,
+                tmp,
+                args.repeats,
+                before,
+                ["-f", *args.folds] if args.folds else [],
             )
             if not args.skip_ct:
                 ct_work = tmp / "ct_work"
@@ -160,20 +190,21 @@ def main() -> int:
         finally:
             if before is not None:
                 subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
-    lines = [
-        "## predict a cohort: stages overlapped vs in turn, TTA off, CPU "
-        f"({os.cpu_count()} cores), whole command",
-        "",
-        *_table(rows),
-        "",
-        "in turn = `--read-ahead 0 --write-behind 0`; overlapped (a/b) = `--read-ahead a --write-behind b`;",
-        "before = the sequential loop of the revision given with --before.",
-    ]
-    write_result("cohort_predict_cpu.md", "\n".join(lines) + "\n")
     store = HERE / "results" / "cohort_predict_cpu.json"
     runs = json.loads(store.read_text()) if store.is_file() else []
     runs.append({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows})
     store.write_text(json.dumps(runs, indent=1) + "\n")
+    lines = [
+        "## predict a cohort: stages overlapped vs in turn, TTA off, CPU "
+        f"({os.cpu_count()} cores), whole command",
+        "",
+        *_table(latest_rows(runs)),
+        "",
+        "in turn = `--read-ahead 0 --write-behind 0`; overlapped (a/b) = `--read-ahead a --write-behind b`;",
+        "before = the sequential loop of the revision given with --before. Each cohort from the",
+        "newest run that measured it (every run: cohort_predict_cpu.json).",
+    ]
+    write_result("cohort_predict_cpu.md", "\n".join(lines) + "\n")
     return 0
 
 

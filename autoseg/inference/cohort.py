@@ -23,7 +23,7 @@ from autoseg._atomic import sweep_partials
 from autoseg._fs import cause, check_output_dir
 from autoseg.errors import AutosegError, DatasetError
 from autoseg.inference.inputs import case_voxels, find_cases
-from autoseg.inference.overlap import overlapped
+from autoseg.inference.overlap import default_depth, overlapped
 from autoseg.inference.predictor import NetworkOutput, Prediction, Predictor, PreparedCase
 from autoseg.inference.probabilities import ProbabilityMap
 from autoseg.inference.uncertainty import (
@@ -187,8 +187,8 @@ def predict_path(
     seg_codes: Mapping[str, SegmentCodes] | None = None,
     save_uncertainty: bool = False,
     part: Part | None = None,
-    read_ahead: int = 1,
-    write_behind: int = 1,
+    read_ahead: int | None = None,
+    write_behind: int | None = None,
     overlap_voxels: float = 100e6,
 ) -> PredictReport:
     """Predict every case under ``source`` into ``out_dir/CASE.nii.gz`` and/or, for DICOM
@@ -203,10 +203,12 @@ def predict_path(
     ``part`` predicts only one share of the cases (:class:`Part`). The stages overlap
     (:func:`~autoseg.inference.overlap.overlapped`): ``read_ahead`` threads read and preprocess
     the next cases while the network runs, ``write_behind`` threads take finished cases back to
-    their grid and write them; 0 and 0 run every stage in turn. Cases overlap only while the
-    scans in flight hold at most ``overlap_voxels`` voxels (from their headers), so a large
-    volume runs alone and memory stays that of one case: on 4 CTs of 73 M voxels, overlapping
-    them anyway was 1.22x faster for +77 % peak memory (``benchmarks/bench_cohort.py``).
+    their grid and write them; 0 and 0 run every stage in turn; ``None``, the default, is 1 on
+    an accelerator and 0 on the CPU (:func:`~autoseg.inference.overlap.default_depth`). Cases
+    overlap only while the scans in flight hold at most ``overlap_voxels`` voxels (from their
+    headers), so a large volume runs alone and memory stays that of one case: on 4 CTs of 73 M
+    voxels, overlapping them anyway was 1.22x faster for +77 % peak memory
+    (``benchmarks/bench_cohort.py``).
 
     A case that cannot be read is reported and skipped; the others are still predicted.
     A case is done, and skipped unless ``overwrite``, only when every requested output (the
@@ -290,13 +292,14 @@ def predict_path(
         except DatasetError as e:
             return _Written(error=e)
 
+    depth = default_depth(predictor.device.type)
     stages = overlapped(
         todo,
         read,
         run,
         write,
-        read_ahead=read_ahead,
-        write_behind=write_behind,
+        read_ahead=depth if read_ahead is None else read_ahead,
+        write_behind=depth if write_behind is None else write_behind,
         weight=case_voxels,
         budget=overlap_voxels,
     )

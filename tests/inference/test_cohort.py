@@ -105,3 +105,34 @@ def test_overlapped_stages_write_what_the_in_turn_loop_writes(trained_work: Path
         a, b = np.load(p), np.load(tmp_path / "overlapped" / p.name)
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize(
+    ("extra", "depths"),
+    [
+        ((), (0, 0)),  # the CPU default: torch's threads already use every core
+        (("--read-ahead", "2"), (2, 0)),
+        (("--read-ahead", "1", "--write-behind", "3"), (1, 3)),
+    ],
+)
+def test_on_the_cpu_the_stages_run_in_turn_unless_told(
+    trained_work: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: tuple[str, ...],
+    depths: tuple[int, int],
+) -> None:
+    import autoseg.inference.cohort as cohort
+
+    seen = []
+    real = cohort.overlapped
+
+    def spy(*args, **kw):
+        seen.append((kw["read_ahead"], kw["write_behind"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cohort, "overlapped", spy)
+    out = tmp_path / "out"
+    assert _predict(trained_work, _cohort(tmp_path, 2), out, *extra) == 0
+    assert seen == [depths]
+    assert len(_outputs(out)) == 2

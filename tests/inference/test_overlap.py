@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from autoseg.inference.overlap import overlapped
+from autoseg.inference.overlap import default_depth, overlapped
 
 
 class _Tracker:
@@ -180,3 +180,8 @@ def test_the_weight_budget_bounds_what_is_in_flight(read_ahead: int, write_behin
         assert load <= 10 or len(group) == 1, group
     assert any(len(g) > 1 for g in worst) == (read_ahead + write_behind > 0)  # light ones overlap
     assert (8,) in worst  # the item over the budget ran alone
+
+
+@pytest.mark.parametrize(("device_type", "depth"), [("cpu", 0), ("cuda", 1), ("mps", 1), ("xpu", 1)])
+def test_stages_overlap_by_default_only_off_the_cpu(device_type: str, depth: int) -> None:
+    assert default_depth(device_type) == depth
