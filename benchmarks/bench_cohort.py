@@ -109,6 +109,19 @@ def measure_cohort(
     ]
 
 
+def train_ct_model(work: Path, tmp: Path, before: Path | None) -> None:
+    """The large CT's throwaway model; trained by the ``--before`` revision when there is one,
+    so that its plan is one both revisions read (a newer schema is refused by older code)."""
+    if before is None:
+        train_model(work, tmp)
+        return
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(1, 'benchmarks'); "
+        "from bench_large_ct import train_model; train_model(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(work), str(tmp)], cwd=before, check=True)
+
+
 def latest_rows(runs: list[dict]) -> list[dict[str, object]]:
     """Each cohort's rows from the newest run that measured it (a run may skip the large CT),
     each with its run's date."""
@@ -177,7 +190,7 @@ def main() -> int:
             )
             if not args.skip_ct:
                 ct_work = tmp / "ct_work"
-                train_model(ct_work, tmp)
+                train_ct_model(ct_work, tmp, before)
                 ct = tmp / "ct_in"
                 ct.mkdir()
                 size = make_input(args.ct / "example_ct.nii.gz", ct / "big_0.nii.gz")
