@@ -198,7 +198,14 @@ def main() -> int:
                     shutil.copy(ct / "big_0.nii.gz", ct / f"big_{i}.nii.gz")
                 name = f"large CT x{args.ct_copies} ({'x'.join(map(str, size))})"
                 rows += measure_cohort(
-                    name, ct, ct_work, "ct_sample", tmp, args.repeats, before, ["--precision", "fp32"]
+                    name,
+                    ct,
+                    ct_work,
+                    "ct_sample",
+                    tmp,
+                    args.ct_repeats or args.repeats,
+                    before,
+                    ["--precision", "fp32"],
                 )
         finally:
             if before is not None:
