@@ -125,14 +125,13 @@ def train_ct_model(work: Path, tmp: Path, before: Path | None) -> None:
 def latest_rows(runs: list[dict]) -> list[dict[str, object]]:
     """Each cohort's rows from the newest run that measured it (a run may skip the large CT),
     each with its run's date."""
-    newest: dict[str, tuple[str, list[dict]]] = {}
-    for run in runs:
-        for r in run["rows"]:
-            date, rows = newest.get(r["cohort"], ("", []))
-            if run["date"] != date:
-                rows = []
-            newest[r["cohort"]] = (run["date"], [*rows, {**r, "date": run["date"][:10]}])
-    return [r for _, rows in newest.values() for r in rows]
+    newest = {r["cohort"]: run["date"] for run in runs for r in run["rows"]}  # runs are in order
+    return [
+        {**r, "date": run["date"][:10]}
+        for run in runs
+        for r in run["rows"]
+        if newest[r["cohort"]] == run["date"]
+    ]
 
 
 def _table(rows: list[dict[str, object]]) -> list[str]:

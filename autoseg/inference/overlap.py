@@ -34,9 +34,9 @@ def default_depth(device_type: str) -> int:
     1 where the network runs on an accelerator: the CPU cores are then free for reading and
     writing, and those are most of a small case's time. 0 (in turn) on the CPU, where torch's
     threads already use every core and the reader and writer threads only compete with them:
-    on 2 cores, 40 hippocampus cases with TTA off took 6.58 s overlapped vs 6.32 s in turn
-    (median of 5 idle runs each, every overlapped run slower), and 4 large CTs 110 s vs 113 s,
-    inside their run-to-run spread (``benchmarks/bench_cohort.py``).
+    on 2 idle cores, 40 hippocampus cases with TTA off took 6.37-6.74 s overlapped (1 and 1) vs
+    6.25-6.37 s in turn (medians of 5 runs, three sessions' runs), and 4 large CTs 131 s vs
+    133 s, inside their run-to-run spread (``benchmarks/bench_cohort.py``).
 
     Examples:
         >>> default_depth("cuda"), default_depth("cpu")
