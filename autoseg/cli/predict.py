@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autoseg._memory import keep_freed_memory
 from autoseg.cli._common import (
     EXIT_BAD_INPUT,
     as_list,
@@ -22,6 +23,7 @@ from autoseg.errors import AutosegError
 def cmd_predict(args: argparse.Namespace) -> int:
     from autoseg.pipeline import predict
 
+    keep_freed_memory()  # whole volumes allocated and freed case after case: 1.7x on a large CT
     opts = options_of(PredictOptions, args)
     warn_legacy_workers(opts)
     if opts.seg_codes is not None and opts.output_format == "nifti":
