@@ -207,7 +207,7 @@ def predict_path(
     an accelerator and 0 on the CPU (:func:`~autoseg.inference.overlap.default_depth`). Cases
     overlap only while the scans in flight hold at most ``overlap_voxels`` voxels (from their
     headers), so a large volume runs alone and memory stays that of one case: on 4 CTs of 73 M
-    voxels, overlapping them anyway was 1.22x faster for +77 % peak memory
+    voxels, overlapping them anyway gained nothing (81.0 vs 80.0 s) for +64 % peak memory
     (``benchmarks/bench_cohort.py``).
 
     A case that cannot be read is reported and skipped; the others are still predicted.

@@ -34,9 +34,9 @@ def default_depth(device_type: str) -> int:
     1 where the network runs on an accelerator: the CPU cores are then free for reading and
     writing, and those are most of a small case's time. 0 (in turn) on the CPU, where torch's
     threads already use every core and the reader and writer threads only compete with them:
-    on 2 idle cores, 40 hippocampus cases with TTA off took 6.37-6.74 s overlapped (1 and 1) vs
-    6.25-6.37 s in turn (medians of 5 runs, three sessions' runs), and 4 large CTs 131 s vs
-    133 s, inside their run-to-run spread (``benchmarks/bench_cohort.py``).
+    on 2 idle cores, 40 hippocampus cases with TTA off took 6.16-6.29 s overlapped vs 5.82 s
+    in turn; 4 large CTs (73 M voxels) 80.0 s vs 86.1 s, a gain that costs 11 % more peak
+    memory (medians of 3 runs, 2026-12-03, ``benchmarks/bench_cohort.py``).
 
     Examples:
         >>> default_depth("cuda"), default_depth("cpu")
