@@ -49,7 +49,7 @@ def test_a_freed_large_array_is_reused_instead_of_paged_in_again() -> None:
     assert plain_second > plain_first // 2  # without the settings, every array is paged in again
 
 
-def test_does_nothing_where_the_c_library_has_no_mallopt(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_does_nothing_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert _memory.keep_freed_memory() is False
 
